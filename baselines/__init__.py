@@ -1,0 +1,1 @@
+"""Baseline layer scorers. Each module registers one scorer with ``@register_scorer``."""

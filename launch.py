@@ -1,0 +1,18 @@
+"""Score, prune and evaluate: ``python launch.py -m scorer=topo,cosine sparsity=0.1,0.2,0.3``."""
+import hydra
+from omegaconf import DictConfig
+
+from topovlm.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from topovlm.app import main as run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Model adapters: the only code that knows a model family's internals.
+
+An adapter wraps a Hugging Face model and its processor and answers: where are the
+decoder layers, how are (image, text) turned into inputs, which positions hold vision
+tokens, how to generate. Scorers, capture, pruning and evaluation go through it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from topovlm.data.types import VQASample
+
+
+class ModelAdapter:
+    """Base adapter. Subclasses set ``layer_paths`` and may override input building."""
+
+    #: attribute paths (from the top-level model) tried in order to find the decoder layers
+    layer_paths: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, processor: Any, name: str = "", source: str = "") -> None:
+        self.model = model
+        self.processor = processor
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.source = source
+        #: original index of every current decoder layer (pruning updates it)
+        self.kept_layers: list[int] = list(range(len(self.decoder_layers())))
+        self.original_num_layers = len(self.kept_layers)
+
+    # ------------------------------------------------------------------ structure
+    def _layer_owner(self) -> tuple[nn.Module, str]:
+        for path in self.layer_paths:
+            owner: Any = self.model
+            *parents, leaf = path.split(".")
+            try:
+                for part in parents:
+                    owner = getattr(owner, part)
+                layers = getattr(owner, leaf)
+            except AttributeError:
+                continue
+            if isinstance(layers, nn.ModuleList):
+                return owner, leaf
+        raise AttributeError(
+            f"{type(self).__name__}: no decoder layers at any of {self.layer_paths} in {type(self.model).__name__}"
+        )
+
+    def decoder_layers(self) -> nn.ModuleList:
+        owner, leaf = self._layer_owner()
+        return getattr(owner, leaf)
+
+    def set_decoder_layers(self, layers: nn.ModuleList) -> None:
+        owner, leaf = self._layer_owner()
+        setattr(owner, leaf, layers)
+
+    def text_config(self) -> Any:
+        return self.model.config.get_text_config()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder_layers())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    # ------------------------------------------------------------------ inputs
+    def prompt(self, sample: "VQASample") -> str:
+        """The chat-formatted prompt for one sample, ending where the answer starts."""
+        content: list[dict[str, str]] = []
+        if sample.image is not None:
+            content.append({"type": "image"})
+        content.append({"type": "text", "text": sample.question})
+        conversation = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    def build_inputs(self, samples: Sequence["VQASample"], answers: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Batch of model inputs (left-padded). With ``answers``, each answer is appended."""
+        texts = [self.prompt(s) for s in samples]
+        if answers is not None:
+            texts = [t + a for t, a in zip(texts, answers)]
+        images = [s.image for s in samples if s.image is not None]
+        self.tokenizer.padding_side = "left"
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
+        if images:
+            kwargs["images"] = images
+        batch = self.processor(**kwargs)
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def vision_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of positions that carry vision tokens."""
+        mask = torch.zeros_like(input_ids, dtype=torch.bool)
+        for attr in ("image_token_id", "image_token_index", "video_token_id"):
+            token = getattr(self.model.config, attr, None)
+            if token is not None:
+                mask |= input_ids == token
+        return mask
+
+    # ------------------------------------------------------------------ running
+    @torch.inference_mode()
+    def forward(self, inputs: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        return self.model(**inputs, use_cache=False, **kwargs)
+
+    @torch.inference_mode()
+    def generate(self, samples: Sequence["VQASample"], max_new_tokens: int = 8, **gen_kwargs: Any) -> list[str]:
+        """Greedy answers, decoded without the prompt and special tokens."""
+        inputs = self.build_inputs(samples)
+        gen_kwargs.setdefault("do_sample", False)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.tokenizer.eos_token_id
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **gen_kwargs)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def save_pretrained(self, path: str | Path) -> None:
+        self.model.save_pretrained(path)
+        if hasattr(self.processor, "save_pretrained"):
+            self.processor.save_pretrained(path)
+
+    # ------------------------------------------------------------------ size
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.model.parameters())
+        lm = sum(p.numel() for layer in self.decoder_layers() for p in layer.parameters())
+        return {"params_total": total, "params_decoder_layers": lm}

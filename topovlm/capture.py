@@ -1,0 +1,363 @@
+"""Calibration capture: one forward pass that records what every scorer needs.
+
+Forward hooks on the decoder layers see each layer's input ``h_in[l]`` and output
+``h_out[l] = h_in[l+1]``. Inside the hook we reduce immediately, per sample:
+
+* pooled residual states (``last`` token, ``text_mean``, ``vision_mean``) at every
+  layer boundary, stored as ``(L+1, N, d)`` arrays, index ``l`` = input of layer ``l``;
+* token-level statistics requested by scorers (``STATISTICS``), e.g. the mean over
+  tokens of ``cos(h_in, h_out)``, stored as ``(L, N)`` arrays.
+
+Nothing token-sized outlives a hook call, so memory is O(L * N * d), not O(L * N * T * d).
+Results are cached on disk per (model, calibration set, N, seed) and per statistic, so a
+second scorer needing the same statistics runs no forward pass at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from topovlm.scoring import POOLINGS, CaptureSpec, StatRequest
+
+if TYPE_CHECKING:
+    from topovlm.adapters.base import ModelAdapter
+    from topovlm.data.types import VQASample
+
+
+@dataclass
+class TokenMasks:
+    """Boolean ``(B, T)`` masks of one batch: real tokens, vision tokens, text tokens."""
+
+    valid: torch.Tensor
+    vision: torch.Tensor
+
+    @property
+    def text(self) -> torch.Tensor:
+        return self.valid & ~self.vision
+
+    @property
+    def last_index(self) -> torch.Tensor:
+        """Position of the last real token of every row (works for left or right padding)."""
+        t = self.valid.shape[1]
+        positions = torch.arange(t, device=self.valid.device).expand_as(self.valid)
+        return torch.where(self.valid, positions, -1).max(dim=1).values
+
+
+@dataclass
+class LayerCall:
+    """What a statistic sees for one decoder layer on one batch."""
+
+    layer: int
+    h_in: torch.Tensor  # (B, T, d)
+    h_out: torch.Tensor  # (B, T, d)
+    masks: TokenMasks
+    attention: torch.Tensor | None = None  # (B, heads, T, T) when a statistic asked for it
+
+
+# ---------------------------------------------------------------- token statistics
+# A statistic maps one LayerCall to a per-sample tensor of shape (B,) or (B, k).
+# Register new ones in STATISTICS; ``needs_attention`` ones make the capture return
+# attention maps for the decoder layers (eager attention during the calibration pass).
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    denom = mask.sum(dim=1).clamp_min(1.0)
+    out = (values * mask).sum(dim=1) / denom
+    return torch.where(mask.sum(dim=1) > 0, out, torch.full_like(out, float("nan")))
+
+
+def row_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine in float32; a zero vector gives cosine 1 with itself, 0 otherwise."""
+    a = a.float()
+    b = b.float()
+    return F.cosine_similarity(a, b, dim=-1, eps=1e-8)
+
+
+def token_cos(call: LayerCall, tokens: str = "all") -> torch.Tensor:
+    """Mean over tokens of cos(h_in, h_out); ``tokens`` in {all, text, vision}."""
+    mask = {"all": call.masks.valid, "text": call.masks.text, "vision": call.masks.vision}[tokens]
+    return _masked_mean(row_cosine(call.h_in, call.h_out), mask)
+
+
+@dataclass(frozen=True)
+class Statistic:
+    fn: Callable[..., torch.Tensor]
+    needs_attention: bool = False
+    description: str = ""
+
+
+STATISTICS: dict[str, Statistic] = {
+    "token_cos": Statistic(token_cos, description="mean over tokens of cos(h_in, h_out)"),
+}
+
+
+def register_statistic(name: str, fn: Callable[..., torch.Tensor], needs_attention: bool = False,
+                       description: str = "") -> None:
+    STATISTICS[name] = Statistic(fn, needs_attention, description)
+
+
+# ---------------------------------------------------------------- the capture object
+
+
+@dataclass
+class Capture:
+    """Calibration statistics of one model on one calibration set.
+
+    ``pooled[p]``: ``(L+1, N, d)`` float32, index ``l`` = input of layer ``l`` and
+    ``L`` = output of the last layer, for each pooling ``p`` in ``POOLINGS``
+    (``vision_mean`` is NaN for samples without vision tokens).
+    ``stats[key]``: ``(L, N)`` or ``(L, N, k)`` arrays keyed by ``StatRequest.key``.
+    """
+
+    num_layers: int
+    sample_ids: list[str]
+    domains: list[str]
+    pooled: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sample_ids)
+
+    def h_in(self, pooling: str = "last") -> np.ndarray:
+        """``(L, N, d)``: pooled input of every layer."""
+        return self._pool(pooling)[:-1]
+
+    def h_out(self, pooling: str = "last") -> np.ndarray:
+        """``(L, N, d)``: pooled output of every layer."""
+        return self._pool(pooling)[1:]
+
+    def stat(self, request: StatRequest | str) -> np.ndarray:
+        key = request if isinstance(request, str) else request.key
+        try:
+            return self.stats[key]
+        except KeyError:
+            raise KeyError(f"statistic {key!r} was not captured; captured: {sorted(self.stats)}") from None
+
+    def _pool(self, pooling: str) -> np.ndarray:
+        if pooling not in self.pooled:
+            raise KeyError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+        return self.pooled[pooling]
+
+    def subset(self, indices: list[int] | np.ndarray) -> "Capture":
+        """The same capture restricted to some samples (e.g. one domain)."""
+        idx = np.asarray(indices, dtype=int)
+        return Capture(
+            num_layers=self.num_layers,
+            sample_ids=[self.sample_ids[i] for i in idx],
+            domains=[self.domains[i] for i in idx],
+            pooled={k: v[:, idx] for k, v in self.pooled.items()},
+            stats={k: v[:, idx] for k, v in self.stats.items()},
+            meta=dict(self.meta),
+        )
+
+
+# ---------------------------------------------------------------- the forward pass
+
+
+class _Recorder:
+    """Forward hooks that reduce each layer's input/output on the fly."""
+
+    def __init__(self, adapter: "ModelAdapter", requests: list[StatRequest]) -> None:
+        self.adapter = adapter
+        self.requests = requests
+        self.needs_attention = any(STATISTICS[r.name].needs_attention for r in requests)
+        n = adapter.num_layers
+        self.pooled: dict[str, list[list[torch.Tensor]]] = {p: [[] for _ in range(n + 1)] for p in POOLINGS}
+        self.stats: dict[str, list[list[torch.Tensor]]] = {r.key: [[] for _ in range(n)] for r in requests}
+        self.masks: TokenMasks | None = None
+        self._attention: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def _pool(self, boundary: int, h: torch.Tensor) -> None:
+        m = self.masks
+        assert m is not None
+        h = h.float()
+        rows = torch.arange(h.shape[0], device=h.device)
+        self.pooled["last"][boundary].append(h[rows, m.last_index].cpu())
+        for name, mask in (("text_mean", m.text), ("vision_mean", m.vision)):
+            w = mask.to(h.dtype).unsqueeze(-1)
+            count = w.sum(dim=1)
+            mean = (h * w).sum(dim=1) / count.clamp_min(1.0)
+            mean = torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+            self.pooled[name][boundary].append(mean.cpu())
+
+    def _layer_hook(self, index: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, (tuple, list)) else output
+            if index == 0:
+                self._pool(0, h_in)
+            self._pool(index + 1, h_out)
+            if self.requests:
+                assert self.masks is not None
+                call = LayerCall(index, h_in, h_out, self.masks, self._attention.pop(index, None))
+                for r in self.requests:
+                    value = STATISTICS[r.name].fn(call, **dict(r.params))
+                    self.stats[r.key][index].append(value.float().cpu())
+
+        return hook
+
+    def _attention_hook(self, index: int) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if isinstance(output, (tuple, list)) and len(output) > 1 and output[1] is not None:
+                self._attention[index] = output[1]
+
+        return hook
+
+    def __enter__(self) -> "_Recorder":
+        for i, layer in enumerate(self.adapter.decoder_layers()):
+            self._handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
+            if self.needs_attention:
+                attn = getattr(layer, "self_attn", None)
+                if attn is None:
+                    raise AttributeError(f"decoder layer {i} has no self_attn module to read attention from")
+                self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def run_capture(
+    adapter: "ModelAdapter",
+    samples: "list[VQASample]",
+    spec: CaptureSpec = CaptureSpec(),
+    batch_size: int = 16,
+) -> Capture:
+    """One forward pass over the calibration samples (prompts only, no answers)."""
+    requests = list(spec.stats)
+    for r in requests:
+        if r.name not in STATISTICS:
+            raise KeyError(f"unknown statistic {r.name!r}; available: {', '.join(sorted(STATISTICS))}")
+    recorder = _Recorder(adapter, requests)
+    forward_kwargs: dict[str, Any] = {}
+    restore_attn = None
+    if recorder.needs_attention:
+        restore_attn = _use_eager_attention(adapter)
+        forward_kwargs["output_attentions"] = True
+    try:
+        with recorder:
+            for start in tqdm(range(0, len(samples), batch_size), desc="calibration", leave=False):
+                batch = samples[start:start + batch_size]
+                inputs = adapter.build_inputs(batch)
+                valid = inputs["attention_mask"].bool()
+                recorder.masks = TokenMasks(valid=valid, vision=adapter.vision_mask(inputs["input_ids"]) & valid)
+                adapter.forward(inputs, **forward_kwargs)
+    finally:
+        if restore_attn is not None:
+            restore_attn()
+    pooled = {p: np.stack([torch.cat(b).numpy() for b in recorder.pooled[p]]) for p in POOLINGS}
+    stats = {k: np.stack([torch.cat(b).numpy() for b in v]) for k, v in recorder.stats.items()}
+    return Capture(
+        num_layers=adapter.num_layers,
+        sample_ids=[s.id for s in samples],
+        domains=[s.domain for s in samples],
+        pooled=pooled,
+        stats=stats,
+        meta={"model": adapter.name, "has_vision": bool(np.isfinite(pooled["vision_mean"]).any())},
+    )
+
+
+def _use_eager_attention(adapter: "ModelAdapter") -> Callable[[], None]:
+    """Switch the language model to eager attention (the only one that returns weights)."""
+    model = adapter.model
+    previous = getattr(adapter.text_config(), "_attn_implementation", None)
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is None:
+        raise RuntimeError("this transformers version cannot switch attention implementations at run time")
+    setter("eager")
+    return lambda: setter(previous) if previous else None
+
+
+# ---------------------------------------------------------------- disk cache
+
+
+def model_fingerprint(adapter: "ModelAdapter") -> str:
+    """Identity of the weights and architecture, cheap even for 7B models (strided samples)."""
+    h = hashlib.sha256()
+    h.update(type(adapter.model).__name__.encode())
+    h.update(adapter.model.config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, p in adapter.model.named_parameters():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 256)
+            h.update(name.encode())
+            h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        save(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CaptureCache:
+    """On-disk cache of captures: ``<root>/<key>/pooled.npz`` + one ``.npy`` per statistic.
+
+    ``key`` identifies (model weights, calibration set, N, seed); statistics missing from
+    the cache are computed together in one forward pass and added.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.forward_passes = 0  # how many calibration passes this cache object triggered
+
+    @staticmethod
+    def key(model_id: str, calibration_id: str) -> str:
+        return _digest({"model": model_id, "calibration": calibration_id})
+
+    def get(
+        self,
+        key: str,
+        adapter_fn: Callable[[], "ModelAdapter"],
+        samples_fn: "Callable[[], list[VQASample]]",
+        spec: CaptureSpec,
+        batch_size: int = 16,
+    ) -> Capture:
+        folder = self.root / key
+        meta_file = folder / "meta.json"
+        stat_files = {r.key: folder / f"stat-{_digest(r.key)}.npy" for r in spec.stats}
+        have_base = meta_file.is_file() and (folder / "pooled.npz").is_file()
+        missing = [r for r in spec.stats if not stat_files[r.key].is_file()]
+        if not have_base or missing:
+            todo = CaptureSpec(tuple(missing)) if have_base else spec
+            self.forward_passes += 1
+            fresh = run_capture(adapter_fn(), samples_fn(), todo, batch_size)
+            for k, arr in fresh.stats.items():
+                _atomic_save(stat_files[k], lambda p, a=arr: np.save(open(p, "wb"), a))
+            if not have_base:
+                _atomic_save(folder / "pooled.npz", lambda p: np.savez(open(p, "wb"), **fresh.pooled))
+                meta = {"num_layers": fresh.num_layers, "sample_ids": fresh.sample_ids,
+                        "domains": fresh.domains, "meta": fresh.meta}
+                _atomic_save(meta_file, lambda p: p.write_text(json.dumps(meta)))
+        meta = json.loads(meta_file.read_text())
+        with np.load(folder / "pooled.npz") as z:
+            pooled = {k: z[k] for k in z.files}
+        stats = {k: np.load(f) for k, f in stat_files.items()}
+        return Capture(meta["num_layers"], meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"])

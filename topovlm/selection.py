@@ -1,0 +1,192 @@
+"""Selection policies: turn per-layer redundancy into the set of layers to remove.
+
+Scoring and selection are independent: any scorer works with any policy.
+
+* ``topk``       the k most redundant layers, chosen independently;
+* ``block``      the contiguous block of k layers with the lowest block cost
+                 (``ScoreResult.block_cost`` if the scorer gives one, else minus the
+                 summed redundancy);
+* ``threshold``  adaptive: every layer with redundancy >= eps * max (k is ignored);
+* ``spacing``    top-k subject to a minimum gap between removed layers
+                 (``min_gap``), or evenly spaced layers (``even: true``);
+* protected layers (``protect``, default the first) are never removed by any policy.
+``spacing_above`` switches any policy to ``spacing`` when sparsity exceeds it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+POLICIES = ("auto", "topk", "block", "threshold", "spacing")
+
+
+class SelectionError(ValueError):
+    """The requested budget cannot be met under the policy's constraints."""
+
+
+@dataclass
+class SelectionConfig:
+    policy: str = "auto"  # auto = the scorer's default_policy
+    protect: list[int] = field(default_factory=lambda: [0])  # negative indices count from the end
+    eps: float = 0.9  # threshold policy: remove layers with redundancy >= eps * max
+    min_gap: int = 2  # spacing policy: removed layers are at least this far apart
+    even: bool = False  # spacing policy: evenly spaced instead of top-k with a gap
+    spacing_above: float | None = None  # use the spacing policy when sparsity > this
+
+
+def num_to_remove(sparsity: float, num_layers: int) -> int:
+    return int(round(sparsity * num_layers))
+
+
+def _protected(protect: list[int], n: int) -> set[int]:
+    out = set()
+    for p in protect:
+        idx = p + n if p < 0 else p
+        if not 0 <= idx < n:
+            raise SelectionError(f"selection.protect: layer {p} is outside 0..{n - 1}")
+        out.add(idx)
+    return out
+
+
+def _order(redundancy: np.ndarray) -> list[int]:
+    """Layers from most to least redundant; NaN last; ties by index (deterministic)."""
+    r = np.where(np.isnan(redundancy), -np.inf, redundancy)
+    return sorted(range(len(r)), key=lambda i: (-r[i], i))
+
+
+def select_topk(redundancy: np.ndarray, k: int, protected: set[int]) -> list[int]:
+    candidates = [i for i in _order(redundancy) if i not in protected]
+    if k > len(candidates):
+        raise SelectionError(f"cannot remove {k} layers: only {len(candidates)} are not protected")
+    return sorted(candidates[:k])
+
+
+def select_block(redundancy: np.ndarray, k: int, protected: set[int], block_cost: np.ndarray | None) -> list[int]:
+    n = len(redundancy)
+    if k == 0:
+        return []
+    best, best_cost = None, np.inf
+    r = np.nan_to_num(redundancy, nan=-np.inf)
+    for start in range(0, n - k + 1):
+        block = range(start, start + k)
+        if protected.intersection(block):
+            continue
+        if block_cost is not None and k < block_cost.shape[0] and not np.isnan(block_cost[k, start]):
+            cost = float(block_cost[k, start])
+        else:
+            cost = -float(np.sum(r[start:start + k]))
+        if cost < best_cost:
+            best, best_cost = start, cost
+    if best is None:
+        raise SelectionError(f"no contiguous block of {k} layers avoids the protected layers {sorted(protected)}")
+    return list(range(best, best + k))
+
+
+def select_threshold(redundancy: np.ndarray, eps: float, protected: set[int]) -> list[int]:
+    r = np.nan_to_num(redundancy, nan=-np.inf)
+    top = np.max(r)
+    if not np.isfinite(top):
+        return []
+    # scale-free threshold for scores that may be negative: eps of the way from min to max
+    finite = r[np.isfinite(r)]
+    low = float(finite.min())
+    cut = eps * top if low >= 0 else low + eps * (top - low)
+    return sorted(i for i in range(len(r)) if r[i] >= cut and i not in protected)
+
+
+def select_spaced(redundancy: np.ndarray, k: int, protected: set[int], min_gap: int, even: bool) -> list[int]:
+    n = len(redundancy)
+    if k == 0:
+        return []
+    allowed = [i for i in range(n) if i not in protected]
+    if even:
+        # k evenly spaced positions over the unprotected layers, centred in their strides
+        if k > len(allowed):
+            raise SelectionError(f"cannot remove {k} evenly spaced layers out of {len(allowed)} unprotected")
+        pos = np.floor((np.arange(k) + 0.5) * len(allowed) / k).astype(int)
+        return sorted(allowed[p] for p in pos)
+    # greedy top-k with the gap constraint, then an exact feasibility check on failure
+    chosen: list[int] = []
+    for i in _order(redundancy):
+        if i in protected or any(abs(i - j) < min_gap for j in chosen):
+            continue
+        chosen.append(i)
+        if len(chosen) == k:
+            return sorted(chosen)
+    capacity = _max_spaced(allowed, min_gap)
+    if capacity < k:
+        raise SelectionError(
+            f"cannot remove {k} layers at least {min_gap} apart: at most {capacity} fit among {n} layers "
+            f"(protected: {sorted(protected)}); lower selection.min_gap or the sparsity"
+        )
+    # greedy got stuck although k fit: fall back to the feasible set that keeps most redundancy
+    return _best_spaced(redundancy, allowed, k, min_gap)
+
+
+def _max_spaced(allowed: list[int], gap: int) -> int:
+    count, last = 0, None
+    for i in allowed:
+        if last is None or i - last >= gap:
+            count, last = count + 1, i
+    return count
+
+
+def _best_spaced(redundancy: np.ndarray, allowed: list[int], k: int, gap: int) -> list[int]:
+    """Max-sum subset of ``allowed`` of size k with pairwise gaps >= gap (dynamic programme)."""
+    r = np.nan_to_num(redundancy, nan=-1e9)
+    m = len(allowed)
+    neg = -np.inf
+    best = np.full((m + 1, k + 1), neg)
+    best[:, 0] = 0.0
+    take = np.zeros((m + 1, k + 1), dtype=bool)
+    prev_idx = [0] * m
+    for a in range(m):  # prev_idx[a] = number of allowed layers usable before allowed[a]
+        p = a
+        while p > 0 and allowed[a] - allowed[p - 1] < gap:
+            p -= 1
+        prev_idx[a] = p
+    for a in range(1, m + 1):
+        for j in range(1, k + 1):
+            skip = best[a - 1, j]
+            use = best[prev_idx[a - 1], j - 1] + r[allowed[a - 1]]
+            if use > skip:
+                best[a, j], take[a, j] = use, True
+            else:
+                best[a, j] = skip
+    out, a, j = [], m, k
+    while j > 0:
+        if take[a, j]:
+            out.append(allowed[a - 1])
+            a, j = prev_idx[a - 1], j - 1
+        else:
+            a -= 1
+    return sorted(out)
+
+
+def select_layers(
+    redundancy: np.ndarray,
+    sparsity: float,
+    cfg: SelectionConfig,
+    default_policy: str = "topk",
+    block_cost: np.ndarray | None = None,
+) -> tuple[list[int], str]:
+    """Layers to remove (original indices, sorted) and the policy that chose them."""
+    redundancy = np.asarray(redundancy, dtype=np.float64)
+    n = len(redundancy)
+    k = num_to_remove(sparsity, n)
+    policy = default_policy if cfg.policy == "auto" else cfg.policy
+    if cfg.spacing_above is not None and sparsity > cfg.spacing_above:
+        policy = "spacing"
+    if policy not in POLICIES:
+        raise SelectionError(f"selection.policy={policy!r}; allowed: {', '.join(POLICIES)}")
+    protected = _protected(list(cfg.protect), n)
+    if policy == "threshold":
+        return select_threshold(redundancy, cfg.eps, protected), policy
+    if k == 0:
+        return [], policy
+    if policy == "topk":
+        return select_topk(redundancy, k, protected), policy
+    if policy == "block":
+        return select_block(redundancy, k, protected, block_cost), policy
+    return select_spaced(redundancy, k, protected, cfg.min_gap, cfg.even), policy
