@@ -1,0 +1,69 @@
+"""``topovlm summarize <sweep_dir> [more dirs]``: the end-of-sweep summary from finished runs.
+
+Also ``python -m topovlm.cli summarize ...`` and ``python -m topovlm.summary ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="topovlm", description="topovlm utilities")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "summarize", help="summary of finished sweeps: CSV, Markdown, plots, ranking agreement",
+        description="Reads every results.json under the given directories (recursively) and writes "
+                    "summary.csv, summary.md, agreement.csv and plots/ into --out.")
+    s.add_argument("dirs", nargs="+", type=Path, help="sweep directories (or results.json files)")
+    s.add_argument("-o", "--out", type=Path, default=None,
+                   help="where the summary goes (default: the sweep directory when there is one, else ./summary)")
+    s.add_argument("--metric", default=None, help="headline metric (default: accuracy, else perplexity)")
+    s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    s.add_argument("--wandb", choices=("auto", "offline", "online", "disabled"), default="disabled",
+                   help="also log a W&B summary run (job_type=summary, the sweep's group); "
+                        "auto = the mode the sweep's jobs used (default: disabled)")
+    s.add_argument("--group", default=None, help="W&B group (default: the group the jobs logged to)")
+    s.add_argument("-q", "--quiet", action="store_true", help="do not print the Markdown tables")
+    return p
+
+
+def summarize(args: argparse.Namespace) -> int:
+    from topovlm.summary import build_summary
+
+    out = args.out
+    if out is None:
+        out = args.dirs[0] if len(args.dirs) == 1 and args.dirs[0].is_dir() else Path("summary")
+    try:
+        summary = build_summary(args.dirs, out, metric=args.metric, plots=not args.no_plots)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"topovlm summarize: {err}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(summary.terminal_markdown())
+    if args.wandb != "disabled":
+        from topovlm.wandb_summary import log_summary_run, wandb_settings_from_jobs
+
+        settings = wandb_settings_from_jobs(summary.jobs)
+        if args.wandb != "auto":
+            settings.update(enabled=True, mode=args.wandb)
+        path = log_summary_run(summary, settings, group=args.group)
+        if path:
+            print(f"W&B summary run: {path}")
+    print(f"summary written to {summary.out_dir} ({len(summary.jobs)} jobs)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    if args.command == "summarize":
+        return summarize(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

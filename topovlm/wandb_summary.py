@@ -1,0 +1,136 @@
+"""The sweep's W&B summary run: job_type ``summary``, in the same group as the sweep's jobs.
+
+It logs the one-row-per-job table and the aggregated table as ``wandb.Table``, every
+metric-vs-sparsity comparison as a native line plot (``wandb.plot.line_series``: one
+line per scorer, starting at the unpruned reference), the agreement table and the PNG
+plots as images. Like the per-job runs it can never fail the sweep: errors are logged.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from topovlm.summary import Summary, _slug, csv_rows, ordered_metrics
+
+log = logging.getLogger(__name__)
+
+
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The W&B group the jobs of a multirun log to (the same rule as :mod:`topovlm.app`)."""
+    sweep = Path(sweep_dir)
+    return f"sweep-{sweep.parent.name}_{sweep.name}"
+
+
+def wandb_settings_from_jobs(jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The logger settings the jobs ran with (a dict like ``logger.wandb``)."""
+    for j in jobs:
+        cfg = ((j.get("config") or {}).get("logger") or {}).get("wandb")
+        if cfg:
+            return dict(cfg)
+    return {"enabled": False, "mode": "disabled"}
+
+
+def _group(summary: Summary, settings: dict[str, Any], group: str | None) -> str:
+    if group:
+        return group
+    if settings.get("group"):
+        return str(settings["group"])
+    logged = Counter(j.get("wandb_group") for j in summary.jobs if j.get("wandb_group"))
+    if logged:
+        return logged.most_common(1)[0][0]
+    src = summary.sources[0] if summary.sources else summary.out_dir
+    return sweep_group(Path(src).resolve())
+
+
+def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None) -> Path | None:
+    """Log the summary as one W&B run; returns the run's local directory (None when disabled)."""
+    settings = dict(settings) if settings is not None else {}
+    if not settings.get("enabled", True) or settings.get("mode", "offline") == "disabled":
+        return None
+    try:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        run = wandb.init(
+            project=settings.get("project") or "topovlm",
+            entity=settings.get("entity"),
+            mode=settings.get("mode") or "offline",
+            group=_group(summary, settings, group),
+            job_type="summary",
+            name="summary",
+            tags=[*(settings.get("tags") or []), "summary"],
+            config={"sources": [str(s) for s in summary.sources], "num_jobs": len(summary.jobs),
+                    "headline_metric": summary.headline,
+                    "scorers": sorted({j["label"] for j in summary.jobs}),
+                    "sparsities": sorted({float(j["sparsity"]) for j in summary.jobs})},
+            dir=str(settings.get("dir") or summary.out_dir),
+            reinit="finish_previous",
+        )
+    except Exception as err:  # noqa: BLE001 - logging must not break the sweep
+        log.warning("W&B summary run not created: %s", err)
+        return None
+    run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
+    ok = True
+    try:
+        run.log(_payload(summary, wandb))
+        run.summary.update(_best(summary))
+    except Exception as err:  # noqa: BLE001
+        ok = False
+        log.warning("W&B summary logging failed: %s", err)
+    finally:
+        try:
+            run.finish(exit_code=0 if ok else 1)
+        except Exception as err:  # noqa: BLE001
+            log.warning("W&B finish failed: %s", err)
+    return run_dir
+
+
+def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    columns, rows = csv_rows(summary.jobs, ordered_metrics(summary.jobs, summary.headline))
+    data["summary/jobs"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    agg_cols = ["model", "task", "metric", "scorer", "sparsity", "mean", "std", "n"]
+    agg = []
+    for t in summary.tables:
+        if t.reference is not None:
+            agg.append([t.model, t.task, t.metric, "unpruned", 0.0, t.reference.mean, t.reference.std, t.reference.n])
+        for lab in sorted(t.cells):
+            for s, st in sorted(t.cells[lab].items()):
+                agg.append([t.model, t.task, t.metric, lab, s, st.mean, st.std, st.n])
+        if not t.cells:
+            continue
+        labels = sorted(t.cells)
+        xs, ys = [], []
+        for lab in labels:
+            row = t.cells[lab]
+            x = sorted(row)
+            y = [row[s].mean for s in x]
+            if t.reference is not None and 0.0 not in row:
+                x, y = [0.0] + x, [t.reference.mean] + y
+            xs.append(x)
+            ys.append(y)
+        key = f"plots/{_slug(t.model)}/{_slug(t.task)}/{_slug(t.metric)}"
+        data[key] = wandb.plot.line_series(xs=xs, ys=ys, keys=labels, xname="sparsity",
+                                           title=f"{t.model} · {t.task}: {t.metric} vs sparsity")
+    data["summary/aggregate"] = wandb.Table(columns=agg_cols, data=agg)
+    ag_rows = [r for a in summary.agreements for r in a.rows()]
+    if ag_rows:
+        ag_cols = ["model", "kind", "sparsity", "scorer_a", "scorer_b", "value", "std", "n"]
+        data["summary/agreement"] = wandb.Table(columns=ag_cols, data=[[r.get(c) for c in ag_cols] for r in ag_rows])
+    for p in summary.plots:
+        data[f"images/{p.stem}"] = wandb.Image(str(p))
+    return data
+
+
+def _best(summary: Summary) -> dict[str, Any]:
+    """Run summary: the best scorer at each sparsity on the headline metric."""
+    out: dict[str, Any] = {"num_jobs": len(summary.jobs)}
+    for t in summary.headline_tables():
+        for s in t.sparsities:
+            best = t.best(s)
+            if best:
+                out[f"best/{_slug(t.model)}/{_slug(t.task)}/{s:g}"] = ", ".join(best)
+    return out
