@@ -1,0 +1,293 @@
+"""Efficiency of a (pruned) model, per job: size, latency, throughput, memory, and speedup.
+
+:func:`measure` runs the model on one fixed synthetic input (same for pruned and
+unpruned models of a family: a fixed 64x64 image and a question of repeated words,
+``prompt_words`` long) and reports
+
+* ``params_total``, ``params_decoder_layers``, ``num_decoder_layers``;
+* ``prefill_latency_s``: one forward over the prompt (with KV cache), median of
+  ``repeats`` after ``warmup`` runs;
+* ``decode_tokens_per_s``: greedy generation of exactly ``new_tokens`` tokens, median
+  time minus the median prefill, over ``new_tokens - 1`` decode steps;
+* ``generate_latency_s``: the median time of that generation;
+* ``peak_memory_bytes`` during the measurement (see below).
+
+On GPU every timed region is bracketed by ``torch.cuda.synchronize()``.
+
+Peak memory (``peak_memory_method`` says which one was used):
+
+* CUDA: ``torch.cuda.max_memory_allocated`` (tensors; ``..._reserved`` too), reset by
+  ``torch.cuda.reset_peak_memory_stats`` at each reset;
+* CPU (Linux): the process's resident-set high-water mark (``VmHWM``), reset by
+  writing ``5`` to ``/proc/self/clear_refs``. It counts the whole process (Python,
+  libraries, model weights, activations), so compare numbers from the same harness
+  version and machine. tracemalloc is not used: it does not see torch's allocations;
+  torch has no CPU peak-allocation counter outside the profiler;
+* elsewhere: ``ru_maxrss`` (not resettable: a process-lifetime peak).
+
+:class:`JobEfficiency` is what the runner uses: it resets the peak at the start of a
+job, measures the unpruned model once per (model, input settings, machine) and caches
+it under ``<cache_dir>/efficiency/``, measures the pruned one, and reports speedups:
+``prefill_speedup = baseline latency / pruned latency``, ``decode_speedup = pruned
+tokens/s / baseline tokens/s``, ``ideal_speedup = original layers / kept layers``
+(what removing decoder layers would give if they were all the cost).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from topovlm.adapters.base import ModelAdapter
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+@dataclass
+class EfficiencySettings:
+    enabled: bool = True
+    prompt_words: int = 64  # question length; the prompt's token count is reported
+    new_tokens: int = 32
+    warmup: int = 2
+    repeats: int = 5
+    batch_size: int = 1
+    cache: bool = True  # cache the unpruned model's numbers per model and machine
+
+    @classmethod
+    def from_cfg(cls, cfg: Any, model_source: str | None = None) -> "EfficiencySettings":
+        """From an ``efficiency`` config node (None: defaults; lighter ones for tiny test models)."""
+        base = cls(prompt_words=8, new_tokens=4, warmup=1, repeats=3) if model_source == "tiny" else cls()
+        if cfg is None:
+            return base
+        data = {k: v for k, v in cfg.items()}
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"efficiency: unknown keys {sorted(unknown)}; allowed: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**{**asdict(base), **data})
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_memory(device: torch.device | str | None = None) -> str:
+    """Start a new peak-memory window; returns the method that will be used."""
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        return "cuda_max_memory_allocated"
+    try:
+        _CLEAR_REFS.write_text("5")
+        if _proc_status_kb("VmHWM") is not None:
+            return "rss_hwm"
+    except OSError:
+        pass
+    return "ru_maxrss"
+
+
+def peak_memory(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Peak since the last :func:`reset_peak_memory` (see the module docstring)."""
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(dev)
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(dev)),
+                "peak_memory_reserved_bytes": int(torch.cuda.max_memory_reserved(dev)),
+                "peak_memory_method": "cuda_max_memory_allocated"}
+    hwm = _proc_status_kb("VmHWM")
+    if hwm is not None and _CLEAR_REFS.exists():
+        return {"peak_memory_bytes": hwm * 1024, "peak_memory_method": "rss_hwm"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_memory_bytes": int(rss) * (1 if platform.system() == "Darwin" else 1024),
+            "peak_memory_method": "ru_maxrss"}
+
+
+# ---------------------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fixed_inputs(adapter: "ModelAdapter", settings: EfficiencySettings) -> dict[str, torch.Tensor]:
+    """The fixed benchmark input: a 64x64 picture (vision models) and a repeated-word question."""
+    from PIL import Image, ImageDraw
+
+    from topovlm.data.types import VQASample
+
+    image = None
+    if adapter.family != "causal_lm":
+        image = Image.new("RGB", (64, 64), "white")
+        ImageDraw.Draw(image).ellipse((8, 8, 40, 40), fill=(200, 40, 40))
+    words = " ".join(["shape"] * max(1, settings.prompt_words))
+    sample = VQASample("efficiency", image, f"{words} What color is the circle? Answer with one word.", "", "")
+    return adapter.build_inputs([sample] * settings.batch_size)
+
+
+@torch.inference_mode()
+def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None) -> dict[str, Any]:
+    """Size, prefill latency, decode throughput and peak memory of ``adapter``'s model."""
+    s = settings or EfficiencySettings()
+    model, device = adapter.model, adapter.device
+    counts = adapter.parameter_counts()
+    inputs = fixed_inputs(adapter, s)
+    tok = adapter.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    method = reset_peak_memory(device)
+
+    def prefill() -> Any:
+        return model(**inputs, use_cache=True)
+
+    def generate() -> Any:
+        return model.generate(**inputs, max_new_tokens=s.new_tokens, min_new_tokens=s.new_tokens,
+                              do_sample=False, pad_token_id=pad)
+
+    t_prefill = _median_time(prefill, device, s.warmup, s.repeats)
+    t_generate = _median_time(generate, device, s.warmup, s.repeats)
+    decode_time = max(t_generate - t_prefill, 1e-9)
+    mem = peak_memory(device)
+    return {
+        **counts,
+        "num_decoder_layers": adapter.num_layers,
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "batch_size": s.batch_size,
+        "new_tokens": s.new_tokens,
+        "prefill_latency_s": t_prefill,
+        "generate_latency_s": t_generate,
+        "decode_tokens_per_s": s.batch_size * max(1, s.new_tokens - 1) / decode_time,
+        **mem,
+        "peak_memory_method": mem.get("peak_memory_method", method),
+        "device": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def device_name(device: torch.device | str) -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(dev)
+    return f"cpu:{platform.processor() or platform.machine()}:{os.cpu_count()}cores"
+
+
+def speedups(pruned: dict[str, Any], base: dict[str, Any], original_layers: int) -> dict[str, float]:
+    kept = max(1, int(pruned["num_decoder_layers"]))
+    out = {
+        "ideal_speedup": original_layers / kept,
+        "prefill_speedup": base["prefill_latency_s"] / pruned["prefill_latency_s"],
+        "decode_speedup": pruned["decode_tokens_per_s"] / base["decode_tokens_per_s"],
+        "generate_speedup": base["generate_latency_s"] / pruned["generate_latency_s"],
+        "params_ratio": pruned["params_total"] / base["params_total"],
+        "decoder_params_ratio": pruned["params_decoder_layers"] / max(1, base["params_decoder_layers"]),
+    }
+    if base.get("peak_memory_bytes") and pruned.get("peak_memory_bytes"):
+        out["peak_memory_ratio"] = pruned["peak_memory_bytes"] / base["peak_memory_bytes"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------- per job
+class JobEfficiency:
+    """Efficiency bookkeeping of one runner job (pruned and unpruned)."""
+
+    def __init__(self, settings: EfficiencySettings, cache_root: Path | None, model_key: str, device: Any = None) -> None:
+        self.settings = settings
+        self.cache_root = cache_root
+        self.model_key = model_key
+        self.baseline: dict[str, Any] | None = None
+        self.baseline_from_cache = False
+        self.device = device
+        self.job_peak_method = reset_peak_memory(device)  # the job's peak-memory window starts here
+        self._peak_before = 0  # peak of earlier windows (measure() starts its own window)
+
+    def _save_peak(self) -> None:
+        self._peak_before = max(self._peak_before, peak_memory(self.device)["peak_memory_bytes"])
+
+    def _path(self, adapter: "ModelAdapter") -> Path | None:
+        if self.cache_root is None or not self.settings.cache:
+            return None
+        from topovlm.capture import _digest
+
+        ident = {"model": self.model_key, "settings": asdict(self.settings), "device": device_name(adapter.device),
+                 "host": platform.node(), "threads": torch.get_num_threads(), "dtype": str(next(adapter.model.parameters()).dtype)}
+        return self.cache_root / "efficiency" / f"unpruned-{_digest(ident)}.json"
+
+    def measure_baseline(self, adapter: "ModelAdapter") -> dict[str, Any] | None:
+        """The unpruned model's numbers (call before pruning): from the cache, else measured and cached."""
+        if not self.settings.enabled:
+            return None
+        path = self._path(adapter)
+        if path is not None and path.is_file():
+            try:
+                self.baseline = json.loads(path.read_text())
+                self.baseline_from_cache = True
+                return self.baseline
+            except (OSError, ValueError):
+                pass
+        self._save_peak()
+        self.baseline = measure(adapter, self.settings)
+        if path is not None:
+            from topovlm.results import write_json_atomic
+
+            write_json_atomic(path, self.baseline)
+        return self.baseline
+
+    def finish(self, adapter: "ModelAdapter", *, pruned: bool, eval_wall_time_s: float | None,
+               original_layers: int) -> dict[str, Any]:
+        """Everything for results.json's ``efficiency`` (the job's peak memory is read first)."""
+        job_peak = peak_memory(adapter.device)
+        out: dict[str, Any] = {**adapter.parameter_counts(), "num_decoder_layers": adapter.num_layers,
+                               "num_decoder_layers_original": original_layers,
+                               "job_peak_memory_bytes": max(self._peak_before, job_peak["peak_memory_bytes"]),
+                               "job_peak_memory_method": job_peak["peak_memory_method"]}
+        if eval_wall_time_s is not None:
+            out["eval_wall_time_s"] = float(eval_wall_time_s)
+        if not self.settings.enabled:
+            return out
+        current = measure(adapter, self.settings) if pruned or self.baseline is None else dict(self.baseline)
+        out.update(current)
+        if self.baseline is not None:
+            out.update(speedups(current, self.baseline, original_layers))
+            out["baseline"] = {k: self.baseline[k] for k in ("prefill_latency_s", "decode_tokens_per_s",
+                                                              "generate_latency_s", "params_total",
+                                                              "peak_memory_bytes") if k in self.baseline}
+            out["baseline_from_cache"] = self.baseline_from_cache
+        return out
+
+
+def flat_numeric(eff: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries (nested ``baseline`` as ``baseline/<k>``), for W&B."""
+    out: dict[str, float] = {}
+    for k, v in eff.items():
+        if isinstance(v, dict):
+            out.update({f"{k}/{kk}": float(vv) for kk, vv in v.items() if isinstance(vv, (int, float)) and not isinstance(vv, bool)})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out

@@ -1,0 +1,584 @@
+"""Standard LVLM benchmarks through lmms-eval, on the (pruned) model in memory.
+
+``task.evaluator=lmms`` runs ``lmms_eval.evaluator.simple_evaluate`` with a model
+*object*: :class:`AdapterLMM`, an ``lmms_eval.api.model.lmms`` subclass over the
+harness's :class:`~topovlm.adapters.base.ModelAdapter`.
+
+Why our own ``lmms`` subclass rather than lmms-eval's ``llava_hf`` / ``qwen2_vl``
+wrappers with the pruned module swapped in:
+
+* the wrappers build themselves from a ``pretrained`` path in ``__init__`` (loading
+  weights, Accelerator set-up); swapping a pruned module in means bypassing
+  ``__init__`` and setting private attributes, which changes between lmms-eval
+  releases. The adapter already holds the pruned model and its processor;
+* one class covers every family the harness drives (LLaVA, LLaVA-NeXT, Qwen2-VL /
+  Qwen2.5-VL, text-only decoders, the tiny test models), where the wrappers exist per
+  family and need extra packages (``llava_hf`` imports ``decord``; ``qwen2_vl``
+  needs ``qwen_vl_utils``);
+* ``llava_hf`` turns a generation error into an empty answer (a broken pruned model
+  would silently score 0) and ignores ``until``; here errors propagate and ``until``
+  is honoured;
+* prompts are built by the adapter, exactly as the built-in ``vqa`` evaluator builds
+  them, so the local ``shapes_lmms`` task reproduces the ``vqa`` evaluator's answers.
+
+What the task shows the model (``doc_to_text`` with its pre/post prompts) still
+follows the CLI: the ``TaskManager`` is created with ``model_name`` set to the
+lmms-eval model the CLI would use for the family (``llava_hf``, ``qwen2_vl``;
+``task.options.model_name`` overrides), which selects the task's
+``lmms_eval_specific_kwargs``; the image is placed before the text as ``llava_hf``
+does (or at ``<image>`` markers in the text) and the model's chat template applied.
+
+Task options (``task.options``):
+
+``tasks``            lmms-eval task/group names (default: ``[task.name]``); several run in one call
+``metrics``          ``{task: [metric, ...]}`` to report (default: :data:`DEFAULT_METRICS`, else
+                     every numeric metric)
+``gen_kwargs``       overrides of every task's generation settings (dict or ``"k=v,k=v"``);
+                     as lmms-eval's ``--gen_kwargs``
+``model_name``       prompt variant (see above)
+``check_datasets``   fail fast when a task's dataset is not available locally (default true)
+``index``            ``fast`` (index only the task folders needed) or ``full`` (all lmms-eval tasks,
+                     ~20 s); ``fast`` falls back to ``full`` when a name is not found by file name
+``include_path``     extra task folders
+``data_dir``         where local tasks' datasets are written (default: the harness cache)
+``seeds``            ``{random, numpy, torch, fewshot}`` passed to ``simple_evaluate``
+
+``task.limit`` is lmms-eval's ``limit`` (first N documents per task), ``task.batch_size``
+the model's batch size (default 1 in the presets: lmms-eval scores can change with it),
+``task.max_new_tokens`` the cap used only when a task sets none (as ``llava_hf``: 1024).
+
+Reported metrics: with one task, its metric names (``accuracy``, ``mme_perception_score``
+...); with several, ``<task>/<metric>``; plus ``num_samples`` (``num_samples/<task>``).
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from topovlm.data.types import VQASample
+from topovlm.evaluation.base import Evaluator
+from topovlm.evaluation.lmms_tasks import LOCAL_TASKS, TASKS_DIR, export_shapes_dataset
+
+if TYPE_CHECKING:
+    from topovlm.adapters.base import ModelAdapter
+
+log = logging.getLogger(__name__)
+
+#: metric keys reported by default, per lmms-eval task (others: every numeric metric)
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "mme": ["mme_perception_score", "mme_cognition_score"],
+    "pope": ["pope_accuracy", "pope_f1_score", "pope_precision", "pope_recall", "pope_yes_ratio"],
+    "scienceqa_img": ["exact_match"],
+    "gqa": ["exact_match"],
+    "gqa_lite": ["exact_match"],
+    "textvqa_val": ["exact_match"],
+    "textvqa_val_lite": ["exact_match"],
+    "mmmu_val": ["mmmu_acc"],
+    "mathvista_testmini_format": ["llm_as_judge_eval"],
+    "mathvista_testmini_cot": ["llm_as_judge_eval"],
+    "mathvista_testmini_solution": ["llm_as_judge_eval"],
+    "seedbench": ["seed_image", "seed_all"],
+    "seedbench_lite": ["seed_image", "seed_all"],
+    "shapes_lmms": ["accuracy", "accuracy_math", "accuracy_non_math", "accuracy_colour", "accuracy_shape",
+                    "accuracy_spatial", "accuracy_count", "accuracy_arithmetic"],
+}
+
+#: adapter family -> the lmms-eval model whose prompts the CLI would use
+PROMPT_VARIANT: dict[str, str] = {"llava": "llava_hf", "qwen2_vl": "qwen2_vl", "causal_lm": "llava_hf"}
+
+#: lmms-eval's own defaults (``simple_evaluate``), recorded in the protocol
+DEFAULT_SEEDS = {"random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}
+
+# generation settings passed on to ``model.generate``; others (``until``, ``image_aspect_ratio``
+# ...) are either handled here or specific to other backends
+_HF_GEN_KEYS = ("max_new_tokens", "min_new_tokens", "num_beams", "temperature", "top_p", "top_k",
+                "repetition_penalty", "do_sample")
+IMAGE_MARKER = "<image>"
+
+
+class LmmsEvalMissing(ImportError):
+    """lmms-eval is not installed."""
+
+
+class LmmsDatasetUnavailable(FileNotFoundError):
+    """A task's dataset is not available locally (the message says how to pre-download it)."""
+
+
+def import_lmms_eval() -> Any:
+    try:
+        import lmms_eval.evaluator  # noqa: F401
+        from lmms_eval.api.model import lmms  # noqa: F401
+    except ImportError as err:
+        raise LmmsEvalMissing(
+            f"task.evaluator=lmms needs lmms-eval ({err}). GPU machines: pip install 'topovlm[lmms]'. "
+            "CPU machines (keeps the CPU torch): pip install 'topovlm[lmms-deps]' && "
+            "pip install --no-deps lmms-eval==0.7.3"
+        ) from err
+    import lmms_eval
+
+    return lmms_eval
+
+
+def lmms_eval_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lmms_eval")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------- model
+def _build_lmm_class() -> type:
+    """Defined lazily so that importing this module does not need lmms-eval."""
+    from lmms_eval.api.model import lmms
+    from tqdm.auto import tqdm
+
+    class AdapterLMM(lmms):
+        """An lmms-eval model over a harness adapter (see the module docstring)."""
+
+        is_simple = True
+
+        def __init__(self, adapter: "ModelAdapter", batch_size: int = 1, default_max_new_tokens: int = 1024) -> None:
+            super().__init__()
+            self.adapter = adapter
+            self.batch_size = int(batch_size)
+            self.default_max_new_tokens = int(default_max_new_tokens)
+            #: (task, doc_id) -> generated text (after ``until``), for inspection and tests
+            self.outputs: dict[tuple[str, int], str] = {}
+
+        # lmms-eval reads these
+        @property
+        def model(self) -> Any:
+            return self.adapter.model
+
+        @property
+        def tokenizer(self) -> Any:
+            return self.adapter.tokenizer
+
+        @property
+        def device(self) -> torch.device:
+            return self.adapter.device
+
+        def _visuals(self, doc_to_visual: Any, task: str, split: str, doc_id: int) -> list[Any]:
+            import PIL.Image
+
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
+            flat: list[Any] = []
+            for v in visuals or []:
+                flat.extend(v if isinstance(v, (list, tuple)) else [v])
+            for v in flat:
+                if not isinstance(v, PIL.Image.Image):
+                    raise NotImplementedError(
+                        f"task {task}: only image inputs are supported by the topovlm lmms-eval model, got {type(v).__name__}")
+            return [v.convert("RGB") for v in flat]
+
+        def generate_until(self, requests: list[Any]) -> list[str]:
+            res: list[str | None] = [None] * len(requests)
+            args = [r.args for r in requests]
+            # batch consecutive requests with the same generation settings and at most one image
+            order = list(range(len(requests)))
+            pbar = tqdm(total=len(requests), desc="lmms-eval generate", leave=False, disable=self.rank != 0)
+            i = 0
+            while i < len(order):
+                batch = [order[i]]
+                key = repr(sorted(args[order[i]][1].items()))
+                while (len(batch) < self.batch_size and i + len(batch) < len(order)
+                       and repr(sorted(args[order[i + len(batch)]][1].items())) == key):
+                    batch.append(order[i + len(batch)])
+                i += len(batch)
+                contexts, visuals, gen = [], [], dict(args[batch[0]][1])
+                for j in batch:
+                    context, _, doc_to_visual, doc_id, task, split = args[j]
+                    contexts.append(context)
+                    visuals.append(self._visuals(doc_to_visual, task, split, doc_id))
+                simple = all(len(v) <= 1 and IMAGE_MARKER not in c for c, v in zip(contexts, visuals))
+                if not simple and len(batch) > 1:  # multi-image documents run one at a time
+                    i -= len(batch) - 1
+                    batch, contexts, visuals = batch[:1], contexts[:1], visuals[:1]
+                texts = self._generate(contexts, visuals, gen, simple)
+                until = gen.get("until") or []
+                until = [until] if isinstance(until, str) else list(until)
+                for j, text in zip(batch, texts):
+                    for stop in until:
+                        if stop:
+                            text = text.split(stop)[0]
+                    res[j] = text
+                    _, _, _, doc_id, task, _ = args[j]
+                    self.outputs[(task, doc_id)] = text
+                    self.cache_hook.add_partial("generate_until", (args[j][0], gen), text)
+                pbar.update(len(batch))
+            pbar.close()
+            return [r if r is not None else "" for r in res]
+
+        def _gen_kwargs(self, gen: dict[str, Any]) -> dict[str, Any]:
+            kw = {k: gen[k] for k in _HF_GEN_KEYS if k in gen and gen[k] is not None}
+            kw.setdefault("max_new_tokens", self.default_max_new_tokens)
+            temperature = float(kw.pop("temperature", 0) or 0)
+            sample = bool(kw.pop("do_sample", False)) and temperature > 0
+            kw["do_sample"] = sample
+            if sample:
+                kw["temperature"] = temperature
+            else:
+                kw.pop("top_p", None)
+                kw.pop("top_k", None)
+            kw["num_beams"] = int(kw.get("num_beams", 1))
+            return kw
+
+        def _generate(self, contexts: list[str], visuals: list[list[Any]], gen: dict[str, Any], simple: bool) -> list[str]:
+            kw = self._gen_kwargs(gen)
+            if simple:  # the adapter's own prompt + inputs, as the built-in vqa evaluator uses
+                samples = [VQASample(f"lmms-{k}", v[0] if v else None, c, "", "")
+                           for k, (c, v) in enumerate(zip(contexts, visuals))]
+                max_new = kw.pop("max_new_tokens")
+                return self.adapter.generate(samples, max_new_tokens=max_new, **kw)
+            inputs = self._interleaved_inputs(contexts[0], visuals[0])
+            with torch.inference_mode():
+                out = self.adapter.model.generate(**inputs, pad_token_id=_pad_id(self.tokenizer), **kw)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+        def _interleaved_inputs(self, context: str, images: list[Any], continuation: str | None = None) -> dict[str, Any]:
+            """Inputs for a document with several images or ``<image>`` markers in its text."""
+            adapter = self.adapter
+            if adapter.family == "causal_lm" or not images:
+                sample = VQASample("lmms", None, context.replace(IMAGE_MARKER, "").strip(), "", "")
+                return adapter.build_inputs([sample], answers=None if continuation is None else [continuation])
+            parts = context.split(IMAGE_MARKER)
+            # images without a marker go first (as llava_hf does); markers without an image are dropped
+            content: list[dict[str, str]] = [{"type": "image"}] * max(0, len(images) - (len(parts) - 1))
+            placed = len(content)
+            for k, part in enumerate(parts):
+                if k > 0 and placed < len(images):
+                    content.append({"type": "image"})
+                    placed += 1
+                if part.strip():
+                    content.append({"type": "text", "text": part.strip()})
+            prompt = adapter.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                           add_generation_prompt=True, tokenize=False)
+            if continuation is not None:
+                prompt += continuation
+            self.tokenizer.padding_side = "left"
+            batch = adapter.processor(text=[prompt], images=images, return_tensors="pt", padding=True)
+            return {k: v.to(adapter.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+        def _inputs(self, context: str, images: list[Any], continuation: str | None) -> dict[str, Any]:
+            if len(images) <= 1 and IMAGE_MARKER not in context:
+                sample = VQASample("lmms", images[0] if images else None, context, "", "")
+                return self.adapter.build_inputs([sample], answers=None if continuation is None else [continuation])
+            return self._interleaved_inputs(context, images, continuation)
+
+        @torch.inference_mode()
+        def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
+            res = []
+            for context, target, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
+                doc = self.task_dict[task][split][doc_id]
+                continuation = target if isinstance(target, str) else target(doc)
+                images = self._visuals(doc_to_visual, task, split, doc_id)
+                ctx = self._inputs(context, images, None)["input_ids"]
+                full = self._inputs(context, images, continuation)
+                n_ctx = ctx.shape[1]
+                logits = self.adapter.model(**full, use_cache=False).logits[0].float()
+                ids = full["input_ids"][0]
+                cont_ids = ids[n_ctx:]
+                logp = torch.log_softmax(logits[n_ctx - 1:-1], dim=-1)
+                total = logp.gather(-1, cont_ids[:, None]).sum().item()
+                greedy = bool((logp.argmax(-1) == cont_ids).all().item())
+                res.append((float(total), greedy))
+            return res
+
+        def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
+            raise NotImplementedError("multi-round generation is not supported by the topovlm lmms-eval model")
+
+    return AdapterLMM
+
+
+def _pad_id(tok: Any) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+_LMM_CLASS: type | None = None
+
+
+def make_lmm(adapter: "ModelAdapter", batch_size: int = 1, default_max_new_tokens: int = 1024) -> Any:
+    """An ``lmms_eval.api.model.lmms`` instance over ``adapter``."""
+    global _LMM_CLASS
+    import_lmms_eval()
+    if _LMM_CLASS is None:
+        _LMM_CLASS = _build_lmm_class()
+    return _LMM_CLASS(adapter, batch_size=batch_size, default_max_new_tokens=default_max_new_tokens)
+
+
+# ---------------------------------------------------------------------------------------- tasks
+def _builtin_tasks_dir() -> Path:
+    import lmms_eval
+
+    return Path(lmms_eval.__file__).resolve().parent / "tasks"
+
+
+def task_manager(names: Sequence[str], model_name: str | None, *, index: str = "fast",
+                 include_path: Sequence[str] = ()) -> Any:
+    """A ``TaskManager`` that knows ``names`` (and the local tasks), with the CLI's prompts for ``model_name``.
+
+    ``fast`` indexes only the lmms-eval task folders holding ``<name>.yaml`` (a full index
+    reads every task YAML: ~20 s); it falls back to ``full`` for names not found that way.
+    """
+    from lmms_eval.tasks import TaskManager
+
+    extra = [str(TASKS_DIR), *map(str, include_path)]
+    if index == "fast":
+        root = _builtin_tasks_dir()
+        dirs: list[str] = []
+        for name in names:
+            if name in LOCAL_TASKS:
+                continue
+            hits = glob.glob(str(root / "*" / f"{name}.yaml")) + glob.glob(str(root / "*" / "*" / f"{name}.yaml"))
+            if not hits:
+                dirs = []
+                break
+            dirs.extend(str(Path(h).parent) for h in hits)
+        else:
+            tm = TaskManager("WARNING", include_path=sorted(set(dirs)) + extra, include_defaults=False,
+                             model_name=model_name)
+            if all(n in tm.all_tasks for n in names):
+                return tm
+        log.info("lmms-eval: indexing all tasks (some of %s are not found by file name)", list(names))
+    elif index != "full":
+        raise ValueError(f"task.options.index={index!r}; allowed: fast, full")
+    return TaskManager("WARNING", include_path=extra, model_name=model_name)
+
+
+def leaf_task_configs(tm: Any, names: Sequence[str | dict]) -> dict[str, dict[str, Any]]:
+    """Task name -> its YAML config, groups and tags expanded to their tasks."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in names:
+        override: dict[str, Any] = {}
+        if isinstance(item, dict):
+            override = {k: v for k, v in item.items() if k != "task"}
+            item = item["task"]
+        if tm._name_is_tag(item):
+            out.update(leaf_task_configs(tm, tm._get_tasklist(item)))
+        elif tm._name_is_group(item):
+            sub = tm._get_config(item).get("task", [])
+            out.update(leaf_task_configs(tm, [sub] if isinstance(sub, str) else sub))
+        elif item in tm.all_tasks:
+            out[item] = {**tm._get_config(item), **override}
+        else:
+            raise KeyError(f"lmms-eval task {item!r} is unknown (not in lmms-eval's tasks nor {TASKS_DIR})")
+    return out
+
+
+def _hub_cache_dirs() -> list[Path]:
+    try:
+        from huggingface_hub import constants
+
+        hub = Path(constants.HF_HUB_CACHE)
+    except Exception:  # noqa: BLE001
+        hub = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+    return [hub]
+
+
+def _datasets_cache_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("LMMS_EVAL_DATASETS_CACHE", "").strip():
+        dirs.append(Path(os.environ["LMMS_EVAL_DATASETS_CACHE"]).expanduser())
+    try:
+        import datasets
+
+        dirs.append(Path(datasets.config.HF_DATASETS_CACHE))
+    except Exception:  # noqa: BLE001
+        pass
+    dirs.append(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "datasets")
+    return list(dict.fromkeys(dirs))
+
+
+def dataset_location(path: str | None, name: str | None, kwargs: dict[str, Any] | None) -> tuple[str | None, list[str]]:
+    """``(where it was found or None, places looked at)`` for one task's dataset."""
+    kwargs = kwargs or {}
+    if not path:
+        return None, ["(no dataset_path in the task config)"]
+    if kwargs.get("load_from_disk") or Path(path).expanduser().exists():
+        p = Path(path).expanduser()
+        return (str(p) if p.exists() else None), [str(p)]
+    looked: list[str] = []
+    repo = path.strip("/")
+    for hub in _hub_cache_dirs():
+        snap = hub / f"datasets--{repo.replace('/', '--')}" / "snapshots"
+        looked.append(str(snap))
+        if snap.is_dir() and any(snap.iterdir()):
+            return str(snap), looked
+    ns, _, base = repo.rpartition("/")
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
+    candidates = {f"{ns}___{b}" if ns else b for b in (base, base.lower(), snake)}
+    for root in _datasets_cache_dirs():
+        for c in sorted(candidates):
+            looked.append(str(root / c))
+            if (root / c).is_dir():
+                return str(root / c), looked
+    return None, looked
+
+
+def check_datasets(configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Task -> where its dataset is; raises :class:`LmmsDatasetUnavailable` for the first missing one."""
+    found = {}
+    for task, cfg in configs.items():
+        path, name = cfg.get("dataset_path"), cfg.get("dataset_name")
+        where, looked = dataset_location(path, name, cfg.get("dataset_kwargs"))
+        if where is None:
+            split = cfg.get("test_split") or cfg.get("validation_split")
+            name_arg = f", {name!r}" if name else ""
+            token = " (a gated dataset: log in first with `hf auth login`)" if (cfg.get("dataset_kwargs") or {}).get("token") else ""
+            raise LmmsDatasetUnavailable(
+                f"lmms-eval task {task!r} needs the dataset {path!r}"
+                f"{f' (config {name!r})' if name else ''}, which is not available locally "
+                f"(looked in: {', '.join(looked)}).\n"
+                f"Pre-download it on a machine with network access{token}, with the same HF_HOME:\n"
+                f"    python -c \"import datasets; datasets.load_dataset({path!r}{name_arg}, split={split!r})\"\n"
+                f"or  hf download --repo-type dataset {path}\n"
+                "then copy the Hugging Face cache (HF_HOME) here and run with HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1.\n"
+                "To let lmms-eval try the download itself: task.options.check_datasets=false."
+            )
+        found[task] = where
+    return found
+
+
+def _gen_kwargs_string(value: Any) -> str | None:
+    if value is None or value == "" or value == {}:
+        return None
+    if isinstance(value, str):
+        return value
+    return ",".join(f"{k}={v}" for k, v in dict(value).items())
+
+
+def _numeric(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def extract_metrics(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> dict[str, float]:
+    """``results["results"]`` (``{task: {"metric,filter": value}}``) -> flat metrics."""
+    out: dict[str, float] = {}
+    for task, values in results.get("results", {}).items():
+        keep = wanted.get(task)
+        for key, value in values.items():
+            if "," not in key or not _numeric(value):
+                continue
+            metric, filt = key.split(",", 1)
+            if metric.endswith("_stderr") or (keep is not None and metric not in keep):
+                continue
+            name = metric if filt == "none" else f"{metric}_{filt}"
+            out[f"{task}/{name}" if prefix else name] = float(value)
+    for task, n in results.get("n-samples", {}).items():
+        count = n.get("effective") if isinstance(n, dict) else n
+        if _numeric(count):
+            out[f"num_samples/{task}" if prefix else "num_samples"] = float(count)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- evaluator
+class LmmsEvalEvaluator(Evaluator):
+    """``task.evaluator=lmms``: see the module docstring."""
+
+    def __init__(self, task_cfg: Any) -> None:
+        super().__init__(task_cfg)
+        opts = dict(task_cfg.options or {})
+        self.options = opts
+        tasks = opts.get("tasks") or [task_cfg.name]
+        self.tasks: list[str] = [tasks] if isinstance(tasks, str) else [str(t) for t in tasks]
+        self.seeds = {**DEFAULT_SEEDS, **dict(opts.get("seeds") or {})}
+        self.gen_kwargs = _gen_kwargs_string(opts.get("gen_kwargs"))
+        self.model_name: str | None = opts.get("model_name")
+        self.lm: Any = None
+        self.raw_results: dict[str, Any] | None = None
+        self._run: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ pieces
+    def _data_dir(self) -> Path:
+        if self.options.get("data_dir"):
+            return Path(str(self.options["data_dir"])).expanduser()
+        from topovlm.default_model import default_cache_dir
+
+        return default_cache_dir()
+
+    def task_specs(self) -> list[str | dict[str, Any]]:
+        """What ``simple_evaluate`` gets: names, and local tasks with their exported dataset."""
+        specs: list[str | dict[str, Any]] = []
+        for name in self.tasks:
+            if name == "shapes_lmms":
+                path = export_shapes_dataset(self.cfg.dataset, self._data_dir())
+                specs.append({"task": name, "dataset_path": str(path)})
+            else:
+                specs.append(name)
+        return specs
+
+    def wanted_metrics(self, leaves: Sequence[str]) -> dict[str, list[str]]:
+        custom = {k: list(v) for k, v in dict(self.options.get("metrics") or {}).items()}
+        return {t: custom.get(t, DEFAULT_METRICS.get(t)) for t in leaves if t in custom or t in DEFAULT_METRICS}
+
+    def prepare(self, family: str) -> tuple[Any, list[str | dict[str, Any]], dict[str, dict[str, Any]]]:
+        """TaskManager, task specs and leaf configs; checks the datasets are local (before any model call)."""
+        import_lmms_eval()
+        model_name = self.model_name or PROMPT_VARIANT.get(family)
+        tm = task_manager(self.tasks, model_name, index=str(self.options.get("index", "fast")),
+                          include_path=list(self.options.get("include_path") or []))
+        specs = self.task_specs()
+        leaves = leaf_task_configs(tm, specs)
+        locations = check_datasets(leaves) if self.options.get("check_datasets", True) else {}
+        self._run = {"prompt_variant": model_name, "leaf_tasks": sorted(leaves), "datasets": {
+            t: {"path": c.get("dataset_path"), "name": c.get("dataset_name"), "local": locations.get(t)}
+            for t, c in leaves.items()}}
+        return tm, specs, leaves
+
+    # ------------------------------------------------------------------ interface
+    def evaluate(self, adapter: "ModelAdapter") -> dict[str, float]:
+        import_lmms_eval()
+        from lmms_eval.evaluator import simple_evaluate
+
+        tm, specs, leaves = self.prepare(adapter.family)
+        self.lm = make_lmm(adapter, batch_size=self.cfg.batch_size, default_max_new_tokens=self.cfg.max_new_tokens)
+        results = simple_evaluate(
+            model=self.lm, tasks=specs, task_manager=tm, limit=self.cfg.limit, batch_size=self.cfg.batch_size,
+            bootstrap_iters=0, log_samples=False, gen_kwargs=self.gen_kwargs, verbosity="WARNING",
+            random_seed=self.seeds["random"], numpy_random_seed=self.seeds["numpy"],
+            torch_random_seed=self.seeds["torch"], fewshot_random_seed=self.seeds["fewshot"],
+            device=str(adapter.device),
+        )
+        if results is None:
+            raise RuntimeError("lmms-eval returned no results (not the main process?)")
+        self.raw_results = results
+        self._run.update({
+            "lmms_eval_build": results.get("lmms_eval_version"),
+            "n_samples": results.get("n-samples", {}),
+            "task_versions": results.get("versions", {}),
+            "generation_kwargs": {t: (c or {}).get("generation_kwargs") for t, c in results.get("configs", {}).items()},
+        })
+        metrics = extract_metrics(results, self.wanted_metrics(list(results.get("results", {}))),
+                                  prefix=len(results.get("results", {})) > 1)
+        if not metrics:
+            raise RuntimeError(f"lmms-eval reported no numeric metrics for {self.tasks}: {results.get('results')}")
+        return metrics
+
+    @property
+    def predictions(self) -> dict[tuple[str, int], str]:
+        """(task, doc index) -> generated answer, from the last ``evaluate``."""
+        return dict(self.lm.outputs) if self.lm is not None else {}
+
+    def protocol(self) -> dict[str, Any]:
+        return {
+            "evaluator": "lmms",
+            "lmms_eval_version": lmms_eval_version(),
+            "tasks": self.tasks,
+            "limit": self.cfg.limit,
+            "batch_size": self.cfg.batch_size,
+            "seeds": self.seeds,
+            "gen_kwargs_override": self.gen_kwargs,
+            "default_max_new_tokens": self.cfg.max_new_tokens,
+            "bootstrap_iters": 0,
+            "model": "topovlm AdapterLMM (simple)",
+            **self._run,
+        }
