@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from topovlm.capture import CaptureCache, _atomic_save, _digest, model_fingerprint
 from topovlm.config import ConfigError, validate
 from topovlm.data.sources import dataset_id, load_samples
+from topovlm.efficiency import EfficiencySettings, JobEfficiency, flat_numeric
 from topovlm.pruning import remove_layers
 from topovlm.registry import get_scorer_class
 from topovlm.results import RESULTS_FILE, SWEEP_TABLE, append_row, load_results, versions, write_json_atomic
@@ -121,9 +122,16 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
     adapter = None
     with WandbRun(cfg.logger.wandb, name=name, group=group, job_type=scorer.name, config=config, out_dir=out_dir) as wb:
         try:
+            # efficiency: the job's peak-memory window starts before loading; the unpruned model's
+            # numbers are measured before pruning (cached per model and machine under cache_dir)
+            eff = JobEfficiency(EfficiencySettings.from_cfg(OmegaConf.select(cfg, "efficiency", default=None),
+                                                            cfg.model.source), cache_root, cfg.model.name, cfg.model.device)
             with _timed(timings, "load_model"):
                 adapter = load_adapter(cfg.model)
             num_layers = adapter.num_layers
+            eff.model_key = f"{cfg.model.name}-{model_fingerprint(adapter)}"
+            with _timed(timings, "efficiency"):
+                eff.measure_baseline(adapter)
             cal = cfg.calibration
             samples_fn = lambda: load_samples(cal.dataset, n=cal.n, seed=cal.seed)  # noqa: E731
             capture_key = CaptureCache.key(model_fingerprint(adapter), dataset_id(cal.dataset, cal.n, cal.seed))
@@ -153,7 +161,10 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
 
             with _timed(timings, "evaluate"):
                 metrics = evaluator.evaluate(adapter)
-            params = adapter.parameter_counts()
+            with _timed(timings, "efficiency"):
+                efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timings.get("evaluate"),
+                                        original_layers=num_layers)
+            protocol = evaluator.protocol()
 
             with _timed(timings, "diagnostics"):
                 images = scorer.write_diagnostics(result, out_dir)
@@ -176,11 +187,11 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                 "scores": result.scores,
                 "redundancy": result.redundancy,
                 "metrics": metrics,
-                "efficiency": params,
+                "efficiency": efficiency,
                 "timings": timings,
                 "scores_from_cache": from_cache,
                 "after_pruning": edit,
-                "protocol": evaluator.protocol(),
+                "protocol": protocol,
                 "config": config,
                 "versions": versions(),
                 "job_key": key,
@@ -188,7 +199,12 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                 **result.extra,
             }
             wb.log({"sparsity": float(cfg.sparsity), **{f"metrics/{k}": v for k, v in metrics.items()},
-                    "num_layers_kept": len(kept), **{f"efficiency/{k}": v for k, v in params.items()}})
+                    "num_layers_kept": len(kept), **{f"efficiency/{k}": v for k, v in flat_numeric(efficiency).items()}})
+            if wb.run is not None:  # the evaluation protocol belongs with the run's config
+                try:
+                    wb.run.config.update({"protocol": protocol}, allow_val_change=True)
+                except Exception as err:  # noqa: BLE001 - logging must not break a job
+                    log.warning("W&B config update failed: %s", err)
             wb.log_images(images)
             wb.summary({"removed_layers": removed, "selection_policy": policy})
             write_json_atomic(out_dir / RESULTS_FILE, results)  # last: its presence means complete
