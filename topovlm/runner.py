@@ -32,7 +32,7 @@ from topovlm.tracking import WandbRun
 
 log = logging.getLogger(__name__)
 # keys that change how a job is logged or stored, not what it computes
-_NOT_IDENTITY = ("logger", "force", "save_model")
+_NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir")
 
 
 def seed_everything(seed: int) -> None:
@@ -103,13 +103,20 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
     key = job_key(cfg)
     cache_root = Path(cfg.cache_dir)
 
-    done = _completed(cache_root, key)
-    if done is not None and not cfg.force:
+    done = None if cfg.force else _completed(cache_root, key, out_dir)
+    if done is not None and cfg.save_model and not (Path(done["out_dir"]) / "pruned_model").is_dir():
+        done = None  # the finished job did not save its pruned model; this one must
+    if done is not None:
         log.info("job %s already complete (%s); skipping (force=true recomputes)", key, done.get("out_dir"))
+        if Path(done["out_dir"]).resolve() == out_dir.resolve():
+            return done  # re-run of the same sweep dir: its results.json and table row are already there
         done = {**done, "resumed_from": done.get("out_dir"), "out_dir": str(out_dir)}
         write_json_atomic(out_dir / RESULTS_FILE, done)
         _append_sweep_row(sweep_dir or out_dir, done)
         return done
+    # a results.json left here by an earlier job (another config, or force=true) must not
+    # outlive this one: until this job writes its own, the dir holds nothing that looks complete
+    (out_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     from topovlm.adapters.loading import load_adapter
     from topovlm.evaluation import build_evaluator
@@ -196,6 +203,7 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                 "versions": versions(),
                 "job_key": key,
                 "out_dir": str(out_dir),
+                "wandb_group": cfg.logger.wandb.group or group,
                 **result.extra,
             }
             wb.log({"sparsity": float(cfg.sparsity), **{f"metrics/{k}": v for k, v in metrics.items()},
@@ -225,13 +233,26 @@ def _append_sweep_row(sweep_dir: Path, results: dict[str, Any]) -> None:
     append_row(sweep_dir / SWEEP_TABLE, row)
 
 
-def _completed(cache_root: Path, key: str) -> dict[str, Any] | None:
-    """A finished job with the same identity, if its results.json still exists."""
+def _completed(cache_root: Path, key: str, out_dir: Path | None = None) -> dict[str, Any] | None:
+    """A finished job with the same identity, if its results.json still exists: the one the
+    index under the cache names, else one already in this job's own output dir (a re-run of
+    the same sweep with a fresh cache); the latter is indexed for the next time."""
     index = load_results(cache_root / "completed" / f"{key}.json")
-    if index is None:
-        return None
-    results = load_results(Path(index["results"]))
-    return results if results is not None and results.get("job_key") == key else None
+    if index is not None and index.get("results"):
+        results = load_results(Path(index["results"]))
+        if _is_result_of(results, key):
+            return results
+    if out_dir is not None:
+        results = load_results(out_dir / RESULTS_FILE)
+        if _is_result_of(results, key):
+            results["out_dir"] = str(out_dir)
+            _register_completed(cache_root, key, results)
+            return results
+    return None
+
+
+def _is_result_of(results: dict[str, Any] | None, key: str) -> bool:
+    return isinstance(results, dict) and results.get("job_key") == key and "metrics" in results
 
 
 def _register_completed(cache_root: Path, key: str, results: dict[str, Any]) -> None:

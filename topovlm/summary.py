@@ -26,6 +26,7 @@ import logging
 import math
 import re
 import statistics
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -304,7 +305,7 @@ class Agreement:
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for (a, b), st in sorted(self.tau.items()):
-            out.append({"model": self.model, "kind": "kendall_tau", "sparsity": "", "scorer_a": a,
+            out.append({"model": self.model, "kind": "kendall_tau", "sparsity": None, "scorer_a": a,
                         "scorer_b": b, "value": st.mean, "std": st.std, "n": st.n})
         for s in sorted(self.overlap):
             for (a, b), st in sorted(self.overlap[s].items()):
@@ -670,9 +671,11 @@ def plot_score_profiles(jobs: list[dict[str, Any]], model: str, plot_dir: Path) 
     for ax, lab in zip(axes, labels):
         arr = np.array([[np.nan if v is None else float(v) for v in p] for p in profiles[lab].values()], dtype=float)
         x = np.arange(arr.shape[1])
-        ax.plot(x, np.nanmean(arr, axis=0), marker=".")
-        if arr.shape[0] > 1:
-            ax.fill_between(x, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), alpha=0.25)
+        with warnings.catch_warnings():  # a layer without a score (e.g. a protected one) stays a gap
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ax.plot(x, np.nanmean(arr, axis=0), marker=".")
+            if arr.shape[0] > 1:
+                ax.fill_between(x, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), alpha=0.25)
         ax.set_title(lab + (f" ({arr.shape[0]} seeds)" if arr.shape[0] > 1 else ""), fontsize=10)
         ax.set_xlabel("decoder layer")
         ax.set_ylabel("score")

@@ -91,7 +91,7 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
 def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
     data: dict[str, Any] = {}
     columns, rows = csv_rows(summary.jobs, ordered_metrics(summary.jobs, summary.headline))
-    data["summary/jobs"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    data["summary/jobs"] = wandb.Table(allow_mixed_types=True, columns=columns, data=[[r.get(c) for c in columns] for r in rows])
     agg_cols = ["model", "task", "metric", "scorer", "sparsity", "mean", "std", "n"]
     agg = []
     for t in summary.tables:
@@ -115,11 +115,11 @@ def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
         key = f"plots/{_slug(t.model)}/{_slug(t.task)}/{_slug(t.metric)}"
         data[key] = wandb.plot.line_series(xs=xs, ys=ys, keys=labels, xname="sparsity",
                                            title=f"{t.model} · {t.task}: {t.metric} vs sparsity")
-    data["summary/aggregate"] = wandb.Table(columns=agg_cols, data=agg)
+    data["summary/aggregate"] = wandb.Table(allow_mixed_types=True, columns=agg_cols, data=agg)
     ag_rows = [r for a in summary.agreements for r in a.rows()]
     if ag_rows:
         ag_cols = ["model", "kind", "sparsity", "scorer_a", "scorer_b", "value", "std", "n"]
-        data["summary/agreement"] = wandb.Table(columns=ag_cols, data=[[r.get(c) for c in ag_cols] for r in ag_rows])
+        data["summary/agreement"] = wandb.Table(allow_mixed_types=True, columns=ag_cols, data=[[r.get(c) for c in ag_cols] for r in ag_rows])
     for p in summary.plots:
         data[f"images/{p.stem}"] = wandb.Image(str(p))
     return data
