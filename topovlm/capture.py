@@ -203,7 +203,13 @@ class _Recorder:
             self._pool(index + 1, h_out)
             if self.requests:
                 assert self.masks is not None
-                call = LayerCall(index, h_in, h_out, self.masks, self._attention.pop(index, None))
+                attention = self._attention.pop(index, None)
+                if self.needs_attention and attention is None:
+                    raise RuntimeError(
+                        f"decoder layer {index}: self_attn returned no attention weights although a "
+                        "statistic needs them (the attention implementation must be eager)"
+                    )
+                call = LayerCall(index, h_in, h_out, self.masks, attention)
                 for r in self.requests:
                     value = STATISTICS[r.name].fn(call, **dict(r.params))
                     self.stats[r.key][index].append(value.float().cpu())
@@ -248,8 +254,10 @@ def run_capture(
     forward_kwargs: dict[str, Any] = {}
     restore_attn = None
     if recorder.needs_attention:
+        # Eager attention modules return their weights as output[1], where the hook on
+        # ``self_attn`` reads them; ``output_attentions`` is not passed, so the model does
+        # not also collect every layer's (B, heads, T, T) map until the forward ends.
         restore_attn = _use_eager_attention(adapter)
-        forward_kwargs["output_attentions"] = True
     try:
         with recorder:
             for start in tqdm(range(0, len(samples), batch_size), desc="calibration", leave=False):
@@ -274,14 +282,24 @@ def run_capture(
 
 
 def _use_eager_attention(adapter: "ModelAdapter") -> Callable[[], None]:
-    """Switch the language model to eager attention (the only one that returns weights)."""
+    """Switch the language model (only it) to eager attention, the one that returns weights.
+
+    A multimodal model keeps its vision tower's implementation: only the sub-config that
+    is the adapter's text config is switched. Returns a function restoring what was set.
+    """
     model = adapter.model
-    previous = getattr(adapter.text_config(), "_attn_implementation", None)
     setter = getattr(model, "set_attn_implementation", None)
     if setter is None:
         raise RuntimeError("this transformers version cannot switch attention implementations at run time")
-    setter("eager")
-    return lambda: setter(previous) if previous else None
+    text_config = adapter.text_config()
+    previous = getattr(text_config, "_attn_implementation", None) or "eager"
+    sub_key = next((k for k in getattr(model.config, "sub_configs", {})
+                    if getattr(model.config, k, None) is text_config), None)
+    if sub_key is None:  # a text-only model: its own config is the text config
+        setter("eager")
+        return lambda: setter(previous)
+    setter({sub_key: "eager"})
+    return lambda: setter({sub_key: previous})
 
 
 # ---------------------------------------------------------------- disk cache

@@ -8,7 +8,8 @@ Scoring and selection are independent: any scorer works with any policy.
                  summed redundancy);
 * ``threshold``  adaptive: every layer with redundancy >= eps * max (k is ignored);
 * ``spacing``    top-k subject to a minimum gap between removed layers
-                 (``min_gap``), or evenly spaced layers (``even: true``);
+                 (``min_gap``), or evenly spaced layers (``even: true``, which must
+                 also respect ``min_gap``); an infeasible budget raises SelectionError;
 * protected layers (``protect``, default the first) are never removed by any policy.
 ``spacing_above`` switches any policy to ``spacing`` when sparsity exceeds it.
 """
@@ -105,7 +106,19 @@ def select_spaced(redundancy: np.ndarray, k: int, protected: set[int], min_gap: 
         if k > len(allowed):
             raise SelectionError(f"cannot remove {k} evenly spaced layers out of {len(allowed)} unprotected")
         pos = np.floor((np.arange(k) + 0.5) * len(allowed) / k).astype(int)
-        return sorted(allowed[p] for p in pos)
+        spaced = sorted(allowed[p] for p in pos)
+        closest = min((b - a for a, b in zip(spaced, spaced[1:])), default=min_gap)
+        if closest < min_gap and k > 1:  # spread over the full range instead: the widest even spacing
+            pos = np.floor(np.arange(k) * (len(allowed) - 1) / (k - 1)).astype(int)
+            spaced = sorted(allowed[p] for p in pos)
+            closest = min(b - a for a, b in zip(spaced, spaced[1:]))
+        if closest < min_gap:
+            raise SelectionError(
+                f"cannot remove {k} evenly spaced layers at least {min_gap} apart among {n} layers "
+                f"(protected: {sorted(protected)}): the closest would be {closest} apart; "
+                "lower selection.min_gap or the sparsity"
+            )
+        return spaced
     # greedy top-k with the gap constraint, then an exact feasibility check on failure
     chosen: list[int] = []
     for i in _order(redundancy):
@@ -134,7 +147,7 @@ def _max_spaced(allowed: list[int], gap: int) -> int:
 
 def _best_spaced(redundancy: np.ndarray, allowed: list[int], k: int, gap: int) -> list[int]:
     """Max-sum subset of ``allowed`` of size k with pairwise gaps >= gap (dynamic programme)."""
-    r = np.nan_to_num(redundancy, nan=-1e9)
+    r = np.nan_to_num(redundancy, nan=-1e9, posinf=1e9, neginf=-1e9)  # finite: sums must not overflow
     m = len(allowed)
     neg = -np.inf
     best = np.full((m + 1, k + 1), neg)
