@@ -45,7 +45,8 @@ Task options (``task.options``):
 
 ``task.limit`` is lmms-eval's ``limit`` (first N documents per task), ``task.batch_size``
 the model's batch size (default 1 in the presets: lmms-eval scores can change with it),
-``task.max_new_tokens`` the cap used only when a task sets none (as ``llava_hf``: 1024).
+``task.max_new_tokens`` the cap used only when a task sets none (as ``llava_hf``: 1024); for
+the local ``shapes_lmms`` task it is the generation length, as for the ``vqa`` evaluator.
 
 Reported metrics: with one task, its metric names (``accuracy``, ``mme_perception_score``
 ...); with several, ``<task>/<metric>``; plus ``num_samples`` (``num_samples/<task>``).
@@ -509,9 +510,10 @@ class LmmsEvalEvaluator(Evaluator):
         """What ``simple_evaluate`` gets: names, and local tasks with their exported dataset."""
         specs: list[str | dict[str, Any]] = []
         for name in self.tasks:
-            if name == "shapes_lmms":
+            if name == "shapes_lmms":  # generation length as in the built-in vqa evaluator: task.max_new_tokens
                 path = export_shapes_dataset(self.cfg.dataset, self._data_dir())
-                specs.append({"task": name, "dataset_path": str(path)})
+                specs.append({"task": name, "dataset_path": str(path), "generation_kwargs": {
+                    "max_new_tokens": int(self.cfg.max_new_tokens), "temperature": 0, "do_sample": False, "num_beams": 1}})
             else:
                 specs.append(name)
         return specs

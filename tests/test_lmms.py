@@ -1,0 +1,157 @@
+"""The lmms-eval path: local shapes task end to end, fail-fast on missing datasets, presets, protocol."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose, tiny_overrides
+
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install --no-deps lmms-eval==0.7.3)")
+
+from topovlm.config import DatasetConfig, TaskConfig  # noqa: E402
+from topovlm.evaluation.lmms import (  # noqa: E402
+    DEFAULT_METRICS, LmmsDatasetUnavailable, LmmsEvalEvaluator, extract_metrics, leaf_task_configs, task_manager,
+)
+from topovlm.evaluation.vqa import VQAEvaluator  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # two torch threads on a shared 2-core machine oversubscribe it (10x slower forwards)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+PRESETS = ["mme", "pope", "scienceqa_img", "gqa", "gqa_lite", "textvqa_val", "textvqa_val_lite", "mmmu_val",
+           "mathvista_testmini", "seedbench", "seedbench_lite", "lmms_lite"]
+
+
+def _task(name: str, tmp: Path, **kw) -> TaskConfig:
+    base = dict(name=name, evaluator="lmms", dataset=DatasetConfig(n=kw.pop("n", 8)), limit=4, batch_size=1,
+                max_new_tokens=4, options={"data_dir": str(tmp), **kw.pop("options", {})})
+    return OmegaConf.structured(TaskConfig(**{**base, **kw}))
+
+
+def _agree(adapter, tmp: Path, n: int, limit: int, max_new_tokens: int) -> tuple[dict, dict]:
+    lm_eval = LmmsEvalEvaluator(_task("shapes_lmms", tmp, n=n, limit=limit, max_new_tokens=max_new_tokens))
+    lm_metrics = lm_eval.evaluate(adapter)
+    vqa = VQAEvaluator(OmegaConf.structured(TaskConfig(name="shapes", dataset=DatasetConfig(n=n), limit=limit,
+                                                       batch_size=1, max_new_tokens=max_new_tokens)))
+    vqa_metrics = vqa.evaluate(adapter)
+    # the same questions, prompts and greedy settings: the same answers, document by document
+    lm_preds = [lm_eval.predictions[("shapes_lmms", i)] for i in range(limit)]
+    assert lm_preds == [p["prediction"] for p in vqa.predictions]
+    assert lm_metrics["accuracy"] == pytest.approx(vqa_metrics["accuracy"])
+    assert lm_metrics["num_samples"] == limit
+    for dom in ("math", "non_math"):
+        if f"accuracy/{dom}" in vqa_metrics:
+            assert lm_metrics[f"accuracy_{dom}"] == pytest.approx(vqa_metrics[f"accuracy/{dom}"])
+    return lm_metrics, lm_eval.protocol()
+
+
+def test_shapes_lmms_agrees_with_vqa_evaluator(tiny_llava, tmp_path):
+    _, protocol = _agree(tiny_llava, tmp_path, n=8, limit=4, max_new_tokens=3)
+    assert protocol["lmms_eval_version"] == "0.7.3"
+    assert protocol["tasks"] == ["shapes_lmms"] and protocol["limit"] == 4 and protocol["batch_size"] == 1
+    assert protocol["seeds"] == {"random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}
+    assert protocol["prompt_variant"] == "llava_hf"
+    assert protocol["generation_kwargs"]["shapes_lmms"]["max_new_tokens"] == 3
+    assert protocol["n_samples"]["shapes_lmms"]["effective"] == 4
+    saved = Path(protocol["datasets"]["shapes_lmms"]["local"])
+    assert saved.is_relative_to(tmp_path) and (saved / "dataset_dict.json").is_file()
+
+
+def test_missing_dataset_fails_fast_with_instructions(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("LMMS_EVAL_DATASETS_CACHE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+
+    class NoModel:  # the check runs before the model is ever called
+        family = "llava"
+
+        def __getattr__(self, name):
+            raise AssertionError(f"model touched: {name}")
+
+    ev = LmmsEvalEvaluator(_task("mme", tmp_path, options={"tasks": ["shapes_lmms", "mme"]}))
+    start = time.perf_counter()
+    with pytest.raises(LmmsDatasetUnavailable) as err:
+        ev.evaluate(NoModel())
+    assert time.perf_counter() - start < 10
+    msg = str(err.value)
+    assert "'mme'" in msg and "lmms-lab-encoder/MME" in msg
+    assert "datasets.load_dataset('lmms-lab-encoder/MME'" in msg and "HF_DATASETS_OFFLINE=1" in msg
+
+    # once the dataset is in the hub cache, the check passes
+    snap = tmp_path / "hf" / "hub" / "datasets--lmms-lab-encoder--MME" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "x.parquet").write_text("")
+    tm, _, leaves = ev.prepare("llava")
+    assert set(leaves) == {"shapes_lmms", "mme"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_compose_and_resolve(preset):
+    cfg = compose([f"task={preset}", "model=tiny_llava"])
+    task = cfg.task
+    assert task.evaluator == "lmms" and task.batch_size == 1
+    tasks = list(task.options.tasks)
+    tm = task_manager(tasks, "llava_hf")
+    leaves = leaf_task_configs(tm, tasks)
+    assert leaves
+    for name, conf in leaves.items():
+        declared = {m["metric"] for m in conf.get("metric_list") or []}
+        wanted = dict(task.options.metrics or {}).get(name) or DEFAULT_METRICS.get(name)
+        assert wanted, f"{preset}: no metric keys for {name}"
+        assert set(wanted) <= declared, f"{preset}: {set(wanted) - declared} not reported by {name}"
+
+
+def test_several_tasks_and_metric_keys():
+    results = {"results": {"mme": {"alias": "mme", "mme_perception_score,none": 1200.5,
+                                   "mme_perception_score_stderr,none": "N/A", "mme_cognition_score,none": 300.0},
+                           "pope": {"pope_accuracy,none": 0.8, "pope_f1_score,none": 0.7, "extra,none": 1.0}},
+               "n-samples": {"mme": {"original": 10, "effective": 4}, "pope": {"original": 9, "effective": 4}}}
+    wanted = {"mme": DEFAULT_METRICS["mme"], "pope": ["pope_accuracy"]}
+    out = extract_metrics(results, wanted, prefix=True)
+    assert out == {"mme/mme_perception_score": 1200.5, "mme/mme_cognition_score": 300.0,
+                   "pope/pope_accuracy": 0.8, "num_samples/mme": 4.0, "num_samples/pope": 4.0}
+    assert extract_metrics({"results": {"pope": results["results"]["pope"]}}, {}, prefix=False)["extra"] == 1.0
+    cfg = compose(["task=mme", "task.options.tasks=[mme,pope]", "model=tiny_llava"])
+    assert LmmsEvalEvaluator(cfg.task).tasks == ["mme", "pope"]
+
+
+def test_run_job_through_lmms_eval(tmp_path):
+    from topovlm.runner import run_job
+
+    cfg = compose(tiny_overrides(tmp_path, "task=shapes_lmms", "task.dataset.n=6", "task.limit=3",
+                                 "task.max_new_tokens=2", "sparsity=0.25", "calibration.n=6"))
+    res = run_job(cfg, tmp_path / "job")
+    saved = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert saved["protocol"]["evaluator"] == "lmms" and saved["protocol"]["limit"] == 3
+    assert saved["metrics"]["num_samples"] == 3 and 0.0 <= res["metrics"]["accuracy"] <= 1.0
+    # the dataset went under the job's cache_dir
+    assert Path(saved["protocol"]["datasets"]["shapes_lmms"]["local"]).is_relative_to(tmp_path / "cache")
+    assert saved["efficiency"]["num_decoder_layers"] == 9
+
+
+@pytest.mark.integration
+def test_shapes_lmms_on_the_default_model(tmp_path):
+    """The whole lmms-eval path on the real embedded model, agreeing with the vqa evaluator."""
+    from topovlm.default_model import WEIGHTS_FILE
+
+    if not Path(WEIGHTS_FILE).is_file():
+        pytest.skip(f"the default model's trained weights are not committed yet ({WEIGHTS_FILE})")
+    from topovlm.adapters.loading import load_adapter
+
+    adapter = load_adapter(compose([]).model)
+    metrics, _ = _agree(adapter, tmp_path, n=40, limit=20, max_new_tokens=6)
+    assert metrics["accuracy"] > 0.0
