@@ -34,7 +34,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not integration"
 
 bench: setup
-	$(PY) bench/run_all.py
+	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean-cache:
 	rm -rf $${TOPOVLM_CACHE:-$$HOME/.cache/topovlm}/captures $${TOPOVLM_CACHE:-$$HOME/.cache/topovlm}/scores $${TOPOVLM_CACHE:-$$HOME/.cache/topovlm}/completed

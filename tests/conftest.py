@@ -5,9 +5,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from topovlm.data.types import VQASample
+
+# tiny models run fastest on one thread (and the suite must fit a 2-core machine)
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -86,6 +86,19 @@ class LoggerConfig:
 
 
 @dataclass
+class EfficiencyConfig:
+    """Latency / throughput / memory measurement per job (None: the default for the model kind)."""
+
+    enabled: Optional[bool] = None
+    prompt_words: Optional[int] = None  # question length of the fixed timing input
+    new_tokens: Optional[int] = None  # tokens generated for the decode throughput
+    warmup: Optional[int] = None
+    repeats: Optional[int] = None  # the median over repeats is reported
+    batch_size: Optional[int] = None
+    cache: Optional[bool] = None  # cache the unpruned model's numbers per model and machine
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -93,6 +106,7 @@ class RunConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     sparsity: float = 0.0
     seed: int = 0
     cache_dir: str = "${oc.env:TOPOVLM_CACHE,${oc.env:HOME}/.cache/topovlm}"

@@ -69,7 +69,7 @@ class EfficiencySettings:
         base = cls(prompt_words=8, new_tokens=4, warmup=1, repeats=3) if model_source == "tiny" else cls()
         if cfg is None:
             return base
-        data = {k: v for k, v in cfg.items()}
+        data = {k: v for k, v in cfg.items() if v is not None}  # None: keep the default
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"efficiency: unknown keys {sorted(unknown)}; allowed: {', '.join(cls.__dataclass_fields__)}")
