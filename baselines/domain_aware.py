@@ -63,14 +63,13 @@ class DomainAwareScorer(LayerScorer):
         if not 0.0 <= float(mix_weight) <= 1.0:
             raise ValueError(f"mix_weight={mix_weight} must be in [0, 1]")
         check_pooling(pooling)
-        mapping = {k: list(v) for k, v in (domains if domains is not None else DEFAULT_DOMAINS).items()}
-        unknown = set(mapping) - {"math", "non_math"}
-        missing = {"math", "non_math"} - set(mapping)
-        if unknown or missing:
-            raise ValueError(f"domains must map exactly math and non_math to sample domain labels; got {sorted(mapping)}")
-        for k, v in mapping.items():
-            if isinstance(v, str) or not all(isinstance(x, str) for x in v):
+        given = dict(domains if domains is not None else DEFAULT_DOMAINS)
+        if set(given) != {"math", "non_math"}:
+            raise ValueError(f"domains must map exactly math and non_math to sample domain labels; got {sorted(given)}")
+        for k, v in given.items():
+            if isinstance(v, str) or not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
                 raise ValueError(f"domains.{k} must be a list of sample domain labels, got {v!r}")
+        mapping = {k: list(v) for k, v in given.items()}
         self.ranking = ranking
         self.mix_weight = float(mix_weight)
         self.pooling = pooling
