@@ -1,0 +1,112 @@
+"""The topology pipeline end to end: clouds -> complexes -> zigzag -> scores.
+
+:func:`compute_topology` works on a plain ``(L, N, d)`` array so that it can be used
+without a model or a capture (tests, benchmarks, re-analysis of ``clouds.npz``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from topovlm.topo.complexes import complex_size, flag_complex, knn_edges
+from topovlm.topo.consistency import betti_curve, combine_dimensions, consistency
+from topovlm.topo.epi import effective_persistence_image, topological_activity
+from topovlm.topo.zigzag import build_zigzag, snap_bars, zigzag_bars
+
+
+@dataclass
+class TopologyConfig:
+    k: int = 15
+    symmetrize: str = "union"
+    metric: str = "euclidean"
+    max_dim: int = 1
+    variant: str = "intersection"
+    alpha: float = 1.0
+    dim_weights: dict[int, float] = field(default_factory=lambda: {0: 1.0, 1: 1.0, 2: 1.0})
+    empty: str = "skip"
+    epi_sigma: float = 1.0
+    epi_power: float = 1.0
+    flag_backend: str = "numpy"
+    zigzag_method: str = "fast"
+    max_zigzag_simplices: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_dim not in (0, 1, 2):
+            raise ValueError("max_dim must be 0, 1 or 2")
+        if self.k < 1:
+            raise ValueError("k must be >= 1")
+
+
+@dataclass
+class TopologyResult:
+    num_layers: int
+    num_points: int
+    raw_bars: dict[int, np.ndarray]  # zigzag-position bars [b, d)
+    bars: dict[int, np.ndarray]  # layer bars [B, D), single-layer ones dropped
+    betti: dict[int, np.ndarray]
+    consistency: dict[int, np.ndarray]
+    combined: np.ndarray
+    epi: dict[int, np.ndarray]
+    activity: dict[int, np.ndarray]
+    activity_combined: np.ndarray
+    timings: dict[str, float]
+    sizes: dict[str, Any]
+
+
+def build_complexes(clouds: np.ndarray, cfg: TopologyConfig) -> tuple[list[list[np.ndarray]], list[int]]:
+    """Flag complexes (simplices up to dimension ``max_dim + 1``) of every layer."""
+    complexes, edge_counts = [], []
+    n = clouds.shape[1]
+    for layer in clouds:
+        edges = knn_edges(layer, cfg.k, cfg.symmetrize, cfg.metric)
+        edge_counts.append(len(edges))
+        complexes.append(flag_complex(n, edges, cfg.max_dim + 1, backend=cfg.flag_backend))
+    return complexes, edge_counts
+
+
+def compute_topology(clouds: np.ndarray, cfg: TopologyConfig | None = None) -> TopologyResult:
+    cfg = cfg or TopologyConfig()
+    clouds = np.asarray(clouds)
+    if clouds.ndim != 3:
+        raise ValueError(f"clouds must be (L, N, d), got shape {clouds.shape}")
+    num_layers, n = clouds.shape[:2]
+    dims = list(range(cfg.max_dim + 1))
+
+    t0 = time.perf_counter()
+    complexes, edge_counts = build_complexes(clouds, cfg)
+    zz = build_zigzag(complexes, n, cfg.variant)
+    t1 = time.perf_counter()
+    if cfg.max_zigzag_simplices is not None and zz.size > cfg.max_zigzag_simplices:
+        raise RuntimeError(
+            f"zigzag has {zz.size} simplices (> max_zigzag_simplices={cfg.max_zigzag_simplices}); "
+            "lower k, use symmetrize=mutual, fewer points or max_dim=0, or raise the cap"
+        )
+    raw = zigzag_bars(zz, cfg.max_dim, method=cfg.zigzag_method)
+    t2 = time.perf_counter()
+
+    bars = {p: snap_bars(raw[p]) for p in dims}
+    betti = {p: betti_curve(bars[p], num_layers) for p in dims}
+    cons = {p: consistency(bars[p], num_layers, cfg.alpha, cfg.empty) for p in dims}
+    weights = {p: float(cfg.dim_weights.get(p, 0.0)) for p in dims}
+    combined = combine_dimensions(cons, weights)
+    epi = {p: effective_persistence_image(bars[p], num_layers, cfg.epi_sigma, cfg.epi_power) for p in dims}
+    activity = {p: topological_activity(epi[p]) for p in dims}
+    activity_combined = combine_dimensions(activity, weights)
+    t3 = time.perf_counter()
+
+    sizes = {
+        "edges_per_layer": edge_counts,
+        "simplices_per_layer": [complex_size(c) for c in complexes],
+        "top_simplices_per_layer": [len(c[-1]) for c in complexes],
+        "zigzag_simplices": zz.size,
+        "zigzag_events": zz.num_events,
+    }
+    timings = {"complexes": t1 - t0, "zigzag": t2 - t1, "post": t3 - t2, "total": t3 - t0}
+    return TopologyResult(
+        num_layers=num_layers, num_points=n, raw_bars={p: raw[p] for p in dims}, bars=bars, betti=betti,
+        consistency=cons, combined=combined, epi=epi, activity=activity,
+        activity_combined=activity_combined, timings=timings, sizes=sizes,
+    )
