@@ -230,6 +230,7 @@ def test_multirun_end_prints_the_table_and_writes_the_summary(tmp_path: Path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "launch.py", "-m", "model=tiny_llava", "task=text_ppl", "task.limit=4",
            "scorer=cosine,tail", "sparsity=0,0.25", "calibration.n=6", "calibration.batch_size=6", "logger=none",
+           "++efficiency.enabled=false",
            f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -45,7 +45,7 @@ REFERENCE = "unpruned (reference)"
 # config keys that repeat a measurement rather than define a method: averaged over
 SEED_KEYS = ("seed", "calibration.seed", "calibration.dataset.seed", "task.dataset.seed")
 # config keys that never distinguish two methods (logging, storage, the axes themselves)
-_NOT_VARIANT = ("logger", "force", "save_model", "cache_dir", "sparsity", "model", "task",
+_NOT_VARIANT = ("logger", "force", "save_model", "cache_dir", "sparsity", "model", "task", "efficiency",
                 "scorer.name", "scorer._target_")
 _LOWER_IS_BETTER = ("perplexity", "ppl", "loss", "error", "latency", "time")
 _SKIP_METRICS = ("num_samples",)
@@ -391,10 +391,12 @@ CSV_LAST = ["time_total_s", "resumed_from", "job_key", "out_dir"]
 
 
 def csv_rows(jobs: list[dict[str, Any]], metrics: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    eff = sorted({k for j in jobs for k in (j.get("efficiency") or {})})
+    flat_eff = [_flatten(j.get("efficiency") or {}) for j in jobs]
+    eff = sorted({k for e in flat_eff for k, v in e.items() if v is None or isinstance(v, (int, float, str))})
     columns = CSV_FIRST + metrics + [f"efficiency/{k}" for k in eff] + CSV_LAST
     rows = []
     for j in sorted(jobs, key=_job_order):
+        job_eff = _flatten(j.get("efficiency") or {})
         row = {
             "model": j["model"], "task": j["task"], "scorer": j["label"], "scorer_name": j["scorer"],
             "sparsity": float(j["sparsity"]), "seed": j.get("seed"),
@@ -406,7 +408,7 @@ def csv_rows(jobs: list[dict[str, Any]], metrics: list[str]) -> tuple[list[str],
             "resumed_from": j.get("resumed_from"), "job_key": j.get("job_key"), "out_dir": j.get("out_dir"),
         }
         row.update({m: j["metrics"].get(m) for m in metrics})
-        row.update({f"efficiency/{k}": (j.get("efficiency") or {}).get(k) for k in eff})
+        row.update({f"efficiency/{k}": job_eff.get(k) for k in eff})
         rows.append(row)
     return columns, rows
 
