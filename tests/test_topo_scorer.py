@@ -1,0 +1,128 @@
+"""The topo scorer end to end on a synthetic capture: sections, arrays, plots, invariances."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dionysus")
+pytest.importorskip("gudhi")
+
+from topovlm.capture import Capture  # noqa: E402
+from topovlm.scoring import ScoringContext  # noqa: E402
+from topovlm.topo.scorer import TopoScorer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+L, N, D = 8, 36, 10
+
+
+def synthetic_capture(seed: int = 0, n: int = N, no_vision: int = 0) -> Capture:
+    """Circle clouds that drift, then collapse to a blob in the last layers."""
+    rng = np.random.default_rng(seed)
+    theta = 2 * np.pi * (np.arange(n) + 0.2 * rng.random(n)) / n
+    base = np.zeros((n, D))
+    base[:, 0], base[:, 1] = np.cos(theta), np.sin(theta)
+    pooled = {}
+    for name, shift in (("last", 0.0), ("text_mean", 1.0), ("vision_mean", -1.0)):
+        layers = [base + shift + 0.01 * rng.normal(size=base.shape)]
+        for l in range(L):
+            x = layers[-1] + 0.005 * rng.normal(size=base.shape)
+            if l >= L - 2:
+                x = 0.02 * rng.normal(size=base.shape)
+            layers.append(x)
+        pooled[name] = np.stack(layers).astype(np.float32)
+    if no_vision:
+        pooled["vision_mean"][:, :no_vision] = np.nan
+    ids = [f"q{i:03d}" for i in range(n)]
+    return Capture(num_layers=L, sample_ids=ids, domains=["a"] * n, pooled=pooled)
+
+
+def permuted(capture: Capture, seed: int = 1) -> Capture:
+    perm = np.random.default_rng(seed).permutation(capture.num_samples)
+    return capture.subset(perm)
+
+
+def test_score_result_shape_and_topology_section():
+    cap = synthetic_capture()
+    res = TopoScorer(k=5).score(cap, ScoringContext(seed=0, num_layers=L))
+    assert res.scores.shape == res.redundancy.shape == (L,)
+    np.testing.assert_array_equal(res.scores, res.redundancy)
+    assert np.all((res.scores >= 0) & (res.scores <= 1))
+    assert res.arrays["clouds"].shape == (L, N, D) and res.arrays["clouds"].dtype == np.float32
+    topo = res.extra["topology"]
+    for key in ("consistency", "betti", "activity", "bars", "adaptive"):
+        assert key in topo
+    for key in ("consistency", "betti", "bars"):
+        assert set(topo[key]) == {"h0", "h1"}
+    assert all(len(topo[key][h]) == L for key in ("consistency", "betti") for h in ("h0", "h1"))
+    assert len(topo["activity"]) == L
+    adaptive = topo["adaptive"]
+    assert adaptive["count"] == len(adaptive["layers"]) >= 1
+    assert all(res.scores[i] >= adaptive["threshold"] for i in adaptive["layers"])
+    json.dumps(res.extra)  # results.json must be able to carry it
+    # the collapsed last layers carry none of the circle: lowest H1 consistency
+    h1 = np.asarray(topo["consistency"]["h1"])
+    assert h1[-1] < h1[: L - 2].min()
+
+
+def test_deterministic_and_sample_order_invariant():
+    cap = synthetic_capture()
+    ctx = ScoringContext(seed=3, num_layers=L)
+    scorer = TopoScorer(k=5, num_points=30)  # a seeded subset: also order invariant
+    a = scorer.score(cap, ctx)
+    b = scorer.score(cap, ctx)
+    c = scorer.score(permuted(cap), ctx)
+    for other in (b, c):
+        np.testing.assert_array_equal(a.scores, other.scores)
+        assert a.extra["topology"]["bars"] == other.extra["topology"]["bars"]
+        np.testing.assert_array_equal(a.arrays["clouds"], other.arrays["clouds"])
+    assert a.arrays["clouds"].shape[1] == 30
+
+
+def test_poolings_and_preprocessing():
+    cap = synthetic_capture(no_vision=4)
+    ctx = ScoringContext(seed=0, num_layers=L)
+    vis = TopoScorer(k=5, pooling="vision_mean").score(cap, ctx)
+    assert vis.arrays["clouds"].shape == (L, N - 4, D)
+    assert len(vis.extra["topology"]["dropped_samples"]) == 4
+    mod = TopoScorer(k=5, pooling="modality", center=True, normalize="l2", pca_dim=4).score(cap, ctx)
+    assert mod.arrays["clouds"].shape == (L, N - 4, 4)
+    h2 = TopoScorer(k=5, max_dim=2, zigzag="union", symmetrize="mutual").score(cap, ctx)
+    assert set(h2.extra["topology"]["consistency"]) == {"h0", "h1", "h2"}
+    mixed = TopoScorer(k=5, epi_mix=0.5).score(cap, ctx)
+    assert not np.array_equal(mixed.redundancy, mixed.scores)
+    with pytest.raises(ValueError):
+        TopoScorer(pooling="mean")
+    with pytest.raises(ValueError):
+        TopoScorer(dim_weights={"h0": 0, "h1": 0})
+    with pytest.raises(RuntimeError, match="max_zigzag_simplices"):
+        TopoScorer(k=5, max_zigzag_simplices=10).score(cap, ctx)
+
+
+def test_write_diagnostics(tmp_path):
+    scorer = TopoScorer(k=5)
+    res = scorer.score(synthetic_capture(), ScoringContext(seed=0, num_layers=L))
+    paths = scorer.write_diagnostics(res, tmp_path)
+    names = {p.name for p in paths}
+    assert names == {"topo_barcodes.png", "topo_epi.png", "topo_betti.png", "topo_consistency.png",
+                     "topo_activity.png"}
+    for p in paths:
+        assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_yaml_instantiates_and_registry():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from topovlm.registry import get_scorer_class
+
+    assert get_scorer_class("topo") is TopoScorer
+    conf = OmegaConf.load(ROOT / "conf" / "scorer" / "topo.yaml")
+    assert conf.name == "topo"
+    scorer = instantiate({k: v for k, v in conf.items() if k != "name"})
+    assert isinstance(scorer, TopoScorer)
+    defaults = TopoScorer().params()
+    assert scorer.params() == defaults  # the YAML states the constructor defaults
+    json.dumps(scorer.params())

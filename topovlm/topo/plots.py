@@ -1,0 +1,142 @@
+"""Diagnostic figures of the topo scorer (matplotlib, Agg backend).
+
+Each function reads the ``topology`` section that :class:`~topovlm.topo.scorer.TopoScorer`
+puts in results.json, so figures can be redrawn from a finished run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+COLOURS = {"h0": "tab:blue", "h1": "tab:red", "h2": "tab:green"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _num_layers(section: Mapping[str, Any]) -> int:
+    return len(section["consistency_combined"])
+
+
+def plot_barcodes(section: Mapping[str, Any], path: Path) -> Path:
+    plt = _plt()
+    dims = section["dims"]
+    num_layers = _num_layers(section)
+    fig, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4.5), squeeze=False)
+    for ax, dim in zip(axes[0], dims):
+        bars = np.asarray(section["bars"][dim], dtype=float).reshape(-1, 2)
+        order = np.lexsort((-(bars[:, 1] - bars[:, 0]), bars[:, 0])) if len(bars) else []
+        for row, (b, d) in enumerate(bars[order]):
+            ax.plot([b - 0.5, d - 0.5], [row, row], color=COLOURS.get(dim, "k"), lw=1.2)
+        ax.set_xlim(-0.5, num_layers - 0.5)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("bar")
+        ax.set_title(f"{dim.upper()} zigzag barcode ({len(bars)} bars)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_epi(section: Mapping[str, Any], epi: np.ndarray | None, path: Path) -> Path:
+    plt = _plt()
+    dims = section["dims"]
+    num_layers = _num_layers(section)
+    if epi is None:
+        from topovlm.topo.epi import effective_persistence_image
+
+        epi = np.stack([
+            effective_persistence_image(np.asarray(section["bars"][d]), num_layers,
+                                        section["epi"]["sigma"], section["epi"]["power"])
+            for d in dims
+        ])
+    fig, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4.5), squeeze=False)
+    for ax, dim, image in zip(axes[0], dims, epi):
+        im = ax.imshow(np.asarray(image).T, origin="lower", aspect="auto", cmap="magma",
+                       extent=(-0.5, num_layers - 0.5, 0.5, num_layers + 0.5))
+        fig.colorbar(im, ax=ax)
+        ax.set_xlabel("birth layer")
+        ax.set_ylabel("persistence (layers)")
+        ax.set_title(f"{dim.upper()} effective persistence image")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_betti(section: Mapping[str, Any], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for dim in section["dims"]:
+        ax.plot(section["betti"][dim], marker="o", ms=3, label=f"beta_{dim[1:]}", color=COLOURS.get(dim))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Betti number")
+    ax.set_title("Betti curves (bars alive per layer)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_consistency(section: Mapping[str, Any], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = np.arange(_num_layers(section))
+    for dim in section["dims"]:
+        ax.plot(layers, section["consistency"][dim], marker=".", lw=1, alpha=0.7, label=f"S_{dim[1:]}",
+                color=COLOURS.get(dim))
+    combined = np.asarray(section["consistency_combined"])
+    ax.plot(layers, combined, marker="o", ms=4, lw=2, color="k", label="S (combined)")
+    adaptive = section.get("adaptive", {})
+    if adaptive.get("layers"):
+        sel = np.asarray(adaptive["layers"])
+        ax.scatter(sel, combined[sel], s=80, facecolors="none", edgecolors="tab:orange", lw=2,
+                   label=f"S >= {adaptive['eps']} max ({adaptive['count']} layers)", zorder=5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("inter-layer consistency")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Consistency (higher = more redundant)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_activity(section: Mapping[str, Any], path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = np.arange(_num_layers(section))
+    for dim in section["dims"]:
+        ax.plot(layers, section["activity_by_dim"][dim], lw=1, alpha=0.7, label=dim.upper(),
+                color=COLOURS.get(dim))
+    ax.plot(layers, section["activity"], lw=2, color="k", label="combined")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("topological activity")
+    ax.set_title("Topological activity (EPI summed over persistence)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_topology_plots(section: Mapping[str, Any], epi: np.ndarray | None, out_dir: Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        plot_barcodes(section, out_dir / "topo_barcodes.png"),
+        plot_epi(section, epi, out_dir / "topo_epi.png"),
+        plot_betti(section, out_dir / "topo_betti.png"),
+        plot_consistency(section, out_dir / "topo_consistency.png"),
+        plot_activity(section, out_dir / "topo_activity.png"),
+    ]
