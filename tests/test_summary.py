@@ -1,5 +1,4 @@
-"""The sweep summary: CSV, Markdown, plots, ranking agreement, the CLI, the W&B summary run,
-and the multirun-end callback on a real (tiny) sweep."""
+"""The sweep summary: CSV, Markdown, plots, ranking agreement, the CLI, the W&B summary run."""
 from __future__ import annotations
 
 import csv
@@ -225,25 +224,5 @@ def test_wandb_summary_run_offline(sweep: Path, tmp_path: Path):
     assert disabled is None
 
 
-def test_multirun_end_prints_the_table_and_writes_the_summary(tmp_path: Path):
-    """A real sweep on the tiny model: the callback writes the summary when the multirun ends."""
-    sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "launch.py", "-m", "model=tiny_llava", "task=text_ppl", "task.limit=4",
-           "scorer=cosine,tail", "sparsity=0,0.25", "calibration.n=6", "calibration.batch_size=6", "logger=none",
-           "++efficiency.enabled=false",
-           f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_csv(sweep / "summary.csv")
-    assert len(rows) == 4 and {r["scorer"] for r in rows} == {"cosine", "tail"}
-    ppl = {(r["scorer"], float(r["sparsity"])): float(r["perplexity"]) for r in rows}
-    assert ppl[("cosine", 0.0)] == pytest.approx(ppl[("tail", 0.0)])  # both are the unpruned model
-    tail = next(r for r in rows if r["scorer"] == "tail" and float(r["sparsity"]) == 0.25)
-    assert tail["removed_layers"] == "8 9 10"
-    table = table_rows(proc.stdout, "#### tiny-llava · text_ppl · perplexity")
-    assert table["*unpruned (reference)*"] == [f"{ppl[('cosine', 0.0)]:.1f}" if ppl[("cosine", 0.0)] >= 100
-                                               else f"{ppl[('cosine', 0.0)]:.3f}"]
-    best = min(("cosine", "tail"), key=lambda sc: ppl[(sc, 0.25)])
-    assert table[best][0].startswith("**")
-    assert {p.name for p in (sweep / "plots").iterdir()} >= {"metric_vs_sparsity__tiny-llava__text_ppl.png",
-                                                             "removed_layers__tiny-llava.png"}
+# The multirun-end callback on real sweeps: tests/test_launchers.py (joblib, submitit) and
+# tests/test_resume.py (the basic launcher, a re-run with seeds).
