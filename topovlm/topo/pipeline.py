@@ -58,12 +58,17 @@ class TopologyResult:
 
 def build_complexes(clouds: np.ndarray, cfg: TopologyConfig) -> tuple[list[list[np.ndarray]], list[int]]:
     """Flag complexes (simplices up to dimension ``max_dim + 1``) of every layer."""
+    from threadpoolctl import threadpool_limits
+
     complexes, edge_counts = [], []
     n = clouds.shape[1]
-    for layer in clouds:
-        edges = knn_edges(layer, cfg.k, cfg.symmetrize, cfg.metric)
-        edge_counts.append(len(edges))
-        complexes.append(flag_complex(n, edges, cfg.max_dim + 1, backend=cfg.flag_backend))
+    # one BLAS/OpenMP thread: the per-layer distance matrices are small, and thread
+    # start-up and oversubscription made k-NN search 15x slower on a busy 2-core machine
+    with threadpool_limits(limits=1):
+        for layer in clouds:
+            edges = knn_edges(layer, cfg.k, cfg.symmetrize, cfg.metric)
+            edge_counts.append(len(edges))
+            complexes.append(flag_complex(n, edges, cfg.max_dim + 1, backend=cfg.flag_backend))
     return complexes, edge_counts
 
 
