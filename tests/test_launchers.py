@@ -12,12 +12,12 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT
 
-TINY = ["model=tiny_llava", "task.dataset.n=8", "calibration.n=6", "calibration.batch_size=6", "logger=none",
+TINY = ["model=tiny_llava", "task.dataset.n=8", "calibration.n=6", "calibration.batch_size=6",
         "++efficiency.enabled=false"]
 
 
-def sweep(tmp_path: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "launch.py", "-m", *TINY, f"cache_dir={tmp_path / 'cache'}",
+def sweep(tmp_path: Path, *args: str, logger: str = "logger=none", timeout: int = 400) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "launch.py", "-m", *TINY, logger, f"cache_dir={tmp_path / 'cache'}",
            f"hydra.sweep.dir={tmp_path / 'sweep'}", *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
@@ -100,14 +100,23 @@ def test_slurm_preset_renders_an_sbatch_script_with_one_gpu_per_job(tmp_path: Pa
     assert f"{tmp_path}/.submitit/" in script  # job logs next to the sweep, on the shared filesystem
 
 
-def test_submitit_local_runs_a_small_sweep(tmp_path: Path):
+def test_submitit_local_runs_a_small_sweep_logged_to_wandb_offline(tmp_path: Path):
+    wb = tmp_path / "wb"
     sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
-          "scorer=tail", "sparsity=0.25")
+          "scorer=tail", "sparsity=0.25", f"logger.wandb.dir={wb}", logger="logger=wandb")
     out = tmp_path / "sweep"
     rows = summary_rows(out)
     assert [(r["scorer"], r["removed_layers"]) for r in rows] == [("tail", "8 9 10")]
     logs = list((out / ".submitit").rglob("*_log.out"))
     assert logs and any("Job completed successfully" in p.read_text() for p in logs)
+    # the job's run (in the submitit process) and the summary run (in the launching process),
+    # both offline, in the same group: the sweep id
+    runs = sorted((wb / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    group = f"sweep-{out.parent.name}_{out.name}".encode()
+    assert all(group in next(r.glob("*.wandb")).read_bytes() for r in runs)
+    summary_run = [r for r in runs if (r / "files" / "media" / "table" / "summary").is_dir()]
+    assert len(summary_run) == 1
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

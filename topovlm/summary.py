@@ -24,6 +24,7 @@ import csv
 import json
 import logging
 import math
+import os
 import re
 import statistics
 import warnings
@@ -49,6 +50,7 @@ _NOT_VARIANT = ("logger", "force", "save_model", "cache_dir", "sparsity", "model
                 "scorer.name", "scorer._target_")
 _LOWER_IS_BETTER = ("perplexity", "ppl", "loss", "error", "latency", "time")
 _SKIP_METRICS = ("num_samples",)
+_NOT_JOB_DIRS = ("wandb", "pruned_model", PLOTS_DIR)
 
 
 # --------------------------------------------------------------------------- loading
@@ -63,9 +65,11 @@ def find_results(dirs: Iterable[str | Path]) -> list[Path]:
             continue
         if not d.is_dir():
             raise FileNotFoundError(f"no such sweep directory: {d}")
-        for p in sorted(d.rglob(RESULTS_FILE)):
-            if not any(part.startswith(".") for part in p.relative_to(d).parts[:-1]):
-                found.append(p)
+        for root, subdirs, files in os.walk(d):
+            # not where jobs write results: W&B runs, saved models, plots, hidden (.submitit, .hydra)
+            subdirs[:] = sorted(s for s in subdirs if not s.startswith(".") and s not in _NOT_JOB_DIRS)
+            if RESULTS_FILE in files:
+                found.append(Path(root) / RESULTS_FILE)
     return found
 
 
