@@ -226,3 +226,19 @@ def test_wandb_summary_run_offline(sweep: Path, tmp_path: Path):
 
 # The multirun-end callback on real sweeps: tests/test_launchers.py (joblib, submitit) and
 # tests/test_resume.py (the basic launcher, a re-run with seeds).
+
+
+def test_each_task_gets_its_own_headline_metric(tmp_path: Path):
+    """lmms-eval tasks report differently named metrics: each task's table uses its own."""
+    fake_job(tmp_path, "cosine", 0.25, 0.8, removed=[1], task="pope", metric="pope_accuracy")
+    fake_job(tmp_path, "cosine", 0.25, 1400.0, removed=[1], task="mme", metric="mme_perception_score")
+    fake_job(tmp_path, "cosine", 0.25, 0.7, removed=[1], task="shapes")
+    s = build_summary([tmp_path], plots=False)
+    md = s.terminal_markdown()
+    assert table_rows(md, "#### m · pope · pope_accuracy")["cosine"] == ["**0.800**"]
+    assert table_rows(md, "#### m · mme · mme_perception_score")["cosine"] == ["**1400.0**"]
+    assert table_rows(md, "#### m · shapes · accuracy")["cosine"] == ["**0.700**"]
+    assert "#### m · pope · pope_accuracy/math" not in md  # breakdowns only in summary.md
+    assert "#### m · pope · pope_accuracy/math" in (tmp_path / "summary.md").read_text()
+    header = read_csv(tmp_path / "summary.csv")[0].keys()
+    assert set(list(header)[11:14]) == {"accuracy", "mme_perception_score", "pope_accuracy"}  # headlines first

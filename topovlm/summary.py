@@ -185,18 +185,21 @@ def _metric_names(jobs: list[dict[str, Any]]) -> list[str]:
     return names
 
 
-def headline_metric(jobs: list[dict[str, Any]]) -> str | None:
+def headline_metric(jobs: list[dict[str, Any]], preferred: str | None = None) -> str | None:
+    """``preferred`` when the jobs report it, else accuracy, else perplexity, else the first metric
+    the evaluator reports (e.g. ``pope_accuracy``, ``mme_perception_score``, ``exact_match``)."""
     names = _metric_names(jobs)
-    for pref in ("accuracy", "perplexity"):
-        if pref in names:
+    for pref in (preferred, "accuracy", "perplexity"):
+        if pref and pref in names:
             return pref
     return names[0] if names else None
 
 
-def ordered_metrics(jobs: list[dict[str, Any]], headline: str | None) -> list[str]:
+def ordered_metrics(jobs: list[dict[str, Any]], headline: str | Sequence[str] | None) -> list[str]:
     names = _metric_names(jobs)
-    rest = sorted(n for n in names if n != headline)
-    return ([headline] if headline in names else []) + rest
+    first = [headline] if isinstance(headline, str) else list(headline or [])
+    first = [h for i, h in enumerate(first) if h in names and h not in first[:i]]
+    return first + sorted(n for n in names if n not in first)
 
 
 @dataclass
@@ -429,15 +432,21 @@ def _slug(text: str) -> str:
 class Summary:
     jobs: list[dict[str, Any]]
     out_dir: Path
-    headline: str | None
+    headlines: dict[tuple[str, str], str | None]  # (model, task) -> its headline metric
     tables: list[MetricTable]           # every metric of every (model, task)
     agreements: list[Agreement]
     files: dict[str, Path] = field(default_factory=dict)   # name -> path of what was written
     plots: list[Path] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
 
+    @property
+    def headline(self) -> str | None:
+        """The headline metric most (model, task) groups use."""
+        names = [h for h in self.headlines.values() if h]
+        return max(names, key=names.count) if names else None
+
     def headline_tables(self) -> list[MetricTable]:
-        return [t for t in self.tables if t.metric == self.headline]
+        return [t for t in self.tables if t.metric == self.headlines.get((t.model, t.task))]
 
     def terminal_markdown(self) -> str:
         """What the end of a multirun prints: headline tables and ranking agreement."""
@@ -511,16 +520,17 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
     if not jobs:
         raise FileNotFoundError(f"no complete {RESULTS_FILE} under {', '.join(map(str, dirs))}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    headline = metric or headline_metric(jobs)
     tables = []
+    headlines: dict[tuple[str, str], str | None] = {}
     for model, task in _groups(jobs):
         members = [j for j in jobs if (j["model"], j["task"]) == (model, task)]
-        for m in ordered_metrics(members, headline):
+        headlines[(model, task)] = headline_metric(members, metric)
+        for m in ordered_metrics(members, headlines[(model, task)]):
             tables.append(metric_table(jobs, model, task, m))
     agreements = [agreement(jobs, m) for m in sorted({j["model"] for j in jobs})]
-    summary = Summary(jobs, out_dir, headline, tables, agreements, sources=dirs)
+    summary = Summary(jobs, out_dir, headlines, tables, agreements, sources=dirs)
 
-    columns, rows = csv_rows(jobs, ordered_metrics(jobs, headline))
+    columns, rows = csv_rows(jobs, ordered_metrics(jobs, list(headlines.values())))
     summary.files["csv"] = _write_csv(out_dir / SUMMARY_CSV, columns, rows)
     ag_rows = [r for a in agreements for r in a.rows()]
     summary.files["agreement"] = _write_csv(out_dir / AGREEMENT_CSV, ["model", "kind", "sparsity", "scorer_a", "scorer_b",

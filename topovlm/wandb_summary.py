@@ -90,7 +90,7 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
 
 def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
     data: dict[str, Any] = {}
-    columns, rows = csv_rows(summary.jobs, ordered_metrics(summary.jobs, summary.headline))
+    columns, rows = csv_rows(summary.jobs, ordered_metrics(summary.jobs, list(summary.headlines.values())))
     data["summary/jobs"] = wandb.Table(allow_mixed_types=True, columns=columns, data=[[r.get(c) for c in columns] for r in rows])
     agg_cols = ["model", "task", "metric", "scorer", "sparsity", "mean", "std", "n"]
     agg = []
