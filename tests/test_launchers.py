@@ -111,12 +111,12 @@ def test_submitit_local_runs_a_small_sweep_logged_to_wandb_offline(tmp_path: Pat
     assert logs and any("Job completed successfully" in p.read_text() for p in logs)
     # the job's run (in the submitit process) and the summary run (in the launching process),
     # both offline, in the same group: the sweep id
-    runs = sorted((wb / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2
+    job_runs = list((wb / "wandb").glob("offline-run-*"))
+    summary_runs = list((out / "wandb").glob("offline-run-*"))  # next to summary.csv
+    assert len(job_runs) == 1 and len(summary_runs) == 1
     group = f"sweep-{out.parent.name}_{out.name}".encode()
-    assert all(group in next(r.glob("*.wandb")).read_bytes() for r in runs)
-    summary_run = [r for r in runs if (r / "files" / "media" / "table" / "summary").is_dir()]
-    assert len(summary_run) == 1
+    assert all(group in next(r.glob("*.wandb")).read_bytes() for r in job_runs + summary_runs)
+    assert (summary_runs[0] / "files" / "media" / "table" / "summary").is_dir()
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

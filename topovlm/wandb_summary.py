@@ -66,7 +66,8 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
                     "headline_metric": summary.headline,
                     "scorers": sorted({j["label"] for j in summary.jobs}),
                     "sparsities": sorted({float(j["sparsity"]) for j in summary.jobs})},
-            dir=str(settings.get("dir") or summary.out_dir),
+            # next to summary.csv (not logger.wandb.dir, where the jobs' runs are): sync it from there
+            dir=str(summary.out_dir),
             reinit="finish_previous",
         )
     except Exception as err:  # noqa: BLE001 - logging must not break the sweep
