@@ -54,13 +54,16 @@ from PIL import Image, ImageDraw
 from topovlm.data.types import VQASample
 
 __all__ = [
-    "VERSIONS", "SPLITS", "DOMAINS", "CATEGORIES", "CATEGORY_DOMAIN", "CHANCE",
+    "VERSIONS", "DEFAULT_SIZES", "SPLITS", "DOMAINS", "CATEGORIES", "CATEGORY_DOMAIN", "CHANCE",
     "COLOURS", "SHAPES", "GRID", "CELL", "IMAGE_SIZE",
     "ShapeObject", "Scene", "Record",
     "generate_split", "generate_records", "render_scene", "scene_split", "chance_levels",
 ]
 
 VERSIONS = ("v1",)
+# Standard split sizes (the harness's ``dataset.n: null``): the test split is small
+# enough to evaluate in well under a minute on 2 CPU cores.
+DEFAULT_SIZES = {"train": 20000, "calibration": 512, "test": 400}
 SPLITS = ("train", "calibration", "test")
 DOMAINS = ("math", "non_math")
 CATEGORIES = ("colour", "shape", "spatial", "count", "arithmetic")

@@ -1,0 +1,519 @@
+#!/usr/bin/env python
+"""Train the default model's vision tower and projector (one command, reproducible).
+
+    python scripts/train_default_model.py --out runs/default_model
+
+Recipe (defaults):
+
+1. Stage A, auxiliary pretraining of the vision tower (no language model): every
+   visual token predicts its cell's colour and shape, and every token also predicts
+   the image's global counts (per colour, per shape, total), so that the 16 tokens
+   carry both local and global, answer-relevant information.
+2. Stage B, alignment through the frozen SmolLM2-135M-Instruct: the prompt is built
+   exactly as at evaluation time (``processor.apply_chat_template`` with an image and
+   the question, generation prompt, then the answer and ``<|im_end|>``); the loss is
+   cross-entropy on the answer tokens and the end-of-turn token only, plus the stage-A
+   auxiliary loss (weight ``--aux-weight``). Trainable: vision tower, projector, and
+   optionally LoRA adapters on the language model's attention (``--lora-rank``).
+3. The result (``vision.safetensors``; float16 vision tower + projector [+ LoRA]) and
+   ``meta.json`` (recipe, timings, accuracies) are written to ``--out``; copy them to
+   ``topovlm/default_model/weights/`` to make them the default.
+
+Accuracy during training is teacher-forced exact match (every answer token and the
+end-of-turn token are the argmax), which equals greedy-decoding exact match.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from topovlm.data import shapes  # noqa: E402
+from topovlm.default_model.build import (  # noqa: E402
+    IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH_SIZE, build_model,
+)
+from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
+
+COLOUR_IDS = {c: i + 1 for i, c in enumerate(shapes.COLOURS)}
+SHAPE_IDS = {s: i + 1 for i, s in enumerate(shapes.SHAPES)}
+
+
+def _global_specs():
+    """Image-level auxiliary targets: (name, number of classes, function of a scene).
+
+    Besides counts they include the values that questions ask for (sums and
+    differences of counts, the colour of each shape, the shape of each colour, the row
+    and column of each colour-shape combination), so the visual tokens carry
+    answer-relevant global information that the language model only has to look up.
+    """
+    specs = []
+    attrs = list(shapes.COLOURS) + list(shapes.SHAPES)
+    specs.append(("count:all", shapes.MAX_OBJECTS + 1, lambda sc: sc.count(None)))
+    for a in attrs:
+        specs.append((f"count:{a}", shapes.MAX_OBJECTS + 1, lambda sc, a=a: sc.count(a)))
+    for group in (list(shapes.COLOURS), list(shapes.SHAPES)):
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                specs.append((f"sum:{a}+{b}", shapes.MAX_OBJECTS + 1,
+                              lambda sc, a=a, b=b: sc.count(a) + sc.count(b)))
+            for b in group:
+                if b != a:
+                    specs.append((f"diff:{a}-{b}", 9,
+                                  lambda sc, a=a, b=b: sc.count(a) - sc.count(b) + 4))
+
+    def colour_of(sc, shape):
+        hits = [o.colour for o in sc.objects if o.shape == shape]
+        return 0 if not hits else (COLOUR_IDS[hits[0]] if len(hits) == 1 else len(COLOUR_IDS) + 1)
+
+    def shape_of(sc, colour):
+        hits = [o.shape for o in sc.objects if o.colour == colour]
+        return 0 if not hits else (SHAPE_IDS[hits[0]] if len(hits) == 1 else len(SHAPE_IDS) + 1)
+
+    def where(sc, c, s, axis):
+        hits = [o for o in sc.objects if o.colour == c and o.shape == s]
+        return 0 if not hits else 1 + (hits[0].row if axis == "row" else hits[0].col)
+
+    for sh in shapes.SHAPES:
+        specs.append((f"colour_of:{sh}", len(COLOUR_IDS) + 2, lambda sc, sh=sh: colour_of(sc, sh)))
+    for c in shapes.COLOURS:
+        specs.append((f"shape_of:{c}", len(SHAPE_IDS) + 2, lambda sc, c=c: shape_of(sc, c)))
+    for c in shapes.COLOURS:
+        for sh in shapes.SHAPES:
+            for axis in ("row", "col"):
+                specs.append((f"{axis}:{c} {sh}", shapes.GRID + 1,
+                              lambda sc, c=c, sh=sh, axis=axis: where(sc, c, sh, axis)))
+    return specs
+
+
+GLOBAL_SPECS = _global_specs()
+
+
+def log(msg: str, fh=None) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    if fh is not None:
+        fh.write(line + "\n")
+        fh.flush()
+
+
+# ----------------------------------------------------------------------------- data
+def pixels(images) -> torch.Tensor:
+    """CLIPImageProcessor-equivalent preprocessing for 64x64 RGB images."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+    return (x - 0.5) / 0.5
+
+
+def token_cell(o) -> tuple[int, int]:
+    """(visual token index, slot within the token) of an object's cell."""
+    k = PATCH_SIZE // shapes.CELL  # cells per patch side
+    per_side = shapes.IMAGE_SIZE // PATCH_SIZE
+    tok = (o.row // k) * per_side + (o.col // k)
+    return tok, (o.row % k) * k + (o.col % k)
+
+
+def aux_targets(scenes) -> dict[str, torch.Tensor]:
+    n = len(scenes)
+    slots = (PATCH_SIZE // shapes.CELL) ** 2
+    colour = torch.zeros(n, NUM_IMAGE_TOKENS, slots, dtype=torch.long)
+    shape = torch.zeros(n, NUM_IMAGE_TOKENS, slots, dtype=torch.long)
+    counts = torch.zeros(n, len(GLOBAL_SPECS), dtype=torch.long)
+    for i, sc in enumerate(scenes):
+        for o in sc.objects:
+            t, j = token_cell(o)
+            colour[i, t, j] = COLOUR_IDS[o.colour]
+            shape[i, t, j] = SHAPE_IDS[o.shape]
+        for j, (_, _, fn) in enumerate(GLOBAL_SPECS):
+            counts[i, j] = fn(sc)
+    return {"colour": colour, "shape": shape, "counts": counts}
+
+
+def prompt(processor, question: str) -> str:
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+
+
+class Tokenized:
+    """Token ids + label masks of training prompts (exactly the evaluation prompt path)."""
+
+    def __init__(self, processor, samples):
+        tok = processor.tokenizer
+        end = "<|im_end|>"
+        self.ids, self.n_target = [], []
+        expanded = IMAGE_TOKEN * NUM_IMAGE_TOKENS
+        for s in samples:
+            p = prompt(processor, s.question).replace(IMAGE_TOKEN, expanded)
+            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            a_ids = tok(s.answer + end, add_special_tokens=False)["input_ids"]
+            self.ids.append(p_ids + a_ids)
+            self.n_target.append(len(a_ids))
+
+    def batch(self, idx, pad_id: int):
+        L = max(len(self.ids[i]) for i in idx)
+        input_ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(idx), L), dtype=torch.long)
+        labels = torch.full((len(idx), L), -100, dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids = self.ids[i]
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            attn[r, : len(ids)] = 1
+            k = self.n_target[i]
+            labels[r, len(ids) - k: len(ids)] = torch.tensor(ids[-k:])
+        return input_ids, attn, labels
+
+
+def check_prompt_path(processor, samples, tokd: Tokenized) -> None:
+    """Our cached inputs must equal what the processor produces at evaluation time."""
+    for j, s in enumerate(samples[:8]):
+        text = prompt(processor, s.question) + s.answer + "<|im_end|>"
+        ref = processor(images=[s.image], text=[text], return_tensors="pt")
+        assert ref["input_ids"][0].tolist() == tokd.ids[j], "token ids differ from processor"
+        assert torch.allclose(ref["pixel_values"][0].float(), pixels([s.image])[0], atol=1e-5), \
+            "pixel values differ from processor"
+
+
+# ----------------------------------------------------------------------------- model parts
+class AuxHeads(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.slots = (PATCH_SIZE // shapes.CELL) ** 2
+        self.colour = nn.Linear(width, self.slots * (len(COLOUR_IDS) + 1))
+        self.shape = nn.Linear(width, self.slots * (len(SHAPE_IDS) + 1))
+        self.sizes = [k for _, k, _ in GLOBAL_SPECS]
+        self.kmax = max(self.sizes)
+        self.counts = nn.Linear(width, len(self.sizes) * self.kmax)
+        mask = torch.zeros(len(self.sizes), self.kmax)
+        for j, k in enumerate(self.sizes):
+            mask[j, k:] = -1e4
+        self.register_buffer("mask", mask, persistent=False)
+
+    def loss(self, tokens: torch.Tensor, tgt: dict[str, torch.Tensor]):
+        """tokens: (B, T, W) visual tokens before the projector."""
+        B, T, _ = tokens.shape
+        col = self.colour(tokens).view(B, T, self.slots, -1)
+        shp = self.shape(tokens).view(B, T, self.slots, -1)
+        lc = F.cross_entropy(col.flatten(0, 2), tgt["colour"].flatten())
+        ls = F.cross_entropy(shp.flatten(0, 2), tgt["shape"].flatten())
+        glob = self.counts(tokens).view(B, T, len(self.sizes), self.kmax) + self.mask
+        lcount = F.cross_entropy(glob.flatten(0, 2),
+                                 tgt["counts"][:, None, :].expand(B, T, -1).flatten())
+        pred = glob.mean(1).argmax(-1)
+        with torch.no_grad():
+            acc = {
+                "cell": ((col.argmax(-1) == tgt["colour"])
+                         & (shp.argmax(-1) == tgt["shape"])).float().mean().item(),
+                "global": (pred == tgt["counts"]).float().mean().item(),
+            }
+        return lc + ls + lcount, acc
+
+
+def visual_tokens(model, pix: torch.Tensor) -> torch.Tensor:
+    out = model.model.vision_tower(pix, output_hidden_states=True)
+    return out.hidden_states[-1][:, 1:]
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.A = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.t() @ self.B.t()) * self.scale
+
+
+def add_lora(model, rank: int, alpha: float, targets: tuple[str, ...]) -> dict[str, LoRALinear]:
+    lm = model.model.language_model
+    added = {}
+    for name, mod in list(lm.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if child_name in targets and isinstance(child, nn.Linear):
+                wrapped = LoRALinear(child, rank, alpha)
+                setattr(mod, child_name, wrapped)
+                added[f"{name}.{child_name}" if name else child_name] = wrapped
+    return added
+
+
+def export_state(model, loras: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
+    sd = {}
+    for k, v in model.model.vision_tower.state_dict().items():
+        sd[f"vision_tower.{k}"] = v.detach().to(torch.float16).contiguous()
+    for k, v in model.model.multi_modal_projector.state_dict().items():
+        sd[f"multi_modal_projector.{k}"] = v.detach().to(torch.float16).contiguous()
+    for name, m in loras.items():
+        sd[f"lora.{name}.A"] = m.A.detach().to(torch.float16).contiguous()
+        sd[f"lora.{name}.B"] = (m.B.detach() * m.scale).to(torch.float16).contiguous()
+    if loras:
+        sd["lora_scale"] = torch.tensor([1.0])
+    return sd
+
+
+# ----------------------------------------------------------------------------- LM step
+def lm_forward(model, input_ids, attn, labels, pix, autocast: bool):
+    """Answer-token loss and per-sample exact match; the LM head runs on target rows only."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        vis_tokens = visual_tokens(model, pix)
+        feats = model.model.multi_modal_projector(vis_tokens)
+        embeds = model.model.language_model.embed_tokens(input_ids)
+        mask = (input_ids == model.config.image_token_id).unsqueeze(-1)
+        embeds = embeds.masked_scatter(mask, feats.to(embeds.dtype))
+        hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=attn,
+                                            use_cache=False).last_hidden_state
+        # position t predicts token t+1
+        tgt = labels[:, 1:]
+        sel = tgt != -100
+        h = hidden[:, :-1][sel]
+        logits = model.lm_head(h).float()
+    y = tgt[sel]
+    loss = F.cross_entropy(logits, y)
+    correct = torch.ones(input_ids.shape[0], dtype=torch.bool)
+    rows = sel.nonzero()[:, 0]
+    wrong = logits.argmax(-1) != y
+    correct[rows[wrong]] = False
+    return loss, correct, vis_tokens
+
+
+@torch.no_grad()
+def evaluate(model, tokd, pix_all, samples, pad_id, autocast, batch=64):
+    model.eval()
+    correct = []
+    for s in range(0, len(samples), batch):
+        idx = list(range(s, min(len(samples), s + batch)))
+        ids, attn, labels = tokd.batch(idx, pad_id)
+        _, c, _ = lm_forward(model, ids, attn, labels, pix_all[idx], autocast)
+        correct.append(c)
+    correct = torch.cat(correct)
+    res = {"overall": correct.float().mean().item()}
+    for key in list(shapes.DOMAINS) + list(shapes.CATEGORIES):
+        m = torch.tensor([key in (x.domain, x.category) for x in samples])
+        res[key] = correct[m].float().mean().item() if m.any() else float("nan")
+    return res
+
+
+def fmt(res):
+    return " ".join(f"{k}={v:.3f}" for k, v in res.items())
+
+
+def lr_at(step, total, warmup, base, final_frac=0.05, progress=0.0):
+    """Linear warm-up, then cosine decay over max(step progress, ``progress``)."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = max((step - warmup) / max(1, total - warmup), progress)
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cache-dir", default=None, help="cache for the converted SmolLM2")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--train-size", type=int, default=20000)
+    ap.add_argument("--val-size", type=int, default=160)
+    ap.add_argument("--aux-steps", type=int, default=500)
+    ap.add_argument("--aux-batch", type=int, default=128)
+    ap.add_argument("--aux-lr", type=float, default=2e-3)
+    ap.add_argument("--lm-steps", type=int, default=400)
+    ap.add_argument("--lm-batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3, help="projector / LoRA learning rate")
+    ap.add_argument("--vision-lr", type=float, default=3e-4)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--aux-weight", type=float, default=0.1)
+    ap.add_argument("--lora-rank", type=int, default=8, help="0 = frozen language model")
+    ap.add_argument("--lora-alpha", type=float, default=16.0)
+    ap.add_argument("--lora-targets", default="q_proj,v_proj,o_proj,up_proj,down_proj")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False,
+                    help="bfloat16 autocast (slower than float32 on CPUs without native bf16)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--eval-every", type=int, default=40)
+    ap.add_argument("--ckpt-every", type=int, default=20)
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="time budget of stage B: the LR schedule follows max(step, time) progress")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / "train.log", "a")
+    t_start = time.time()
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    log(f"args: {vars(args)}", fh)
+
+    lm_dir = ensure_language_model(args.cache_dir)
+    model, processor = build_model(lm_dir, weights=None, seed=args.seed)
+    pad_id = processor.tokenizer.pad_token_id
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    t0 = time.time()
+    train = shapes.generate_records("train", args.train_size, seed=args.seed)
+    val = shapes.generate_split("train", args.val_size, seed=10_000 + args.seed)
+    train_samples = [r.sample for r in train]
+    train_pix = pixels([s.image for s in train_samples])
+    val_pix = pixels([s.image for s in val])
+    train_aux = aux_targets([r.scene for r in train])
+    tok_train = Tokenized(processor, train_samples)
+    tok_val = Tokenized(processor, val)
+    check_prompt_path(processor, train_samples, tok_train)
+    log(f"data: {len(train)} train, {len(val)} val in {time.time() - t0:.1f}s", fh)
+
+    vt = model.model.vision_tower
+    proj = model.model.multi_modal_projector
+    heads = AuxHeads(model.config.vision_config.hidden_size)
+    ckpt_path = out / "checkpoint.pt"
+    state = torch.load(ckpt_path, weights_only=False) if (args.resume and ckpt_path.exists()) else None
+    timings = state["timings"] if state else {}
+
+    # ---------------- stage A
+    if state is None or state["stage"] == "A":
+        for p in vt.parameters():
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(list(vt.parameters()) + list(heads.parameters()),
+                                lr=args.aux_lr, weight_decay=0.01)
+        g = torch.Generator().manual_seed(args.seed + 1)
+        tA = time.time()
+        vt.train()
+        for step in range(args.aux_steps):
+            for pg in opt.param_groups:
+                pg["lr"] = lr_at(step, args.aux_steps, 50, args.aux_lr)
+            idx = torch.randint(0, len(train), (args.aux_batch,), generator=g)
+            toks = visual_tokens(model, train_pix[idx])
+            loss, acc = heads.loss(toks, {k: v[idx] for k, v in train_aux.items()})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % 100 == 0 or step == args.aux_steps - 1:
+                log(f"A {step:5d} loss={loss.item():.4f} cell={acc['cell']:.3f} "
+                    f"global={acc['global']:.3f} ({time.time() - tA:.0f}s)", fh)
+        timings["stage_a_s"] = time.time() - tA
+        state = None
+        torch.save({"stage": "B", "step": 0, "vt": vt.state_dict(), "heads": heads.state_dict(),
+                    "timings": timings}, ckpt_path)
+    elif state is not None:
+        vt.load_state_dict(state["vt"])
+        heads.load_state_dict(state["heads"])
+
+    # ---------------- stage B
+    loras = {}
+    if args.lora_rank > 0:
+        loras = add_lora(model, args.lora_rank, args.lora_alpha,
+                         tuple(args.lora_targets.split(",")))
+    for p in vt.parameters():
+        p.requires_grad_(True)
+    for p in proj.parameters():
+        p.requires_grad_(True)
+    lora_params = [p for m in loras.values() for p in (m.A, m.B)]
+    groups = [
+        {"params": list(vt.parameters()) + list(heads.parameters()), "lr": args.vision_lr,
+         "base": args.vision_lr},
+        {"params": list(proj.parameters()), "lr": args.lr, "base": args.lr},
+    ]
+    if lora_params:
+        groups.append({"params": lora_params, "lr": args.lr, "base": args.lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    start = 0
+    if state is not None and state.get("stage") == "B" and "proj" in state:
+        vt.load_state_dict(state["vt"])
+        heads.load_state_dict(state["heads"])
+        proj.load_state_dict(state["proj"])
+        for name, m in loras.items():
+            m.A.data.copy_(state["lora"][name]["A"])
+            m.B.data.copy_(state["lora"][name]["B"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        log(f"resumed stage B at step {start}", fh)
+    n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
+    log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
+
+    g = torch.Generator().manual_seed(args.seed + 2 + start)
+    tB = time.time()
+    prev_b = timings.get("stage_b_s", 0.0)
+    history = []
+    step = start
+    while step < args.lm_steps:
+        model.train()
+        elapsed = prev_b + time.time() - tB
+        progress = elapsed / (args.max_minutes * 60) if args.max_minutes else 0.0
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, args.lm_steps, args.warmup, pg["base"], progress=progress)
+        idx = torch.randint(0, len(train), (args.lm_batch,), generator=g).tolist()
+        ids, attn, labels = tok_train.batch(idx, pad_id)
+        loss, correct, toks = lm_forward(model, ids, attn, labels, train_pix[idx], args.bf16)
+        aux_loss, _ = heads.loss(toks.float(), {k: v[idx] for k, v in train_aux.items()})
+        total = loss + args.aux_weight * aux_loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_([p for g_ in groups for p in g_["params"]], 1.0)
+        opt.step()
+        step += 1
+        elapsed = prev_b + time.time() - tB
+        if step % 10 == 0:
+            log(f"B {step:5d} loss={loss.item():.4f} aux={aux_loss.item():.3f} "
+                f"train_em={correct.float().mean().item():.3f} ({elapsed:.0f}s, "
+                f"{elapsed / max(1, step - 0):.2f}s/step)", fh)
+        stop = args.max_minutes and elapsed > args.max_minutes * 60
+        if step % args.eval_every == 0 or step == args.lm_steps or stop:
+            res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16)
+            history.append({"step": step, **res})
+            log(f"B {step:5d} VAL {fmt(res)}", fh)
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+        if step % args.ckpt_every == 0 or step == args.lm_steps or stop:
+            timings["stage_b_s"] = elapsed
+            torch.save({"stage": "B", "step": step, "vt": vt.state_dict(),
+                        "heads": heads.state_dict(), "proj": proj.state_dict(),
+                        "lora": {n: {"A": m.A.data, "B": m.B.data} for n, m in loras.items()},
+                        "opt": opt.state_dict(), "timings": timings}, ckpt_path)
+            save_weights(model, loras, out, args, timings, step, history)
+        if stop:
+            log("time budget reached", fh)
+            break
+    timings["stage_b_s"] = prev_b + time.time() - tB
+    timings["total_s"] = time.time() - t_start
+    save_weights(model, loras, out, args, timings, step, history)
+    log(f"done in {timings['total_s']:.0f}s; weights in {out / 'vision.safetensors'}", fh)
+    return out
+
+
+def save_weights(model, loras, out: Path, args, timings, step, history) -> None:
+    from safetensors.torch import save_file
+
+    save_file(export_state(model, loras), str(out / "vision.safetensors"))
+    meta = {
+        "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "cache_dir", "resume")},
+        "lm_steps_done": step,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                    f"torch {torch.__version__} threads={torch.get_num_threads()}",
+        "val_history": history[-3:],
+        "frozen_language_model": not loras,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+if __name__ == "__main__":
+    main()
