@@ -206,7 +206,7 @@ class ShortLVLMScorer(LayerScorer):
     """Layers ranked by cos(h_in, h_out) over attention-important tokens; optional SCP after pruning."""
 
     def __init__(self, top_p_vision: float = 0.5, top_p_text: float = 0.5, column_mean: str = "visible",
-                 compensation: str = "none", projection: str = "o_proj", rank: int = 4, scale: float = 1.0,
+                 compensation: str = "none", projection: str = "down_proj", rank: int = 4, scale: float = 1.0,
                  scp_poolings: list[str] | tuple[str, ...] = POOLINGS, batch_size: int = 16) -> None:
         for name, p in (("top_p_vision", top_p_vision), ("top_p_text", top_p_text)):
             if not 0.0 < float(p) <= 1.0:
@@ -275,7 +275,7 @@ def pruned_states(adapter: "ModelAdapter", samples: "list[VQASample]", batch_siz
 
 
 def subspace_compensate(adapter: "ModelAdapter", removed: list[int], calibration: "list[VQASample]",
-                        reference: dict[str, np.ndarray], *, projection: str = "o_proj", rank: int = 4,
+                        reference: dict[str, np.ndarray], *, projection: str = "down_proj", rank: int = 4,
                         scale: float = 1.0, poolings: list[str] | tuple[str, ...] = POOLINGS,
                         batch_size: int = 16) -> dict[str, Any]:
     """Apply SCP to a pruned adapter; ``reference[pooling]``: the unpruned ``(L+1, N, d)`` states.
