@@ -112,8 +112,8 @@ def load_source(source: str, num_layers: int, n: int, dim: int, seed: int) -> np
 
 # ----------------------------------------------------------------------------- timing
 
-def run_once(clouds: np.ndarray, k: int, reference: bool, max_dim: int = 1) -> dict:
-    cfg = TopologyConfig(k=k, max_dim=max_dim, max_zigzag_simplices=None)
+def run_once(clouds: np.ndarray, k: int, reference: bool, max_dim: int = 1, symmetrize: str = "union") -> dict:
+    cfg = TopologyConfig(k=k, max_dim=max_dim, symmetrize=symmetrize, max_zigzag_simplices=None)
     if reference:
         cfg.flag_backend, cfg.zigzag_method = "gudhi", "classic"
     res = compute_topology(clouds, cfg)
@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="NxK pairs also timed with gudhi trees + classic zigzag ('all' for every pair)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per pair; the fastest is reported")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--symmetrize", default="union", choices=["union", "mutual"])
+    ap.add_argument("--max-dim", type=int, default=1, choices=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -172,13 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.ns:
         clouds = load_source(args.source, args.layers, n, args.dim, args.seed)
         for k in args.ks:
-            best = min((run_once(clouds, k, False) for _ in range(args.repeat)), key=lambda r: r["total"])
+            best = min((run_once(clouds, k, False, args.max_dim, args.symmetrize) for _ in range(args.repeat)), key=lambda r: r["total"])
             rows.append((clouds.shape, k, best))
             print(f"N={n} k={k}: {best['total']:.2f}s (complexes {best['complexes']:.2f}, zigzag "
                   f"{best['zigzag']:.2f}, post {best['post']:.3f}); zigzag {best['zz_simplices']} simplices, "
                   f"{best['zz_events']} events", flush=True)
             if "all" in args.baseline or f"{n}x{k}" in args.baseline:
-                ref = run_once(clouds, k, True)
+                ref = run_once(clouds, k, True, args.max_dim, args.symmetrize)
                 same = all(np.array_equal(best["bars_raw"][p], ref["bars_raw"][p]) for p in ref["bars_raw"])
                 base_rows.append((clouds.shape, k, best, ref, same))
                 print(f"  reference (gudhi trees + classic zigzag): {ref['total']:.2f}s "
@@ -191,22 +193,23 @@ def main(argv: list[str] | None = None) -> None:
         f"Machine: {machine()}.",
         f"Versions: {versions()}.",
         f"Clouds: `{args.source}`, {args.layers} layers, d = {rows[0][0][2] if rows else args.dim}; "
-        f"H0 + H1 (max_dim = 1), intersection zigzag, union k-NN, seed {args.seed}; "
+        f"H0..H{args.max_dim} (max_dim = {args.max_dim}), intersection zigzag, {args.symmetrize} k-NN, "
+        f"seed {args.seed}; "
         f"best of {args.repeat} run(s) per cell.",
         "Command: `python bench/topo_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]) + "`",
         "",
         "complexes = k-NN graphs + flag complexes + zigzag times; zigzag = dionysus fast_zigzag "
         "(cone + reduction); post = snapping, PS, Betti, consistency, EPI. Sizes: mean edges and "
-        "triangles per layer, distinct simplices and insert/remove events in the zigzag.",
+        "top-dimensional simplices (triangles for H0+H1) per layer, distinct simplices and insert/remove events in the zigzag.",
         "",
-        "| N | k | total s | complexes s | zigzag s | post s | edges/layer | triangles/layer | zigzag simplices | zigzag events | H0 bars | H1 bars |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| N | k | total s | complexes s | zigzag s | post s | edges/layer | top simplices/layer | zigzag simplices | zigzag events | bars per dim |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, k, r in rows:
         lines.append(
             f"| {shape[1]} | {k} | {r['total']:.2f} | {r['complexes']:.2f} | {r['zigzag']:.2f} | {r['post']:.3f} | "
             f"{r['edges']:.0f} | {r['triangles']:.0f} | {r['zz_simplices']} | {r['zz_events']} | "
-            f"{r['bars'][0]} | {r['bars'][1]} |")
+            f"{' / '.join(str(v) for v in r['bars'].values())} |")
     if base_rows:
         lines += [
             "",

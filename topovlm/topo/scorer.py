@@ -81,7 +81,7 @@ class TopoScorer(LayerScorer):
         epi_power: float = 1.0,
         epi_mix: float = 0.0,
         eps: float = 0.9,
-        max_zigzag_simplices: int | None = 2_000_000,
+        max_zigzag_simplices: int | None = 250_000,
         flag_backend: str = "numpy",
         zigzag_method: str = "fast",
     ) -> None:
