@@ -1,10 +1,14 @@
 """Score, prune and evaluate: ``python launch.py -m scorer=topo,cosine sparsity=0.1,0.2,0.3``."""
+import warnings
+
 import hydra
 from omegaconf import DictConfig
 
 from topovlm.config import register_configs
 
 register_configs()
+# conf/hydra/launcher/joblib.yaml extends the plugin's config of the same name on purpose
+warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema.*")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

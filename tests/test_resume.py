@@ -1,5 +1,5 @@
 """Resume: complete jobs are found by their resolved config (not their directory), killed jobs
-leave nothing that looks complete, force=true recomputes; seeds are sweepable."""
+leave nothing that looks complete, +force=true recomputes; seeds are sweepable."""
 from __future__ import annotations
 
 import csv
@@ -68,8 +68,8 @@ def test_complete_job_is_skipped_by_config_not_directory_and_force_recomputes(tm
     assert len(eval_calls) == 1
     assert (tmp_path / "fresh_cache" / "completed" / f"{job_key(cfg)}.json").is_file()
 
-    # force=true (or ++force=true) recomputes; force is not part of the identity either
-    forced = compose(overrides(tmp_path, "force=true"))
+    # +force=true (or ++force=true) recomputes; force is not part of the identity either
+    forced = compose(overrides(tmp_path, "+force=true"))
     assert job_key(forced) == job_key(compose(overrides(tmp_path, "++force=true"))) == job_key(cfg)
     res = run_job(forced, tmp_path / "b")
     assert len(eval_calls) == 2 and "resumed_from" not in res
@@ -87,7 +87,7 @@ def test_a_failed_rerun_does_not_leave_the_previous_result_looking_complete(tmp_
 
     monkeypatch.setattr(VQAEvaluator, "evaluate", crash)
     with pytest.raises(RuntimeError, match="crashed mid-way"):
-        run_job(compose(overrides(tmp_path, "force=true")), tmp_path / "a")
+        run_job(compose(overrides(tmp_path, "+force=true")), tmp_path / "a")
     assert not (tmp_path / "a" / "results.json").exists()
     assert _completed(tmp_path / "cache", job_key(cfg), tmp_path / "a") is None
 

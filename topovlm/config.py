@@ -111,7 +111,7 @@ class RunConfig:
     seed: int = 0
     cache_dir: str = "${oc.env:TOPOVLM_CACHE,${oc.env:HOME}/.cache/topovlm}"
     save_model: bool = False  # save the pruned model next to the run
-    force: bool = False  # recompute even when a complete result exists
+    # `+force=true` (not in the schema, as an extra flag) recomputes a job whose result exists
 
 
 def register_configs() -> None:

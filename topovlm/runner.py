@@ -103,18 +103,19 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
     key = job_key(cfg)
     cache_root = Path(cfg.cache_dir)
 
-    done = None if cfg.force else _completed(cache_root, key, out_dir)
+    force = bool(OmegaConf.select(cfg, "force", default=False))
+    done = None if force else _completed(cache_root, key, out_dir)
     if done is not None and cfg.save_model and not (Path(done["out_dir"]) / "pruned_model").is_dir():
         done = None  # the finished job did not save its pruned model; this one must
     if done is not None:
-        log.info("job %s already complete (%s); skipping (force=true recomputes)", key, done.get("out_dir"))
+        log.info("job %s already complete (%s); skipping (+force=true recomputes)", key, done.get("out_dir"))
         if Path(done["out_dir"]).resolve() == out_dir.resolve():
             return done  # re-run of the same sweep dir: its results.json and table row are already there
         done = {**done, "resumed_from": done.get("out_dir"), "out_dir": str(out_dir)}
         write_json_atomic(out_dir / RESULTS_FILE, done)
         _append_sweep_row(sweep_dir or out_dir, done)
         return done
-    # a results.json left here by an earlier job (another config, or force=true) must not
+    # a results.json left here by an earlier job (another config, or +force=true) must not
     # outlive this one: until this job writes its own, the dir holds nothing that looks complete
     (out_dir / RESULTS_FILE).unlink(missing_ok=True)
 
