@@ -23,7 +23,10 @@ from topovlm.topo.zigzag import METHODS, VARIANTS
 if TYPE_CHECKING:
     from topovlm.capture import Capture
 
-DEFAULT_DIM_WEIGHTS = {"h0": 1.0, "h1": 1.0, "h2": 1.0}
+#: H1 (and H2) only by default, as in the ancestor: H0 of a union k-NN graph is usually a
+#: single bar across all layers, i.e. S_0 = 1 everywhere, which adds nothing to the
+#: ranking but lifts every layer towards eps * max in the adaptive rule.
+DEFAULT_DIM_WEIGHTS = {"h0": 0.0, "h1": 1.0, "h2": 1.0}
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> Any:
@@ -46,12 +49,16 @@ def parse_dim_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def adaptive_decision(redundancy: np.ndarray, eps: float) -> dict[str, Any]:
-    """Layers with ``redundancy >= eps * max`` (the shared threshold policy, nothing protected)."""
+    """Layers with ``redundancy >= eps * max`` (the shared threshold policy, nothing protected).
+
+    A vector with no positive value (no layer carries any other layer's features) selects
+    nothing.
+    """
     from topovlm.selection import select_threshold
 
     r = np.asarray(redundancy, dtype=np.float64)
-    layers = select_threshold(r, eps, set())
     finite = r[np.isfinite(r)]
+    layers = select_threshold(r, eps, set()) if finite.size and finite.max() > 0 else []
     top = float(finite.max()) if finite.size else float("nan")
     low = float(finite.min()) if finite.size else float("nan")
     cut = eps * top if low >= 0 else low + eps * (top - low)
@@ -100,7 +107,8 @@ class TopoScorer(LayerScorer):
         self.alpha = float(alpha)
         self.dim_weights = parse_dim_weights(dim_weights)
         if not any(self.dim_weights.get(f"h{p}", 0.0) > 0 for p in range(self.max_dim + 1)):
-            raise ValueError(f"dim_weights give zero weight to every dimension up to max_dim={self.max_dim}")
+            raise ValueError(f"dim_weights give zero weight to every dimension up to max_dim={self.max_dim}"
+                             + (" (max_dim=0 needs dim_weights.h0 > 0)" if self.max_dim == 0 else ""))
         self.empty_layers = _choice("empty_layers", empty_layers, EMPTY_POLICIES)
         self.epi_sigma = float(epi_sigma)
         self.epi_power = float(epi_power)
