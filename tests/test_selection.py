@@ -33,6 +33,11 @@ def test_threshold_is_adaptive():
     assert policy == "threshold" and removed == [0, 3, 6]  # >= 0.8 * 0.95
 
 
+def test_threshold_on_flat_scores_removes_nothing():
+    for flat in (np.zeros(6), np.full(6, 0.4)):
+        assert select_layers(flat, 0.0, SelectionConfig(policy="threshold", protect=[]))[0] == []
+
+
 def test_nan_scores_are_removed_last():
     r = np.array([0.1, np.nan, 0.5, 0.4])
     assert select_layers(r, 0.5, SelectionConfig(protect=[]))[0] == [2, 3]

@@ -92,6 +92,8 @@ def select_threshold(redundancy: np.ndarray, eps: float, protected: set[int]) ->
     # scale-free threshold for scores that may be negative: eps of the way from min to max
     finite = r[np.isfinite(r)]
     low = float(finite.min())
+    if top <= 0 and low >= 0 or top == low:  # nothing stands out (e.g. all zero): remove nothing
+        return []
     cut = eps * top if low >= 0 else low + eps * (top - low)
     return sorted(i for i in range(len(r)) if r[i] >= cut and i not in protected)
 
