@@ -1,7 +1,6 @@
 """Shared fixtures: tiny random models (built in-process), composed Hydra configs, temp caches."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

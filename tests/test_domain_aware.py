@@ -5,9 +5,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import compose, tiny_overrides
+from tests.conftest import compose, tiny_overrides
 from topovlm.scoring import ScoringContext
 from topovlm.selection import SelectionConfig, select_layers
 
@@ -15,14 +14,6 @@ from baselines.cosine import CosineScorer
 from baselines.domain_aware import DomainAwareScorer
 
 CTX = ScoringContext()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _relabel(capture, labels):

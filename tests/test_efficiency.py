@@ -6,18 +6,9 @@ import json
 import pytest
 import torch
 
-from conftest import compose, tiny_overrides
+from tests.conftest import compose, tiny_overrides
 from topovlm import efficiency
 from topovlm.efficiency import EfficiencySettings, JobEfficiency, measure, peak_memory, reset_peak_memory, speedups
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two torch threads on a shared 2-core machine oversubscribe it (10x slower forwards)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 FAST = EfficiencySettings(prompt_words=4, new_tokens=3, warmup=1, repeats=2)
 

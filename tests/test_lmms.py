@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose, tiny_overrides
+from tests.conftest import compose, tiny_overrides
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install --no-deps lmms-eval==0.7.3)")
 
@@ -18,15 +17,6 @@ from topovlm.evaluation.lmms import (  # noqa: E402
     DEFAULT_METRICS, LmmsDatasetUnavailable, LmmsEvalEvaluator, extract_metrics, leaf_task_configs, task_manager,
 )
 from topovlm.evaluation.vqa import VQAEvaluator  # noqa: E402
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two torch threads on a shared 2-core machine oversubscribe it (10x slower forwards)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 PRESETS = ["mme", "pope", "scienceqa_img", "gqa", "gqa_lite", "textvqa_val", "textvqa_val_lite", "mmmu_val",
            "mathvista_testmini", "seedbench", "seedbench_lite", "lmms_lite"]

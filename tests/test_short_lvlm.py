@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import compose, make_samples, tiny_overrides
+from tests.conftest import compose, make_samples, tiny_overrides
 from topovlm.capture import STATISTICS, LayerCall, TokenMasks, register_statistic, run_capture
 from topovlm.pruning import remove_layers
 from topovlm.scoring import CaptureSpec, ScoringContext, StatRequest
@@ -18,15 +18,6 @@ from baselines.short_lvlm import (
 from baselines.shortgpt import ShortGPTScorer
 
 SEEN: dict[int, torch.Tensor] = {}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread than on a CPU shared with other work."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _record_attention(call: LayerCall) -> torch.Tensor:
