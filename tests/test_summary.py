@@ -5,6 +5,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,12 @@ def test_wandb_summary_run_offline(sweep: Path, tmp_path: Path):
                                   "dir": str(tmp_path / "wb")}, group="sweep-test_group")
     assert run_dir is not None and run_dir.name.startswith("offline-run-")
     assert run_dir.parent == sweep / "wandb"  # next to summary.csv, not with the jobs' runs
-    raw = next(run_dir.glob("*.wandb")).read_bytes()
+    raw = b""
+    for _ in range(60):  # the offline transaction log can land shortly after finish() returns
+        raw = next(run_dir.glob("*.wandb")).read_bytes()
+        if b"summary/jobs" in raw:
+            break
+        time.sleep(0.5)
     assert b"sweep-test_group" in raw and b"summary/jobs" in raw
     tables = {p.relative_to(run_dir / "files" / "media" / "table").as_posix(): json.loads(p.read_text())
               for p in (run_dir / "files" / "media" / "table").rglob("*.table.json")}
