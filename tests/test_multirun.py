@@ -61,6 +61,8 @@ def test_unpruned_reference_rows_agree(sweep):
     _, _, results = sweep
     unpruned = [r["metrics"]["accuracy"] for r in results if r["sparsity"] == 0]
     assert len(set(unpruned)) == 1  # same model, same questions, whatever the scorer
+    # every pruned job carries the unpruned reference (evaluated once, cached)
+    assert {r["reference_metrics"]["accuracy"] for r in results} == set(unpruned)
 
 
 def test_wandb_offline_runs_are_written(sweep):

@@ -21,7 +21,8 @@ TOPO_RED = [0, 1, 2, 3, 4, 5, 6, 7]
 
 def fake_job(root: Path, scorer: str, sparsity: float, acc: float, *, seed: int = 0, removed=None,
              redundancy=None, model: str = "m", task: str = "t", scorer_params: dict | None = None,
-             metric: str = "accuracy", resumed_from: str | None = None, key: str | None = None) -> Path:
+             metric: str = "accuracy", resumed_from: str | None = None, key: str | None = None,
+             reference: float | None = None) -> Path:
     """A results.json as run_job writes it (only the keys the summary reads)."""
     removed = list(removed or [])
     redundancy = list(redundancy or range(NUM_LAYERS))
@@ -43,6 +44,8 @@ def fake_job(root: Path, scorer: str, sparsity: float, acc: float, *, seed: int 
     }
     if resumed_from:
         res["resumed_from"] = resumed_from
+    if reference is not None:
+        res["reference_metrics"] = {metric: reference}
     (out / "results.json").write_text(json.dumps(res))
     return out
 
@@ -113,6 +116,14 @@ def test_a_sweep_without_sparsity_zero_says_so(tmp_path: Path):
     md = build_summary([tmp_path], plots=False).terminal_markdown()
     assert table_rows(md, "#### m · t · accuracy")["*unpruned (reference)*"] == ["—"]
     assert "No unpruned reference: this sweep has no sparsity=0 job" in md
+
+
+def test_reference_row_from_recorded_unpruned_metrics(tmp_path: Path):
+    fake_job(tmp_path, "cosine", 0.25, 0.8, removed=[1, 2], reference=0.95)
+    fake_job(tmp_path, "topo", 0.25, 0.7, removed=[3, 4], reference=0.95)
+    md = build_summary([tmp_path], plots=False).terminal_markdown()
+    assert table_rows(md, "#### m · t · accuracy")["*unpruned (reference)*"] == ["0.950"]
+    assert "No unpruned reference" not in md
 
 
 def test_lower_is_better_for_perplexity(tmp_path: Path):

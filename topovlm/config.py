@@ -111,6 +111,7 @@ class RunConfig:
     seed: int = 0
     cache_dir: str = "${oc.env:TOPOVLM_CACHE,${oc.env:HOME}/.cache/topovlm}"
     save_model: bool = False  # save the pruned model next to the run
+    reference: bool = True  # also evaluate the unpruned model once per model/task/seed (cached)
     # `+force=true` (not in the schema, as an extra flag) recomputes a job whose result exists
 
 

@@ -32,7 +32,7 @@ from topovlm.tracking import WandbRun
 
 log = logging.getLogger(__name__)
 # keys that change how a job is logged or stored, not what it computes
-_NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir")
+_NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference")
 
 
 def seed_everything(seed: int) -> None:
@@ -161,6 +161,13 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                                                 scorer.default_policy, result.block_cost)
                 if cfg.sparsity == 0 and policy != "threshold":
                     removed = []
+            reference_file = cache_root / "reference" / f"{eff.model_key}-{_digest([config['task'], cfg.seed])}.json"
+            reference = load_results(reference_file)
+            if removed and reference is None and cfg.reference:
+                with _timed(timings, "reference_evaluate"):  # the unpruned model, once per model/task/seed
+                    reference = evaluator.evaluate(adapter)
+                write_json_atomic(reference_file, reference)
+            with _timed(timings, "select_prune"):
                 kept = remove_layers(adapter, removed) if removed else list(range(num_layers))
             edit: dict[str, Any] = {}
             if removed:
@@ -169,6 +176,9 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
 
             with _timed(timings, "evaluate"):
                 metrics = evaluator.evaluate(adapter)
+            if not removed:
+                reference = metrics
+                write_json_atomic(reference_file, metrics)
             with _timed(timings, "efficiency"):
                 efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timings.get("evaluate"),
                                         original_layers=num_layers)
@@ -195,6 +205,7 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                 "scores": result.scores,
                 "redundancy": result.redundancy,
                 "metrics": metrics,
+                "reference_metrics": reference,  # the unpruned model's, same task and seed
                 "efficiency": efficiency,
                 "timings": timings,
                 "scores_from_cache": from_cache,

@@ -244,8 +244,8 @@ class MetricTable:
             lines.append(f"| {lab} | " + " | ".join(vals) + " |")
         note = ""
         if self.reference is None:
-            note = ("\n\n_No unpruned reference: this sweep has no sparsity=0 job "
-                    "(add `sparsity=0,...` to the sweep to get one)._")
+            note = ("\n\n_No unpruned reference: this sweep has no sparsity=0 job and its jobs recorded "
+                    "no `reference_metrics` (add `sparsity=0,...` to the sweep to get one)._")
         return head + "\n".join(lines) + note
 
 
@@ -262,6 +262,11 @@ def metric_table(jobs: list[dict[str, Any]], model: str, task: str, metric: str)
             ref_by_seed[j["_seed"]].append(float(v))
         else:
             values[j["label"]][float(j["sparsity"])].append(float(v))
+    if not ref_by_seed:  # no sparsity-0 job: the unpruned scores each pruned job recorded
+        for j in members:
+            v = (j.get("reference_metrics") or {}).get(metric)
+            if v is not None:
+                ref_by_seed[j["_seed"]].append(float(v))
     reference = Stat.of([statistics.fmean(v) for v in ref_by_seed.values()])
     cells = {lab: {s: Stat.of(vs) for s, vs in row.items()} for lab, row in values.items()}
     cells = {lab: {s: st for s, st in row.items() if st} for lab, row in cells.items()}
