@@ -1,0 +1,100 @@
+"""Every built-in scorer on the embedded default model and benchmark, in one sweep.
+
+Runs ``launch.py -m`` over all scorers at sparsity 0.1 / 0.2 / 0.3 (the random scorer
+over three seeds; the unpruned model is every job's reference), then writes the sweep's
+summary tables, with the date and the machine, to
+``bench/results/compare_scorers_<date>.md``. The quality bar of the embedded benchmark
+(random 30% removal loses >= 10 points over 3 seeds; best - worst scorer at 30% >= 10
+points) is checked and printed.
+
+    .venv/bin/python bench/compare_scorers.py [--sweep-dir DIR] [extra Hydra overrides]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from topovlm.summary import build_summary  # noqa: E402
+
+SPARSITIES = "0.1,0.2,0.3"
+SWEEPS = [
+    # (label, overrides)
+    ("scorers", ["scorer=topo,cosine,shortgpt,angular,tail,short_lvlm,domain_aware", f"sparsity={SPARSITIES}"]),
+    ("variants", ["scorer=short_lvlm", "scorer.compensation=scp", f"sparsity={SPARSITIES}"]),
+    ("domains", ["scorer=domain_aware", "scorer.ranking=math,non_math", f"sparsity={SPARSITIES}"]),
+    ("random", ["scorer=random", "seed=0,1,2", f"sparsity={SPARSITIES}"]),
+]
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep-dir", default=None, help="where the sweeps go (default multirun/compare_<time>)")
+    ap.add_argument("--only", default=None, help="comma-separated sweep labels to run: " + ",".join(s for s, _ in SWEEPS))
+    args, extra = ap.parse_known_args()
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    root = Path(args.sweep_dir or ROOT / "multirun" / f"compare_{stamp}")
+    todo = [s for s in SWEEPS if not args.only or s[0] in args.only.split(",")]
+    start = time.time()
+    for label, overrides in todo:
+        cmd = [sys.executable, "launch.py", "-m", *overrides, "logger=none", f"hydra.sweep.dir={root / label}",
+               "hydra.callbacks.summary.enabled=false", *extra]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
+    wall = time.time() - start
+    summary = build_summary([root / label for label, _ in todo], out_dir=root, plots=True)
+    jobs = summary.jobs
+    lines = [f"# Scorer comparison on the embedded default ({dt.date.today().isoformat()})", "",
+             f"Machine: {machine()}. Wall time of the sweeps: {wall / 60:.1f} min.", "",
+             "Command: `.venv/bin/python bench/compare_scorers.py " + " ".join(extra) + "`", ""]
+    lines += quality_bar(jobs)
+    lines += ["", summary.full_markdown()]
+    out = ROOT / "bench" / "results" / f"compare_scorers_{dt.date.today().isoformat()}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:20]))
+    print(f"wrote {out}")
+    return 0
+
+
+def quality_bar(jobs: list[dict]) -> list[str]:
+    """The embedded benchmark's discrimination bar, from the jobs' accuracies."""
+    ref = [j["reference_metrics"]["accuracy"] for j in jobs if j.get("reference_metrics")]
+    if not ref:
+        return ["(no reference accuracy recorded)"]
+    unpruned = statistics.fmean(ref)
+    at30 = defaultdict(list)
+    for j in jobs:
+        if abs(float(j["sparsity"]) - 0.3) < 1e-9:
+            at30[j["label"]].append(j["metrics"]["accuracy"])
+    means = {k: statistics.fmean(v) for k, v in at30.items()}
+    out = [f"Unpruned accuracy: {unpruned:.3f}.", ""]
+    if "random" in means:
+        drop = unpruned - means["random"]
+        out.append(f"Random 30% removal: {means['random']:.3f} (mean of {len(at30['random'])} seeds), "
+                   f"a loss of {100 * drop:.1f} points (bar: >= 10): {'met' if drop >= 0.10 else 'NOT met'}.")
+    if means:
+        best, worst = max(means, key=means.get), min(means, key=means.get)
+        gap = means[best] - means[worst]
+        out.append(f"At 30%: best {best} {means[best]:.3f}, worst {worst} {means[worst]:.3f}, gap "
+                   f"{100 * gap:.1f} points (bar: >= 10): {'met' if gap >= 0.10 else 'NOT met'}.")
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
