@@ -54,6 +54,7 @@ def main() -> int:
     start = time.time()
     for label, overrides in todo:
         cmd = [sys.executable, "launch.py", "-m", *overrides, "logger=none", f"hydra.sweep.dir={root / label}",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "num_threads=1",
                "hydra.callbacks.summary.enabled=false", *extra]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)

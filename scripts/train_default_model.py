@@ -265,6 +265,28 @@ def export_state(model, loras: dict[str, LoRALinear]) -> dict[str, torch.Tensor]
     return sd
 
 
+@torch.no_grad()
+def match_projector_scale(model, pix, fh=None) -> None:
+    """Rescale the freshly initialised projector so that its inputs are O(1) per unit
+    and its outputs have the norm of the language model's word embeddings.
+
+    The vision tower's last hidden states (pre-norm residual stream) have norms around
+    100 after stage A; unscaled, the visual tokens would enter the language model about
+    60x larger than text tokens and barely be updated by its layers, which slows
+    alignment down considerably.
+    """
+    proj = model.model.multi_modal_projector
+    v = visual_tokens(model, pix)
+    proj.linear_1.weight.mul_(math.sqrt(v.shape[-1]) / v.norm(dim=-1).mean())
+    f = proj(v)
+    target = model.model.language_model.embed_tokens.weight.norm(dim=-1).mean()
+    ratio = target / f.norm(dim=-1).mean()
+    proj.linear_2.weight.mul_(ratio)
+    proj.linear_2.bias.mul_(ratio)
+    log(f"projector rescaled: visual token norm {v.norm(dim=-1).mean():.1f}, "
+        f"projected {proj(v).norm(dim=-1).mean():.2f} (word embeddings {target:.2f})", fh)
+
+
 # ----------------------------------------------------------------------------- LM step
 def lm_forward(model, input_ids, attn, labels, pix, autocast: bool):
     """Answer-token loss and per-sample exact match; the LM head runs on target rows only."""
@@ -333,9 +355,9 @@ def main(argv=None):
     ap.add_argument("--lm-steps", type=int, default=400)
     ap.add_argument("--lm-batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3, help="projector / LoRA learning rate")
-    ap.add_argument("--vision-lr", type=float, default=3e-4)
+    ap.add_argument("--vision-lr", type=float, default=2e-4)
     ap.add_argument("--warmup", type=int, default=20)
-    ap.add_argument("--aux-weight", type=float, default=0.1)
+    ap.add_argument("--aux-weight", type=float, default=0.2)
     ap.add_argument("--lora-rank", type=int, default=8, help="0 = frozen language model")
     ap.add_argument("--lora-alpha", type=float, default=16.0)
     ap.add_argument("--lora-targets", default="q_proj,v_proj,o_proj,up_proj,down_proj")
@@ -347,6 +369,7 @@ def main(argv=None):
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="time budget of stage B: the LR schedule follows max(step, time) progress")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--stage-a", default=None, help="reuse a stage_a.pt from an earlier run")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -390,6 +413,10 @@ def main(argv=None):
     timings = state["timings"] if state else {}
 
     # ---------------- stage A
+    if state is None and args.stage_a:
+        sa = torch.load(args.stage_a, weights_only=False)
+        state = {"stage": "B", "step": 0, "vt": sa["vt"], "heads": sa["heads"], "timings": {}}
+        log(f"stage A weights from {args.stage_a}", fh)
     if state is None or state["stage"] == "A":
         for p in vt.parameters():
             p.requires_grad_(True)
@@ -412,6 +439,7 @@ def main(argv=None):
                     f"global={acc['global']:.3f} ({time.time() - tA:.0f}s)", fh)
         timings["stage_a_s"] = time.time() - tA
         state = None
+        torch.save({"vt": vt.state_dict(), "heads": heads.state_dict()}, out / "stage_a.pt")
         torch.save({"stage": "B", "step": 0, "vt": vt.state_dict(), "heads": heads.state_dict(),
                     "timings": timings}, ckpt_path)
     elif state is not None:
@@ -447,6 +475,8 @@ def main(argv=None):
         opt.load_state_dict(state["opt"])
         start = state["step"]
         log(f"resumed stage B at step {start}", fh)
+    else:
+        match_projector_scale(model, train_pix[:256], fh)
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
     log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
 

@@ -109,6 +109,7 @@ class RunConfig:
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     sparsity: float = 0.0
     seed: int = 0
+    num_threads: Optional[int] = None  # torch CPU threads per job (e.g. 1 with parallel launchers)
     cache_dir: str = "${oc.env:TOPOVLM_CACHE,${oc.env:HOME}/.cache/topovlm}"
     save_model: bool = False  # save the pruned model next to the run
     reference: bool = True  # also evaluate the unpruned model once per model/task/seed (cached)

@@ -32,7 +32,7 @@ from topovlm.tracking import WandbRun
 
 log = logging.getLogger(__name__)
 # keys that change how a job is logged or stored, not what it computes
-_NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference")
+_NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads")
 
 
 def seed_everything(seed: int) -> None:
@@ -124,6 +124,8 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
 
     evaluator = build_evaluator(cfg.task)
     seed_everything(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
     timings: dict[str, float] = {}
     name = f"{scorer.name}-s{cfg.sparsity:g}"
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -111,13 +111,14 @@ def build_config(lm_dir: str | os.PathLike, image_token_id: int):
     return cfg
 
 
-def build_model(lm_dir: str | os.PathLike, weights: str | os.PathLike | None = WEIGHTS_FILE,
+def build_model(lm_dir: str | os.PathLike, weights: str | os.PathLike | None = "default",
                 seed: int = 0):
     """A ``(model, processor)`` pair in float32 on CPU.
 
     The language model comes from ``lm_dir`` (see :func:`ensure_language_model`); the
-    vision tower and projector from ``weights`` (a safetensors file), or freshly
-    initialised from ``seed`` when ``weights`` is None.
+    vision tower and projector from ``weights`` (a safetensors file; "default": the
+    committed ``WEIGHTS_FILE``), or freshly initialised from ``seed`` when ``weights``
+    is None.
     """
     import torch
     from safetensors.torch import load_file
@@ -136,6 +137,8 @@ def build_model(lm_dir: str | os.PathLike, weights: str | os.PathLike | None = W
         sd["embed_tokens.weight"] = torch.cat([emb, emb.mean(0, keepdim=True).expand(n_new, -1)])
     model.model.language_model.load_state_dict(sd, strict=True)
     model.tie_weights()
+    if isinstance(weights, str) and weights == "default":
+        weights = WEIGHTS_FILE
     if weights is not None:
         load_trained_weights(model, load_file(str(weights)))
     model.eval()
@@ -169,10 +172,14 @@ def load_trained_weights(model, state: dict) -> None:
         raise KeyError(f"unexpected keys in trained weights: {sorted(other)[:5]}")
 
 
-def weights_digest(path: str | os.PathLike = WEIGHTS_FILE) -> str:
+def weights_digest(path: str | os.PathLike | None = None) -> str:
     import hashlib
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    path = Path(path) if path is not None else WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"trained vision weights not found: {path} (train them with "
+                                "scripts/train_default_model.py)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def ensure_default_model(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -191,15 +198,21 @@ def ensure_default_model(cache_dir: str | os.PathLike | None = None) -> Path:
         return target
     lm_dir = ensure_language_model(cache)
     model, processor = build_model(lm_dir, WEIGHTS_FILE)
+    digest = weights_digest()
     with tempfile.TemporaryDirectory(dir=cache, prefix=".tmp-default-vlm-") as tmp:
         out = Path(tmp) / "model"
         model.save_pretrained(out)
         processor.save_pretrained(out)
+        tok_cfg = out / "tokenizer_config.json"
+        if tok_cfg.exists():  # batched generation needs left padding
+            cfg = json.loads(tok_cfg.read_text())
+            cfg["padding_side"] = "left"
+            tok_cfg.write_text(json.dumps(cfg, indent=2) + "\n")
         model.generation_config.save_pretrained(out)
         meta_src = WEIGHTS_DIR / "meta.json"
         if meta_src.exists():
             (out / "topovlm_meta.json").write_text(meta_src.read_text())
-        (out / ".complete").write_text(json.dumps({"weights_sha256": weights_digest()}) + "\n")
+        (out / ".complete").write_text(json.dumps({"weights_sha256": digest}) + "\n")
         try:
             os.replace(out, target)
         except OSError:
