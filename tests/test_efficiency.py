@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import mmap
+
 import pytest
 import torch
 
@@ -36,9 +38,12 @@ def test_peak_memory_is_reset():
     method = reset_peak_memory("cpu")
     if method != "rss_hwm":
         pytest.skip("no resettable RSS high-water mark on this platform")
-    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    # an anonymous mapping goes back to the OS when closed (a freed tensor may stay in the heap)
+    size = 64 * 2**20
+    block = mmap.mmap(-1, size)
+    block.write(b"\1" * size)  # touched: resident
     high = peak_memory("cpu")["peak_memory_bytes"]
-    del x
+    block.close()
     reset_peak_memory("cpu")
     assert peak_memory("cpu")["peak_memory_bytes"] < high - 32 * 2**20
 
