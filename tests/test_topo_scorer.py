@@ -133,14 +133,14 @@ def test_dimension_weights_and_adaptive_rule():
 
     cap = synthetic_capture()
     ctx = ScoringContext(seed=0, num_layers=L)
-    h1 = TopoScorer(k=5).score(cap, ctx)
-    both = TopoScorer(k=5, dim_weights={"h0": 1.0, "h1": 1.0}).score(cap, ctx)
+    h1 = TopoScorer(k=5, dim_weights={"h0": 0.0}).score(cap, ctx)
+    both = TopoScorer(k=5).score(cap, ctx)  # default: H0 and H1 weighted equally
     topo = both.extra["topology"]
     expected = (np.asarray(topo["consistency"]["h0"]) + np.asarray(topo["consistency"]["h1"])) / 2
     np.testing.assert_allclose(both.scores, expected)
     np.testing.assert_allclose(h1.scores, topo["consistency"]["h1"])
     with pytest.raises(ValueError, match="h0"):
-        TopoScorer(max_dim=0)
+        TopoScorer(max_dim=0, dim_weights={"h0": 0.0})
     assert TopoScorer(k=5, max_dim=0, dim_weights={"h0": 1}).score(cap, ctx).scores.shape == (L,)
     # nothing consistent anywhere: the adaptive rule removes nothing
     assert adaptive_decision(np.zeros(L), 0.9)["layers"] == []

@@ -25,7 +25,7 @@ class TopologyConfig:
     max_dim: int = 1
     variant: str = "intersection"
     alpha: float = 1.0
-    dim_weights: dict[int, float] = field(default_factory=lambda: {0: 0.0, 1: 1.0, 2: 1.0})
+    dim_weights: dict[int, float] = field(default_factory=lambda: {0: 1.0, 1: 1.0, 2: 1.0})
     empty: str = "skip"
     epi_sigma: float = 1.0
     epi_power: float = 1.0

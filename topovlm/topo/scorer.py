@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 #: H1 (and H2) only by default, as in the ancestor: H0 of a union k-NN graph is usually a
 #: single bar across all layers, i.e. S_0 = 1 everywhere, which adds nothing to the
 #: ranking but lifts every layer towards eps * max in the adaptive rule.
-DEFAULT_DIM_WEIGHTS = {"h0": 0.0, "h1": 1.0, "h2": 1.0}
+DEFAULT_DIM_WEIGHTS = {"h0": 1.0, "h1": 1.0, "h2": 1.0}
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> Any:
