@@ -3,9 +3,7 @@
 Runs ``launch.py -m``: topo, cosine and shortgpt at sparsity 0.1 / 0.2 / 0.3, every other
 scorer (and the short_lvlm SCP and domain_aware math / non_math variants) at 0.3, the
 random scorer over three seeds (``--full``: everything at every sparsity); the unpruned
-model is every job's reference. Then it writes the sweeps'
-
-summary tables, with the date and the machine, to
+model is every job's reference. Then it writes the sweeps' summary tables, with the date and the machine, to
 ``bench/results/compare_scorers_<date>.md``. The quality bar of the embedded benchmark
 (random 30% removal loses >= 10 points over 3 seeds; best - worst scorer at 30% >= 10
 points) is checked and printed.
