@@ -22,9 +22,10 @@ from topovlm.default_model import smollm2
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Accuracy floor of the committed model on the first 48 test questions (its full-test
-# accuracy is reported in README / bench/results/default_model_accuracy.md).
-ACCURACY_FLOOR = 0.35
+# Accuracy floor of the committed model on the first 48 test questions, well above chance
+# (0.32) with room for sampling noise (its full-test accuracy, 0.60 on 400 questions, is in
+# bench/results/default_model_accuracy.md).
+ACCURACY_FLOOR = 0.42
 
 
 # ----------------------------------------------------------------------------- unit tests
@@ -154,9 +155,10 @@ def test_default_model_loads_with_transformers(loaded):
     assert len(model.model.language_model.layers) == 30
     # committed vision weights are what was loaded
     state = load_file(str(dm_build.WEIGHTS_FILE))
-    w = state["vision_tower.vision_model.embeddings.patch_embedding.weight"].float()
-    got = model.model.vision_tower.vision_model.embeddings.patch_embedding.weight
-    assert torch.allclose(got, w)
+    tower = model.model.vision_tower.state_dict()
+    for key, value in state.items():
+        if key.startswith("vision_tower."):
+            assert torch.allclose(tower[key[len("vision_tower."):]], value.float()), key
     # the prompt path used by the harness
     s = generate_split("test", 1, seed=0)[0]
     text = build_prompt(processor, s.question)
