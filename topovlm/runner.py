@@ -65,10 +65,15 @@ def build_scorer(scorer_cfg: DictConfig | dict) -> LayerScorer:
 
 
 def job_key(cfg: DictConfig) -> str:
-    """Identity of a job's result: the resolved config minus logging/storage switches."""
+    """Identity of a job's result: the resolved config minus logging/storage switches, plus
+    the identity of the weights where it is cheap to know (the embedded model's committed file)."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for k in _NOT_IDENTITY:
         data.pop(k, None)
+    if cfg.model.source == "embedded":
+        from topovlm.default_model.build import weights_digest
+
+        data["weights"] = weights_digest()
     return _digest(data)
 
 
