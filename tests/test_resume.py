@@ -152,3 +152,13 @@ def test_rerunning_a_sweep_runs_only_the_missing_jobs_and_summarizes_seeds(tmp_p
     assert sorted(r["seed"] for r in rows) == ["0", "1"]
     assert "(n=2)" in (sweep / "summary.md").read_text()  # mean ± std over the two seeds
     assert len((sweep / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_new_embedded_weights_make_a_new_job(monkeypatch: pytest.MonkeyPatch):
+    import topovlm.default_model.build as build
+
+    cfg = compose([])  # the embedded default model
+    monkeypatch.setattr(build, "weights_digest", lambda path=None: "old")
+    old = job_key(cfg)
+    monkeypatch.setattr(build, "weights_digest", lambda path=None: "new")
+    assert job_key(cfg) != old
