@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from topovlm.default_model.smollm2 import default_cache_dir, ensure_language_model
+from topovlm.default_model.smollm2 import default_cache_dir, ensure_language_model, publish
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "vision.safetensors"
@@ -213,9 +213,5 @@ def ensure_default_model(cache_dir: str | os.PathLike | None = None) -> Path:
         if meta_src.exists():
             (out / "topovlm_meta.json").write_text(meta_src.read_text())
         (out / ".complete").write_text(json.dumps({"weights_sha256": digest}) + "\n")
-        try:
-            os.replace(out, target)
-        except OSError:
-            if not (target / ".complete").exists():
-                raise
+        publish(out, target)
     return target

