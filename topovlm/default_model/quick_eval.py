@@ -6,13 +6,11 @@ style chat template, greedy decoding, normalised exact match).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 
-from topovlm.data.normalize import normalize_answer
 
 
 def build_prompt(processor, question: str) -> str:
@@ -38,16 +36,10 @@ def generate_answers(model, processor, samples: Sequence, batch_size: int = 32,
 
 
 def accuracy(samples: Sequence, predictions: Iterable[str]) -> dict[str, float]:
-    """Exact match overall (``accuracy``), per domain (``accuracy/<domain>``) and per
-    category (``accuracy/<category>``), as fractions."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for s, p in zip(samples, predictions):
-        ok = normalize_answer(p) == normalize_answer(s.answer)
-        hits["accuracy"].append(ok)
-        hits[f"accuracy/{s.domain}"].append(ok)
-        if s.category:
-            hits[f"accuracy/{s.category}"].append(ok)
-    return {k: sum(v) / len(v) for k, v in hits.items()}
+    """Exact match as the harness's VQA evaluator scores it (overall, per domain, per category)."""
+    from topovlm.evaluation.vqa import exact_match_metrics
+
+    return exact_match_metrics(samples, predictions)
 
 
 def evaluate(model, processor, samples: Sequence, batch_size: int = 32) -> dict[str, float]:

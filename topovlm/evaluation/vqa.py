@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
@@ -12,6 +12,7 @@ from topovlm.evaluation.base import Evaluator
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
+    from topovlm.data.types import VQASample
 
 
 class VQAEvaluator(Evaluator):
@@ -30,19 +31,29 @@ class VQAEvaluator(Evaluator):
             samples = samples[: self.cfg.limit]
         if not samples:
             raise ValueError(f"task {self.cfg.name!r} has no samples")
-        hits: dict[str, list[bool]] = defaultdict(list)
-        self.predictions = []
+        predictions: list[str] = []
         bs = self.cfg.batch_size
         for start in tqdm(range(0, len(samples), bs), desc=f"eval {self.cfg.name}", leave=False):
             batch = samples[start:start + bs]
-            preds = adapter.generate(batch, max_new_tokens=self.cfg.max_new_tokens)
-            for s, p in zip(batch, preds):
-                ok = normalize_answer(p) == normalize_answer(s.answer)
-                hits["accuracy"].append(ok)
-                hits[f"accuracy/{s.domain}"].append(ok)
-                if s.category:
-                    hits[f"accuracy/{s.category}"].append(ok)
-                self.predictions.append({"id": s.id, "prediction": p, "answer": s.answer, "correct": ok})
-        metrics = {k: sum(v) / len(v) for k, v in hits.items()}
+            predictions += adapter.generate(batch, max_new_tokens=self.cfg.max_new_tokens)
+        metrics = exact_match_metrics(samples, predictions)
+        self.predictions = [{"id": s.id, "prediction": p, "answer": s.answer, "correct": is_correct(p, s.answer)}
+                            for s, p in zip(samples, predictions)]
         metrics["num_samples"] = float(len(samples))
         return metrics
+
+
+def is_correct(prediction: str, answer: str) -> bool:
+    return normalize_answer(prediction) == normalize_answer(answer)
+
+
+def exact_match_metrics(samples: Sequence["VQASample"], predictions: Iterable[str]) -> dict[str, float]:
+    """``accuracy`` overall, ``accuracy/<domain>`` and ``accuracy/<category>``, as fractions."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for s, p in zip(samples, predictions):
+        ok = is_correct(p, s.answer)
+        hits["accuracy"].append(ok)
+        hits[f"accuracy/{s.domain}"].append(ok)
+        if s.category:
+            hits[f"accuracy/{s.category}"].append(ok)
+    return {k: sum(v) / len(v) for k, v in hits.items()}
