@@ -5,21 +5,27 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU machines: the local CPU build. GPU machines: `make TORCH_SPEC=torch setup`, or keep an installed CUDA torch.
 TORCH_SPEC ?= torch==2.13.0
+# Every package pinned to the versions the test suite passed with (CPU machines); `make lock`
+# refreshes it. GPU machines: `make CONSTRAINTS= TORCH_SPEC=torch setup` (their CUDA torch differs).
+CONSTRAINTS ?= constraints/cpu.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 SWEEP ?= scorer=topo,cosine sparsity=0.1,0.2,0.3
 
-.PHONY: setup demo test test-fast bench clean-cache
+.PHONY: setup demo test test-fast bench clean-cache lock
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q -U pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -U pip $(PIN)
+	$(PIP) install -q "$(TORCH_SPEC)" $(PIN)
 	# dionysus builds from source and needs Boost headers newer than Debian's libboost-dev
-	$(PIP) install -q boost-headers
+	$(PIP) install -q boost-headers $(PIN)
 	CPLUS_INCLUDE_PATH=$$($(PY) -c "import boost_headers; print(boost_headers.get_include())") \
-		$(PIP) install -q dionysus==2.2.3
-	$(PIP) install -q -e ".[dev,lmms-deps,cluster]"
-	# lmms-eval without its dependency pins (they would replace torch with a CUDA build)
-	$(PIP) install -q --no-deps lmms-eval==0.7.3
+		$(PIP) install -q dionysus==2.2.3 $(PIN)
+	$(PIP) install -q -e ".[dev,lmms-deps,cluster]" $(PIN)
+	# lmms-eval without its dependency pins (they would replace torch with a CUDA build);
+	# what it needs is declared in the lmms-deps extra
+	$(PIP) install -q --no-deps lmms-eval==0.7.3 $(PIN)
+	$(PY) -c "import lmms_eval.evaluator, dionysus, gudhi, torch"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -38,3 +44,11 @@ bench: setup
 
 clean-cache:
 	rm -rf $${TOPOVLM_CACHE:-$$HOME/.cache/topovlm}/captures $${TOPOVLM_CACHE:-$$HOME/.cache/topovlm}/scores $${TOPOVLM_CACHE:-$$HOME/.cache/topovlm}/completed
+
+# Refresh constraints/cpu.txt: a fresh virtualenv resolved without pins, the suite run on it,
+# then its exact versions written out. Commit the file when the suite passed.
+lock:
+	rm -rf .venv-lock
+	$(MAKE) VENV=.venv-lock CONSTRAINTS= test
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints/cpu.txt
+	rm -rf .venv-lock

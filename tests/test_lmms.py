@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from tests.conftest import compose, tiny_overrides
 
-pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install --no-deps lmms-eval==0.7.3)")
+# lmms-eval is part of the test environment (make setup): a broken install must fail here, not skip
+import lmms_eval.evaluator  # noqa: E402,F401
 
 from topovlm.config import DatasetConfig, TaskConfig  # noqa: E402
 from topovlm.evaluation.lmms import (  # noqa: E402

@@ -92,7 +92,6 @@ def blob(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def topo(clouds, **kw):
-    pytest.importorskip("dionysus")
     from topovlm.topo.pipeline import TopologyConfig, compute_topology
 
     return compute_topology(np.asarray(clouds, dtype=np.float32), TopologyConfig(k=6, **kw))

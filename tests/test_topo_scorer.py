@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("dionysus")
-pytest.importorskip("gudhi")
+import dionysus  # noqa: E402,F401
+import gudhi  # noqa: E402,F401
 
 from topovlm.capture import Capture  # noqa: E402
 from topovlm.scoring import ScoringContext  # noqa: E402

@@ -6,8 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-gudhi = pytest.importorskip("gudhi")
-pytest.importorskip("dionysus")
+import dionysus  # noqa: E402,F401
+import gudhi  # noqa: E402
 
 from topovlm.topo.complexes import flag_complex, knn_edges  # noqa: E402
 from topovlm.topo.zigzag import (  # noqa: E402
