@@ -36,10 +36,23 @@ if TYPE_CHECKING:
 
 @dataclass
 class TokenMasks:
-    """Boolean ``(B, T)`` masks of one batch: real tokens, vision tokens, text tokens."""
+    """Boolean ``(B, T)`` masks of one batch: real tokens, vision tokens, text tokens.
+
+    With ``device_map="auto"`` the decoder layers sit on several GPUs while the masks are
+    built where the inputs are: hooks ask for ``masks.on(h.device)``, which moves them
+    once per batch and device.
+    """
 
     valid: torch.Tensor
     vision: torch.Tensor
+    _copies: dict[str, "TokenMasks"] = field(default_factory=dict, repr=False, compare=False)
+
+    def on(self, device: torch.device | str) -> "TokenMasks":
+        """These masks on ``device`` (memoised per batch)."""
+        key = str(device)
+        if key not in self._copies:
+            self._copies[key] = TokenMasks(self.valid.to(device), self.vision.to(device))
+        return self._copies[key]
 
     @property
     def text(self) -> torch.Tensor:
@@ -182,8 +195,8 @@ class _Recorder:
         self._handles: list[Any] = []
 
     def _pool(self, boundary: int, h: torch.Tensor) -> None:
-        m = self.masks
-        assert m is not None
+        assert self.masks is not None
+        m = self.masks.on(h.device)  # the layer's device, not the inputs'
         h = h.float()
         rows = torch.arange(h.shape[0], device=h.device)
         self.pooled["last"][boundary].append(h[rows, m.last_index].cpu())
@@ -198,6 +211,9 @@ class _Recorder:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, (tuple, list)) else output
+            # accelerate moves a layer's input to its device inside forward: the hook may see
+            # the previous layer's device for h_in
+            h_in = h_in.to(h_out.device)
             if index == 0:
                 self._pool(0, h_in)
             self._pool(index + 1, h_out)
@@ -209,7 +225,7 @@ class _Recorder:
                         f"decoder layer {index}: self_attn returned no attention weights although a "
                         "statistic needs them (the attention implementation must be eager)"
                     )
-                call = LayerCall(index, h_in, h_out, self.masks, attention)
+                call = LayerCall(index, h_in, h_out, self.masks.on(h_out.device), attention)
                 for r in self.requests:
                     value = STATISTICS[r.name].fn(call, **dict(r.params))
                     self.stats[r.key][index].append(value.float().cpu())
