@@ -37,6 +37,8 @@ class ModelConfig:
     attn_implementation: Optional[str] = None  # sdpa | eager | flash_attention_2
     trust_remote_code: bool = False
     tiny: dict[str, Any] = field(default_factory=dict)  # overrides for source=tiny configs
+    # processor from_pretrained kwargs, e.g. Qwen's {max_pixels: 602112, min_pixels: 3136}
+    processor: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,8 +13,8 @@ def remove_layers(adapter: "ModelAdapter", drop: Iterable[int]) -> list[int]:
     """Remove layers given by ORIGINAL indices; return the original indices kept.
 
     Keeps the config consistent: every kept attention module gets its new position as
-    ``layer_idx`` (the KV cache is indexed by it), ``layer_types`` (sliding/full mixes)
-    is trimmed and ``num_hidden_layers`` updated, so ``save_pretrained`` reloads.
+    ``layer_idx`` (the KV cache is indexed by it), the per-layer config fields are trimmed
+    and ``num_hidden_layers`` updated, so ``save_pretrained`` reloads the same model.
     """
     drop = set(int(i) for i in drop)
     current = adapter.kept_layers
@@ -32,10 +32,24 @@ def remove_layers(adapter: "ModelAdapter", drop: Iterable[int]) -> list[int]:
                 module.layer_idx = new_idx
     adapter.set_decoder_layers(new_layers)
 
-    text_config = adapter.text_config()
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is not None:
-        text_config.layer_types = [layer_types[p] for p in positions]
-    text_config.num_hidden_layers = len(positions)
+    _trim_per_layer_config(adapter.text_config(), positions, len(layers))
     adapter.kept_layers = [current[p] for p in positions]
     return list(adapter.kept_layers)
+
+
+# config fields holding one entry per decoder layer (sliding/full mixes, NoPE layers)
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
+# config fields counting a prefix of the decoder (Qwen2: layers below use the sliding window)
+PER_LAYER_PREFIXES = ("max_window_layers",)
+
+
+def _trim_per_layer_config(text_config: object, positions: list[int], num_before: int) -> None:
+    for name in PER_LAYER_LISTS:
+        values = getattr(text_config, name, None)
+        if values is not None and len(values) == num_before:
+            setattr(text_config, name, [values[p] for p in positions])
+    for name in PER_LAYER_PREFIXES:
+        bound = getattr(text_config, name, None)
+        if isinstance(bound, int):
+            setattr(text_config, name, sum(1 for p in positions if p < bound))
+    text_config.num_hidden_layers = len(positions)

@@ -189,7 +189,7 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
             with _timed(timings, "efficiency"):
                 efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timings.get("evaluate"),
                                         original_layers=num_layers)
-            protocol = evaluator.protocol()
+            protocol = {**evaluator.protocol(), "model_inputs": adapter.protocol()}  # lmms-eval parity
 
             with _timed(timings, "diagnostics"):
                 images = scorer.write_diagnostics(result, out_dir)

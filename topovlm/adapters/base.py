@@ -126,8 +126,34 @@ class ModelAdapter:
         if hasattr(self.processor, "save_pretrained"):
             self.processor.save_pretrained(path)
 
+    def protocol(self) -> dict[str, Any]:
+        """How images and prompts reach the model (results.json ``protocol.model``): the
+        processor class and the image processor's resolution settings, for comparison with
+        lmms-eval's own model classes."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        out: dict[str, Any] = {"family": self.family, "processor": type(self.processor).__name__,
+                               "video": hasattr(self.processor, "video_processor")
+                               and getattr(self.processor, "video_processor", None) is not None}
+        if image_processor is not None:
+            out["image_processor"] = type(image_processor).__name__
+            for key in ("size", "crop_size", "min_pixels", "max_pixels", "image_grid_pinpoints", "patch_size",
+                        "merge_size", "do_pad"):
+                value = getattr(image_processor, key, None)
+                if value is not None:
+                    out[key] = _plain(value)
+        return out
+
     # ------------------------------------------------------------------ size
     def parameter_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.model.parameters())
         lm = sum(p.numel() for layer in self.decoder_layers() for p in layer.parameters())
         return {"params_total": total, "params_decoder_layers": lm}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-friendly copy of a processor setting (SizeDict and tuples included)."""
+    if hasattr(value, "items"):
+        return {k: _plain(v) for k, v in dict(value).items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (int, float, str, bool)) else str(value)

@@ -8,6 +8,7 @@ import torch
 
 from topovlm.adapters.base import ModelAdapter
 from topovlm.adapters.families import ADAPTERS
+from topovlm.adapters.processors import load_processor
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ def _dtype(name: str) -> Any:
 
 def load_pretrained(family: str, path: str, *, dtype: str = "float32", device: str = "cpu",
                     device_map: str | None = None, attn_implementation: str | None = None,
-                    revision: str | None = None, trust_remote_code: bool = False) -> tuple[Any, Any]:
+                    revision: str | None = None, trust_remote_code: bool = False,
+                    processor_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any]:
     import transformers
 
     auto_model = getattr(transformers, _MODEL_CLASSES[family])
@@ -37,10 +39,8 @@ def load_pretrained(family: str, path: str, *, dtype: str = "float32", device: s
     model = auto_model.from_pretrained(path, **kwargs)
     if not device_map:
         model.to(device)
-    if family == "causal_lm":
-        processor = transformers.AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    else:
-        processor = transformers.AutoProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    processor = load_processor(family, path, revision=revision, trust_remote_code=trust_remote_code,
+                               **dict(processor_kwargs or {}))
     return model.eval(), processor
 
 
@@ -63,5 +63,6 @@ def load_adapter(cfg: Any) -> ModelAdapter:
     model, processor = load_pretrained(
         family, path, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
         attn_implementation=cfg.attn_implementation, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+        processor_kwargs=dict(getattr(cfg, "processor", None) or {}),
     )
     return adapter_cls(model, processor, name=cfg.name, source=cfg.source)

@@ -98,6 +98,8 @@ def tiny_qwen2_vl(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, **
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
+    from topovlm.adapters.processors import image_only
+
     tok = tiny_tokenizer("<|vision_start|><|image_pad|><|vision_end|>")
     ids = tok.convert_tokens_to_ids
     head_dim = hidden_size // 4
@@ -115,7 +117,7 @@ def tiny_qwen2_vl(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, **
     model = Qwen2VLForConditionalGeneration(config).eval()
     image_processor = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
                                                min_pixels=32 * 32, max_pixels=32 * 32)
-    processor = _image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok,
+    processor = image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok,
                                               chat_template=tok.chat_template)
     return model, processor
 
@@ -127,19 +129,6 @@ def tiny_llama(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, **tex
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(**_text_kwargs(len(tok), num_layers, hidden_size, text_overrides))).eval()
     return model, tok
-
-
-def _image_only(processor_cls: type) -> type:
-    """The processor without its video half (video processors need torchvision, absent on CPU installs)."""
-
-    class ImageOnly(processor_cls):  # type: ignore[misc, valid-type]
-        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
-            if argument_name == "video_processor" and argument is None:
-                return type(None)
-            return super().check_argument_for_proper_class(argument_name, argument)
-
-    ImageOnly.__name__ = processor_cls.__name__
-    return ImageOnly
 
 
 TINY_BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "causal_lm": tiny_llama}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 from typing import Any, Callable
 
 from topovlm.data.types import VQASample
@@ -36,7 +38,83 @@ def _jsonl(ds: Any, n: int | None, seed: int) -> list[VQASample]:
         image = Image.open(root / rec["image"]).convert("RGB") if rec.get("image") else None
         out.append(VQASample(str(rec["id"]), image, rec["question"], str(rec.get("answer", "")),
                              rec.get("domain", "default"), rec.get("category", "")))
-    return out[:n] if n is not None else out
+    return _seeded_subset(out, n, seed, "dataset.path")
+
+
+def _seeded_subset(items: list, n: int | None, seed: int, key: str) -> list:
+    """``n`` items drawn without replacement by ``seed`` (all of them, in order, when n is None)."""
+    if n is None:
+        return items
+    if n > len(items):
+        raise ValueError(f"{key}: {n} samples asked for, the source has {len(items)}")
+    rng = np.random.default_rng(seed)
+    return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False))]
+
+
+def _row_text(row: dict[str, Any], opts: dict[str, Any]) -> str:
+    if opts.get("prompt"):
+        return str(opts["prompt"]).format(**{k: (v[0] if isinstance(v, list) and v else v) for k, v in row.items()})
+    value = row[opts.get("text_column", "question")]
+    return str(value[0] if isinstance(value, list) else value)
+
+
+def _hf(ds: Any, n: int | None, seed: int) -> list[VQASample]:
+    """A Hugging Face dataset (hub id or a ``save_to_disk`` / data folder) through ``datasets``.
+
+    ``options``: ``name`` (dataset config), ``image_column`` (default ``image``),
+    ``text_column`` (default ``question``; a list, e.g. several captions, gives its first
+    entry) or ``prompt`` (a format string over the row's columns), ``answer_column``,
+    ``id_column``, ``domain`` / ``domain_column``, ``exclude_first`` (skip the first rows:
+    those an evaluation with ``limit`` reads). Rows are drawn by ``seed``.
+    """
+    import datasets
+
+    opts = dict(ds.options or {})
+    local = Path(str(ds.path)).expanduser()
+    if local.exists() and ((local / "dataset_dict.json").is_file() or (local / "dataset_info.json").is_file()):
+        loaded = datasets.load_from_disk(str(local))
+        loaded = loaded[ds.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    else:
+        loaded = datasets.load_dataset(str(local) if local.exists() else ds.path, opts.get("name"), split=ds.split)
+    first = int(opts.get("exclude_first") or 0)
+    indices = _seeded_subset(list(range(first, len(loaded))), n, seed, f"calibration/task dataset {ds.path}[{ds.split}]")
+    image_col = opts.get("image_column", "image")
+    out = []
+    for i in indices:
+        row = loaded[int(i)]
+        image = row.get(image_col)
+        image = image.convert("RGB") if image is not None and hasattr(image, "convert") else None
+        rid = row[opts["id_column"]] if opts.get("id_column") else f"{ds.path}:{ds.split}:{i}"
+        domain = str(row[opts["domain_column"]]) if opts.get("domain_column") else str(opts.get("domain", "default"))
+        answer = row.get(opts["answer_column"], "") if opts.get("answer_column") else ""
+        out.append(VQASample(str(rid), image, _row_text(row, opts), str(answer), domain, str(opts.get("category", ""))))
+    return out
+
+
+def _lmms_task(ds: Any, n: int | None, seed: int) -> list[VQASample]:
+    """Documents of an lmms-eval task, prompted exactly as the task prompts them.
+
+    ``options.task`` names the task; ``options.exclude_first`` skips the documents an
+    evaluation with ``task.limit`` reads (lmms-eval evaluates the first ``limit`` ones), so a
+    calibration set drawn here is disjoint from the evaluated documents.
+    """
+    from lmms_eval.tasks import get_task_dict
+
+    from topovlm.evaluation.lmms import task_manager
+
+    opts = dict(ds.options or {})
+    name = str(opts["task"])
+    task = get_task_dict([name], task_manager([name], opts.get("model_name", "llava_hf")))[name]
+    docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
+    first = int(opts.get("exclude_first") or 0)
+    indices = _seeded_subset(list(range(first, len(docs))), n, seed, f"lmms-eval task {name!r}")
+    out = []
+    for i in indices:
+        doc = docs[int(i)]
+        visuals = [v for v in (task.doc_to_visual(doc) or []) if hasattr(v, "convert")]
+        image = visuals[0].convert("RGB") if visuals else None
+        out.append(VQASample(f"{name}:{i}", image, str(task.doc_to_text(doc)), "", str(opts.get("domain", "default"))))
+    return out
 
 
 def _text(ds: Any, n: int | None, seed: int) -> list[VQASample]:
@@ -53,6 +131,8 @@ SOURCES: dict[str, Callable[[Any, int | None, int], list[VQASample]]] = {
     "shapes": _shapes,
     "jsonl": _jsonl,
     "text": _text,
+    "hf": _hf,
+    "lmms_task": _lmms_task,
 }
 
 
@@ -66,4 +146,5 @@ def load_samples(ds: Any, n: int | None = None, seed: int | None = None) -> list
 
 def dataset_id(ds: Any, n: int | None, seed: int) -> str:
     """A stable identity for cache keys."""
-    return f"{ds.source}:{ds.version}:{ds.split}:{ds.path or ''}:n={n}:seed={seed}"
+    opts = json.dumps(dict(ds.options or {}), sort_keys=True, default=str) if ds.options else ""
+    return f"{ds.source}:{ds.version}:{ds.split}:{ds.path or ''}:{opts}:n={n}:seed={seed}"
