@@ -128,8 +128,9 @@ def _allowed(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None
         raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check values before anything expensive happens."""
+def validate(cfg: DictConfig, inputs: bool = True) -> None:
+    """Check values before anything expensive happens; ``inputs``: also that the model and
+    the datasets the job reads are available (:mod:`topovlm.preflight`)."""
     from topovlm.adapters.families import ADAPTERS
     from topovlm.data.sources import SOURCES
     from topovlm.evaluation import EVALUATORS
@@ -155,3 +156,7 @@ def validate(cfg: DictConfig) -> None:
     scorer_name = OmegaConf.select(cfg, "scorer.name")
     _allowed("scorer", scorer_name, available_scorers())
     _allowed("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+    if inputs:
+        from topovlm.preflight import check_inputs
+
+        check_inputs(cfg)  # model path, data files, datasets: before any model loads

@@ -152,6 +152,10 @@ class ModelAdapter:
 
 def _plain(value: Any) -> Any:
     """A JSON-friendly copy of a processor setting (SizeDict and tuples included)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
     if hasattr(value, "items"):
         return {k: _plain(v) for k, v in dict(value).items() if v is not None}
     if isinstance(value, (list, tuple)):

@@ -70,11 +70,12 @@ def _text_kwargs(vocab: int, layers: int, hidden: int, overrides: dict[str, Any]
 
 
 def tiny_llava(num_layers: int = 12, hidden_size: int = 64, image_size: int = 32, patch_size: int = 8,
-               seed: int = 0, **text_overrides: Any) -> tuple[Any, Any]:
+               seed: int = 0, tokenizer: Any = None, **text_overrides: Any) -> tuple[Any, Any]:
     from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor)
 
-    tok = tiny_tokenizer("<image>")
+    tok = _with_special_tokens(tokenizer, "<image>")
+    text_overrides = _ids(tok, text_overrides)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, image_size=image_size, patch_size=patch_size),
@@ -94,16 +95,17 @@ def tiny_llava(num_layers: int = 12, hidden_size: int = 64, image_size: int = 32
     return model, processor
 
 
-def tiny_qwen2_vl(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, **text_overrides: Any) -> tuple[Any, Any]:
+def tiny_qwen2_vl(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, tokenizer: Any = None,
+                  **text_overrides: Any) -> tuple[Any, Any]:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
     from topovlm.adapters.processors import image_only
 
-    tok = tiny_tokenizer("<|vision_start|><|image_pad|><|vision_end|>")
+    tok = _with_special_tokens(tokenizer, "<|vision_start|><|image_pad|><|vision_end|>")
     ids = tok.convert_tokens_to_ids
     head_dim = hidden_size // 4
-    text = _text_kwargs(len(tok), num_layers, hidden_size, text_overrides)
+    text = _text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, text_overrides))
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
                                "mrope_section": [head_dim // 8, head_dim // 8 + head_dim // 16, head_dim // 2 - head_dim // 8 - head_dim // 8 - head_dim // 16]}
     config = Qwen2VLConfig(
@@ -131,4 +133,86 @@ def tiny_llama(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, **tex
     return model, tok
 
 
+def tiny_llava_next(num_layers: int = 8, hidden_size: int = 64, seed: int = 0, tokenizer: Any = None,
+                    **text_overrides: Any) -> tuple[Any, Any]:
+    """LLaVA-NeXT (anyres): images tiled by ``image_grid_pinpoints``, so sizes change token counts."""
+    from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessorPil, LlavaNextProcessor)
+
+    tok = _with_special_tokens(tokenizer, "<image>")
+    pinpoints = [[32, 64], [64, 32], [64, 64]]
+    config = LlavaNextConfig(
+        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=LlamaConfig(**_text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, text_overrides))),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                                   image_grid_pinpoints=pinpoints),
+        tokenizer=tok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=tok.chat_template,
+    )
+    return model, processor
+
+
+def tiny_qwen2_5_vl(num_layers: int = 8, hidden_size: int = 64, seed: int = 0, tokenizer: Any = None,
+                    **text_overrides: Any) -> tuple[Any, Any]:
+    """Qwen2.5-VL: windowed vision attention, the Qwen2.5-VL processor (image-only without torchvision)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
+
+    from topovlm.adapters.processors import image_only
+
+    tok = _with_special_tokens(tokenizer, "<|vision_start|><|image_pad|><|vision_end|>")
+    ids = tok.convert_tokens_to_ids
+    head_dim = hidden_size // 4
+    text = _text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, text_overrides))
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+                               "mrope_section": [head_dim // 8, head_dim // 8 + head_dim // 16,
+                                                 head_dim // 2 - head_dim // 8 - head_dim // 8 - head_dim // 16]}
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
+                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           window_size=32, fullatt_block_indexes=[1]),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=32 * 32, max_pixels=64 * 64)
+    processor = image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tok,
+                                                 chat_template=tok.chat_template)
+    return model, processor
+
+
+def _with_special_tokens(tokenizer: Any, image_markup: str) -> Any:
+    """The given tokenizer (e.g. the embedded model's) with the family's special tokens and a
+    ChatML template; the tiny BPE tokenizer when none is given."""
+    if tokenizer is None:
+        return tiny_tokenizer(image_markup)
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": SPECIAL[4:]})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.chat_template = chat_template(image_markup)
+    return tok
+
+
+def _ids(tok: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Special-token ids of the tokenizer in use (the tiny tokenizer's defaults otherwise)."""
+    ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    return {**{k: v for k, v in ids.items() if v is not None}, **overrides}
+
+
 TINY_BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "causal_lm": tiny_llama}
+# tiny random replicas of each real architecture with its real processor class, by preset family
+REPLICAS = {"llava-1.5-7b": tiny_llava, "llava-v1.6": tiny_llava_next, "qwen2-vl-7b": tiny_qwen2_vl,
+            "qwen2.5-vl-7b": tiny_qwen2_5_vl}
