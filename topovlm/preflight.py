@@ -136,7 +136,8 @@ def _check_holdout(ds: Any, key: str, cfg: Any) -> None:
 
     try:
         name = str(opts["task"])
-        check_datasets(leaf_task_configs(task_manager([name], "llava_hf"), [name]))
+        spec = {"task": name, "dataset_path": str(opts["dataset_path"])} if opts.get("dataset_path") else name
+        check_datasets(leaf_task_configs(task_manager([name], "llava_hf"), [spec]))
     except (LmmsDatasetUnavailable, KeyError) as err:
         raise ConfigError(f"{key}: {err}") from None
 

@@ -94,7 +94,8 @@ def _hf(ds: Any, n: int | None, seed: int) -> list[VQASample]:
 def _lmms_task(ds: Any, n: int | None, seed: int) -> list[VQASample]:
     """Documents of an lmms-eval task, prompted exactly as the task prompts them.
 
-    ``options.task`` names the task; ``options.exclude_first`` skips the documents an
+    ``options.task`` names the task (``options.dataset_path`` replaces its dataset, e.g. a
+    local copy); ``options.exclude_first`` skips the documents an
     evaluation with ``task.limit`` reads (lmms-eval evaluates the first ``limit`` ones), so a
     calibration set drawn here is disjoint from the evaluated documents.
     """
@@ -104,7 +105,8 @@ def _lmms_task(ds: Any, n: int | None, seed: int) -> list[VQASample]:
 
     opts = dict(ds.options or {})
     name = str(opts["task"])
-    task = get_task_dict([name], task_manager([name], opts.get("model_name", "llava_hf")))[name]
+    spec = {"task": name, "dataset_path": str(opts["dataset_path"])} if opts.get("dataset_path") else name
+    task = get_task_dict([spec], task_manager([name], opts.get("model_name", "llava_hf")))[name]
     docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
     first = int(opts.get("exclude_first") or 0)
     indices = _seeded_subset(list(range(first, len(docs))), n, seed, f"lmms-eval task {name!r}")
