@@ -137,3 +137,23 @@ def test_vqa_and_lmms_evaluation_run(checkpoint, tmp_path):
         options={"data_dir": str(tmp_path)})))
     lm_metrics = lmms.evaluate(adapter)
     assert lm_metrics["num_samples"] == 2 and 0.0 <= lm_metrics["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs_as_is_on_a_checkpoint(checkpoint):
+    """bench/gpu_smoke.py, run the way the README says, on a saved replica (CPU here)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    preset, path = checkpoint
+    if preset != "llava-v1.6":
+        pytest.skip("one family is enough for the script itself")
+    proc = subprocess.run([sys.executable, "bench/gpu_smoke.py", "--model", preset, "--path", str(path),
+                           "--device", "cpu", "--dtype", "float32", "--scorers", "cosine,topo", "--limit", "4",
+                           "--calibration-n", "20", "--no-write", "model.attn_implementation=null",
+                           "reference=true"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "| cosine | pass |" in proc.stdout and "| topo | pass |" in proc.stdout
