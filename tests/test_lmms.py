@@ -94,7 +94,7 @@ def test_missing_dataset_fails_fast_with_instructions(tmp_path, monkeypatch):
 def test_presets_compose_and_resolve(preset):
     cfg = compose([f"task={preset}", "model=tiny_llava"])
     task = cfg.task
-    assert task.evaluator == "lmms" and task.batch_size == 1
+    assert task.evaluator == "lmms" and task.batch_size == 16
     tasks = list(task.options.tasks)
     tm = task_manager(tasks, "llava_hf")
     leaves = leaf_task_configs(tm, tasks)

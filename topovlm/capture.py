@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -260,14 +260,22 @@ def run_capture(
     samples: "list[VQASample]",
     spec: CaptureSpec = CaptureSpec(),
     batch_size: int = 16,
+    attention_budget_bytes: int | None = None,
 ) -> Capture:
-    """One forward pass over the calibration samples (prompts only, no answers)."""
+    """One forward pass over the calibration samples (prompts only, no answers).
+
+    With an attention statistic, a batch whose attention maps would exceed
+    ``attention_budget_bytes`` (default :data:`ATTENTION_BUDGET_BYTES`) runs in smaller
+    chunks (see :func:`attention_chunk_size`); results do not depend on the chunking.
+    """
     requests = list(spec.stats)
     for r in requests:
         if r.name not in STATISTICS:
             raise KeyError(f"unknown statistic {r.name!r}; available: {', '.join(sorted(STATISTICS))}")
     recorder = _Recorder(adapter, requests)
-    forward_kwargs: dict[str, Any] = {}
+    # the hooks read the decoder's hidden states: the LM head runs on one position only,
+    # not on every token (full-vocabulary logits of a batch were GBs at LLaVA-NeXT lengths)
+    forward_kwargs: dict[str, Any] = {"logits_to_keep": 1}
     restore_attn = None
     if recorder.needs_attention:
         # Eager attention modules return their weights as output[1], where the hook on
@@ -277,11 +285,11 @@ def run_capture(
     try:
         with recorder:
             for start in tqdm(range(0, len(samples), batch_size), desc="calibration", leave=False):
-                batch = samples[start:start + batch_size]
-                inputs = adapter.build_inputs(batch)
-                valid = inputs["attention_mask"].bool()
-                recorder.masks = TokenMasks(valid=valid, vision=adapter.vision_mask(inputs["input_ids"]) & valid)
-                adapter.forward(inputs, **forward_kwargs)
+                for batch, inputs in _batches(adapter, samples[start:start + batch_size], recorder.needs_attention,
+                                              attention_budget_bytes):
+                    valid = inputs["attention_mask"].bool()
+                    recorder.masks = TokenMasks(valid=valid, vision=adapter.vision_mask(inputs["input_ids"]) & valid)
+                    adapter.forward(inputs, **forward_kwargs)
     finally:
         if restore_attn is not None:
             restore_attn()
@@ -295,6 +303,36 @@ def run_capture(
         stats=stats,
         meta={"model": adapter.name, "has_vision": bool(np.isfinite(pooled["vision_mean"]).any())},
     )
+
+
+#: bound on one layer's attention maps of a calibration chunk, (B, heads, T, T) in float32:
+#: eager attention holds about this much (weights and their softmax input) per layer at once
+ATTENTION_BUDGET_BYTES = 1 << 30
+
+
+def attention_chunk_size(batch: int, heads: int, tokens: int, budget_bytes: int) -> int:
+    """The largest chunk of ``batch`` rows whose (rows, heads, T, T) float32 maps fit the budget (>= 1)."""
+    per_row = heads * tokens * tokens * 4
+    return max(1, min(batch, budget_bytes // max(per_row, 1)))
+
+
+def _batches(adapter: "ModelAdapter", batch: "list[VQASample]", needs_attention: bool,
+             budget_bytes: int | None) -> "Iterator[tuple[list[VQASample], dict[str, Any]]]":
+    """``batch`` as one set of inputs, or in chunks when its attention maps would not fit."""
+    inputs = adapter.build_inputs(batch)
+    if not needs_attention:
+        yield batch, inputs
+        return
+    heads = int(getattr(adapter.text_config(), "num_attention_heads", 1))
+    size = attention_chunk_size(len(batch), heads, inputs["input_ids"].shape[1],
+                                ATTENTION_BUDGET_BYTES if budget_bytes is None else budget_bytes)
+    if size >= len(batch):
+        yield batch, inputs
+        return
+    del inputs
+    for start in range(0, len(batch), size):
+        chunk = batch[start:start + size]
+        yield chunk, adapter.build_inputs(chunk)
 
 
 def _use_eager_attention(adapter: "ModelAdapter") -> Callable[[], None]:

@@ -230,14 +230,32 @@ class JobEfficiency:
     def _save_peak(self) -> None:
         self._peak_before = max(self._peak_before, peak_memory(self.device)["peak_memory_bytes"])
 
-    def _path(self, adapter: "ModelAdapter") -> Path | None:
+    def _path(self, adapter: "ModelAdapter", kept: list[int] | None = None) -> Path | None:
+        """Cache file of the unpruned model's numbers, or (``kept``) of one kept-layer set's."""
         if self.cache_root is None or not self.settings.cache:
             return None
         from topovlm.capture import _digest
 
         ident = {"model": self.model_key, "settings": asdict(self.settings), "device": device_name(adapter.device),
                  "host": platform.node(), "threads": torch.get_num_threads(), "dtype": str(next(adapter.model.parameters()).dtype)}
-        return self.cache_root / "efficiency" / f"unpruned-{_digest(ident)}.json"
+        if kept is None:
+            return self.cache_root / "efficiency" / f"unpruned-{_digest(ident)}.json"
+        return self.cache_root / "efficiency" / f"kept-{_digest({**ident, 'kept_layers': list(kept)})}.json"
+
+    def _measure_pruned(self, adapter: "ModelAdapter") -> tuple[dict[str, Any], bool]:
+        """Timing depends on the architecture only: once per distinct kept-layer set and model."""
+        path = self._path(adapter, list(adapter.kept_layers))
+        if path is not None and path.is_file():
+            try:
+                return json.loads(path.read_text()), True
+            except (OSError, ValueError):
+                pass
+        current = measure(adapter, self.settings)
+        if path is not None:
+            from topovlm.results import write_json_atomic
+
+            write_json_atomic(path, current)
+        return current, False
 
     def measure_baseline(self, adapter: "ModelAdapter") -> dict[str, Any] | None:
         """The unpruned model's numbers (call before pruning): from the cache, else measured and cached."""
@@ -271,7 +289,11 @@ class JobEfficiency:
             out["eval_wall_time_s"] = float(eval_wall_time_s)
         if not self.settings.enabled:
             return out
-        current = measure(adapter, self.settings) if pruned or self.baseline is None else dict(self.baseline)
+        if pruned or self.baseline is None:
+            current, out["measurement_from_cache"] = self._measure_pruned(adapter) if pruned else \
+                (measure(adapter, self.settings), False)
+        else:
+            current = dict(self.baseline)
         out.update(current)
         if self.baseline is not None:
             out.update(speedups(current, self.baseline, original_layers))

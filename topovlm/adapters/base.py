@@ -110,16 +110,32 @@ class ModelAdapter:
         return self.model(**inputs, use_cache=False, **kwargs)
 
     @torch.inference_mode()
-    def generate(self, samples: Sequence["VQASample"], max_new_tokens: int = 8, **gen_kwargs: Any) -> list[str]:
-        """Greedy answers, decoded without the prompt and special tokens."""
-        inputs = self.build_inputs(samples)
+    def generate(self, samples: Sequence["VQASample"], max_new_tokens: int = 8,
+                 stop_strings: Sequence[str] | None = None, **gen_kwargs: Any) -> list[str]:
+        """Greedy answers for a left-padded batch, decoded without the prompt and special tokens.
+
+        ``stop_strings`` end each sequence as soon as it produces one of them (lmms-eval's
+        ``until``), so a rambling pruned model does not run to ``max_new_tokens``; the
+        answer is cut before the stop string.
+        """
+        return self.generate_from_inputs(self.build_inputs(samples), max_new_tokens, stop_strings, **gen_kwargs)
+
+    @torch.inference_mode()
+    def generate_from_inputs(self, inputs: dict[str, Any], max_new_tokens: int = 8,
+                             stop_strings: Sequence[str] | None = None, **gen_kwargs: Any) -> list[str]:
         gen_kwargs.setdefault("do_sample", False)
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
+        stops = [s for s in (stop_strings or []) if s]
+        if stops:  # transformers stops each row on its own; the cut below removes the stop text
+            gen_kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **gen_kwargs)
         new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        return [t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for stop in stops:
+            texts = [t.split(stop)[0] for t in texts]
+        return [t.strip() for t in texts]
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path)

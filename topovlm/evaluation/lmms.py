@@ -234,16 +234,15 @@ def _build_lmm_class() -> type:
 
         def _generate(self, contexts: list[str], visuals: list[list[Any]], gen: dict[str, Any], simple: bool) -> list[str]:
             kw = self._gen_kwargs(gen)
+            max_new = kw.pop("max_new_tokens")
+            until = gen.get("until") or []
+            stops = [until] if isinstance(until, str) else list(until)  # honoured inside generate
             if simple:  # the adapter's own prompt + inputs, as the built-in vqa evaluator uses
                 samples = [VQASample(f"lmms-{k}", v[0] if v else None, c, "", "")
                            for k, (c, v) in enumerate(zip(contexts, visuals))]
-                max_new = kw.pop("max_new_tokens")
-                return self.adapter.generate(samples, max_new_tokens=max_new, **kw)
+                return self.adapter.generate(samples, max_new_tokens=max_new, stop_strings=stops, **kw)
             inputs = self._interleaved_inputs(contexts[0], visuals[0])
-            with torch.inference_mode():
-                out = self.adapter.model.generate(**inputs, pad_token_id=_pad_id(self.tokenizer), **kw)
-            new = out[:, inputs["input_ids"].shape[1]:]
-            return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            return self.adapter.generate_from_inputs(inputs, max_new, stop_strings=stops, **kw)
 
         def _interleaved_inputs(self, context: str, images: list[Any], continuation: str | None = None) -> dict[str, Any]:
             """Inputs for a document with several images or ``<image>`` markers in its text."""
@@ -298,10 +297,6 @@ def _build_lmm_class() -> type:
             raise NotImplementedError("multi-round generation is not supported by the topovlm lmms-eval model")
 
     return AdapterLMM
-
-
-def _pad_id(tok: Any) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 _LMM_CLASS: type | None = None
