@@ -82,3 +82,27 @@ def test_subset_by_domain(tiny_capture):
     sub = tiny_capture.subset(math)
     assert sub.num_samples == len(math) and set(sub.domains) == {"math"}
     assert sub.pooled["last"].shape[1] == len(math)
+
+
+def test_attention_statistics_do_not_depend_on_chunking(tiny_llava):
+    """A tight attention-memory budget splits each batch; the statistics stay the same."""
+    from topovlm.capture import attention_chunk_size
+
+    assert attention_chunk_size(16, 32, 2900, 1 << 30) == 1  # LLaVA-NeXT lengths: one row at a time
+    assert attention_chunk_size(16, 32, 650, 1 << 30) == 16
+    import baselines.short_lvlm as short_lvlm  # registers its attention statistic
+
+    spec = CaptureSpec((StatRequest.make(short_lvlm.STAT, top_p_vision=0.5, top_p_text=0.5),))
+    samples = make_samples(6)
+    whole = run_capture(tiny_llava, samples, spec, batch_size=6)
+    chunked = run_capture(tiny_llava, samples, spec, batch_size=6, attention_budget_bytes=1)
+    for key in whole.stats:
+        np.testing.assert_allclose(chunked.stats[key], whole.stats[key], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(chunked.pooled["last"], whole.pooled["last"], rtol=1e-4, atol=1e-5)
+
+
+def test_lean_capture_equals_a_plain_forward(tiny_llava):
+    samples = make_samples(4)
+    lean = run_capture(tiny_llava, samples, batch_size=4)
+    full = run_capture(tiny_llava, samples, batch_size=4, lean=False)
+    np.testing.assert_array_equal(lean.pooled["last"], full.pooled["last"])

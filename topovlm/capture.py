@@ -261,12 +261,14 @@ def run_capture(
     spec: CaptureSpec = CaptureSpec(),
     batch_size: int = 16,
     attention_budget_bytes: int | None = None,
+    lean: bool = True,
 ) -> Capture:
     """One forward pass over the calibration samples (prompts only, no answers).
 
     With an attention statistic, a batch whose attention maps would exceed
     ``attention_budget_bytes`` (default :data:`ATTENTION_BUDGET_BYTES`) runs in smaller
     chunks (see :func:`attention_chunk_size`); results do not depend on the chunking.
+    ``lean=False`` computes full-vocabulary logits as a plain forward would (for benchmarks).
     """
     requests = list(spec.stats)
     for r in requests:
@@ -275,7 +277,7 @@ def run_capture(
     recorder = _Recorder(adapter, requests)
     # the hooks read the decoder's hidden states: the LM head runs on one position only,
     # not on every token (full-vocabulary logits of a batch were GBs at LLaVA-NeXT lengths)
-    forward_kwargs: dict[str, Any] = {"logits_to_keep": 1}
+    forward_kwargs: dict[str, Any] = {"logits_to_keep": 1} if lean else {}
     restore_attn = None
     if recorder.needs_attention:
         # Eager attention modules return their weights as output[1], where the hook on

@@ -70,4 +70,17 @@ def export_shapes_dataset(ds: Any, cache_dir: str | os.PathLike, n: int | None =
     return target
 
 
-__all__ = ["TASKS_DIR", "LOCAL_TASKS", "export_shapes_dataset"]
+def write_task_folder(out_dir: str | os.PathLike, ds: Any, cache_dir: str | os.PathLike) -> Path:
+    """A self-contained ``shapes_lmms`` task folder for lmms-eval's own CLI (``--include_path``):
+    the task YAML with ``dataset_path`` set to the exported dataset, and its utils."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = export_shapes_dataset(ds, cache_dir)
+    text = (TASKS_DIR / "shapes" / "shapes_lmms.yaml").read_text()
+    text = text.replace("dataset_path: null  # filled in at run time (the exported folder)", f"dataset_path: {data}")
+    (out / "shapes_lmms.yaml").write_text(text)
+    shutil.copy(TASKS_DIR / "shapes" / "utils.py", out / "utils.py")
+    return out
+
+
+__all__ = ["TASKS_DIR", "LOCAL_TASKS", "export_shapes_dataset", "write_task_folder"]
