@@ -50,5 +50,5 @@ clean-cache:
 lock:
 	rm -rf .venv-lock
 	$(MAKE) VENV=.venv-lock CONSTRAINTS= test
-	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints/cpu.txt
+	.venv-lock/bin/python -m pip list --format=freeze --exclude-editable > constraints/cpu.txt
 	rm -rf .venv-lock
