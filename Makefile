@@ -50,5 +50,7 @@ clean-cache:
 lock:
 	rm -rf .venv-lock
 	$(MAKE) VENV=.venv-lock CONSTRAINTS= test
-	.venv-lock/bin/python -m pip list --format=freeze --exclude-editable > constraints/cpu.txt
+	{ echo '# Versions the test suite passed with on a CPU machine (Python 3.11, torch CPU build).'; \
+	  echo '# Regenerate with `make lock` (fresh virtualenv, unpinned resolve, full suite, pip list).'; \
+	  .venv-lock/bin/python -m pip list --format=freeze --exclude-editable; } > constraints/cpu.txt
 	rm -rf .venv-lock
