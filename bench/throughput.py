@@ -65,24 +65,44 @@ def eval_throughput(adapter, n: int) -> list[str]:
     return out
 
 
-def calibration_memory(adapter) -> list[str]:
-    from topovlm.capture import run_capture
-    from topovlm.data.sources import load_samples
-    from topovlm.efficiency import peak_memory, reset_peak_memory
+_CAPTURE_CHILD = """
+import sys, time, torch
+sys.path.insert(0, {root!r})
+torch.set_num_threads({threads})
+from bench.throughput import _compose
+from topovlm.adapters.loading import load_adapter
+from topovlm.capture import run_capture
+from topovlm.data.sources import load_samples
+from topovlm.efficiency import peak_memory, reset_peak_memory
+cfg = _compose()
+adapter = load_adapter(cfg.model)
+samples = load_samples(cfg.calibration.dataset, n=cfg.calibration.n, seed=cfg.calibration.seed)
+head = adapter.model.get_output_embeddings()
+sizes = []
+head.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size()))
+reset_peak_memory("cpu")
+start = time.perf_counter()
+run_capture(adapter, samples, batch_size=cfg.calibration.batch_size, lean={lean})
+print(time.perf_counter() - start, peak_memory("cpu")["peak_memory_bytes"], max(sizes))
+"""
 
-    cal = _compose().calibration
-    samples = load_samples(cal.dataset, n=cal.n, seed=cal.seed)
+
+def calibration_memory(threads: int) -> list[str]:
+    """Each pass in a fresh process, so that one pass's freed memory cannot hide the other's peak."""
     rows = []
-    for lean in (False, True, False, True):  # twice each: the first pass also warms allocators
-        method = reset_peak_memory("cpu")
-        start = time.perf_counter()
-        run_capture(adapter, samples, batch_size=cal.batch_size, lean=lean)
-        rows.append((lean, time.perf_counter() - start, peak_memory("cpu")["peak_memory_bytes"], method))
-    last = {lean: (w, p) for lean, w, p, _ in rows[2:]}
-    out = ["| logits | wall s | peak RSS MiB |", "| --- | --- | --- |"]
-    out += [f"| {'one position' if lean else 'every token'} | {w:.1f} | {p / 2**20:.0f} |" for lean, w, p, _ in rows[2:]]
-    out.append(f"\npeak with full logits - peak without: {(last[False][1] - last[True][1]) / 2**20:.0f} MiB "
-               f"(N={cal.n}, batch {cal.batch_size}; {rows[0][3]})")
+    for lean in (False, True):
+        code = _CAPTURE_CHILD.format(root=str(ROOT), threads=threads, lean=lean)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        wall, peak, logits = map(float, out.stdout.split()[-3:])
+        rows.append((lean, wall, peak, logits))
+    cal = _compose().calibration
+    out = ["| logits | wall s | peak RSS MiB (process) | largest LM-head output per batch MiB |",
+           "| --- | --- | --- | --- |"]
+    out += [f"| {'one position' if lean else 'every token'} | {w:.1f} | {p / 2**20:.0f} | {g / 2**20:.1f} |"
+            for lean, w, p, g in rows]
+    out.append(f"
+N={cal.n}, batch {cal.batch_size}: peak with full logits - peak without = "
+               f"{(rows[0][2] - rows[1][2]) / 2**20:.0f} MiB (resident-set high-water mark, model load included)")
     return out
 
 
@@ -128,7 +148,7 @@ def main() -> int:
     lines = [f"# Harness throughput on the embedded default ({dt.date.today().isoformat()})", "",
              f"Machine: {machine()}. Shared machine: compare ratios within this file only.", "",
              "## Evaluation: batch 16 vs batch 1", "", *eval_throughput(adapter, args.questions), "",
-             "## Calibration pass: full-vocabulary logits vs one position", "", *calibration_memory(adapter), ""]
+             "## Calibration pass: full-vocabulary logits vs one position", "", *calibration_memory(args.threads), ""]
     if args.sweep:
         lines += ["## The README's main sweep, cold caches", "", *sweep([]), ""]
     text = "\n".join(lines)
