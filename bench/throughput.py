@@ -100,8 +100,7 @@ def calibration_memory(threads: int) -> list[str]:
            "| --- | --- | --- | --- |"]
     out += [f"| {'one position' if lean else 'every token'} | {w:.1f} | {p / 2**20:.0f} | {g / 2**20:.1f} |"
             for lean, w, p, g in rows]
-    out.append(f"
-N={cal.n}, batch {cal.batch_size}: peak with full logits - peak without = "
+    out.append(f"\nN={cal.n}, batch {cal.batch_size}: peak with full logits - peak without = "
                f"{(rows[0][2] - rows[1][2]) / 2**20:.0f} MiB (resident-set high-water mark, model load included)")
     return out
 

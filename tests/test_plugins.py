@@ -49,7 +49,8 @@ def test_entry_point_scorer_is_found(tmp_path, monkeypatch):
         assert cls.name == "middle" and "middle" in registry.available_scorers()
         assert "cosine" in registry.available_scorers()  # built-ins still there
     finally:
-        registry._REGISTRY.pop("middle", None)
+        registry.SCORERS._objects.pop("middle", None)
+        registry.SCORERS._lazy.pop("middle", None)
         registry.reset_for_tests()
 
 

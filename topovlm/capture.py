@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from topovlm.registry import Registry
 from topovlm.scoring import POOLINGS, CaptureSpec, StatRequest
 
 if TYPE_CHECKING:
@@ -110,14 +111,13 @@ class Statistic:
     description: str = ""
 
 
-STATISTICS: dict[str, Statistic] = {
-    "token_cos": Statistic(token_cos, description="mean over tokens of cos(h_in, h_out)"),
-}
+STATISTICS: Registry = Registry("statistic")
+STATISTICS.register("token_cos", Statistic(token_cos, description="mean over tokens of cos(h_in, h_out)"))
 
 
 def register_statistic(name: str, fn: Callable[..., torch.Tensor], needs_attention: bool = False,
                        description: str = "") -> None:
-    STATISTICS[name] = Statistic(fn, needs_attention, description)
+    STATISTICS.register(name, Statistic(fn, needs_attention, description))
 
 
 # ---------------------------------------------------------------- the capture object

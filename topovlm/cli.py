@@ -1,4 +1,5 @@
 """``topovlm summarize <sweep_dir> [more dirs]``: the end-of-sweep summary from finished runs.
+``topovlm list scorers [pattern]`` (statistics, evaluators, adapters, sources): what is registered.
 
 Also ``python -m topovlm.cli summarize ...`` and ``python -m topovlm.summary ...``.
 """
@@ -28,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
                         "auto = the mode the sweep's jobs used (default: disabled)")
     s.add_argument("--group", default=None, help="W&B group (default: the group the jobs logged to)")
     s.add_argument("-q", "--quiet", action="store_true", help="do not print the Markdown tables")
+    from topovlm.listing import REGISTRIES
+
+    ls = sub.add_parser("list", help="registered scorers, statistics, evaluators, adapters or data sources",
+                        description="Names, modules and parameters (with defaults) of what a registry holds.")
+    ls.add_argument("kind", choices=sorted(REGISTRIES))
+    ls.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'topo*'")
     return p
 
 
@@ -62,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "summarize":
         return summarize(args)
+    if args.command == "list":
+        from topovlm.listing import format_rows, rows
+
+        print(format_rows(rows(args.kind, args.pattern)))
+        return 0
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

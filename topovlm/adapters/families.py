@@ -4,11 +4,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from topovlm.adapters.base import ModelAdapter
+from topovlm.registry import Registry
+
+ADAPTERS: Registry = Registry("model.family", base=ModelAdapter, entry_point_group="topovlm.adapters")
 
 if TYPE_CHECKING:
     from topovlm.data.types import VQASample
 
 
+@ADAPTERS.register("llava")
 class LlavaAdapter(ModelAdapter):
     """LLaVA-1.5 / LLaVA-NeXT (``LlavaForConditionalGeneration``, ``LlavaNextForConditionalGeneration``)."""
 
@@ -16,6 +20,7 @@ class LlavaAdapter(ModelAdapter):
     layer_paths = ("model.language_model.layers", "language_model.model.layers", "model.language_model.model.layers")
 
 
+@ADAPTERS.register("qwen2_vl")
 class Qwen2VLAdapter(ModelAdapter):
     """Qwen2-VL and Qwen2.5-VL."""
 
@@ -23,6 +28,7 @@ class Qwen2VLAdapter(ModelAdapter):
     layer_paths = ("model.language_model.layers", "model.layers")
 
 
+@ADAPTERS.register("causal_lm")
 class CausalLMAdapter(ModelAdapter):
     """Text-only decoders (Llama family). Images are ignored; prompts use the chat template if any."""
 
@@ -48,7 +54,3 @@ class CausalLMAdapter(ModelAdapter):
         batch = tok(texts, return_tensors="pt", padding=True)
         return {k: v.to(self.device) for k, v in batch.items()}
 
-
-ADAPTERS: dict[str, type[ModelAdapter]] = {
-    cls.family: cls for cls in (LlavaAdapter, Qwen2VLAdapter, CausalLMAdapter)
-}

@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from typing import Any, Callable
+from typing import Any
 
 from topovlm.data.types import VQASample
+from topovlm.registry import Registry
 
 PACKAGED_TEXT = Path(__file__).parent / "text" / "sample.txt"
 
@@ -129,13 +130,9 @@ def _text(ds: Any, n: int | None, seed: int) -> list[VQASample]:
     return samples[:n] if n is not None else samples
 
 
-SOURCES: dict[str, Callable[[Any, int | None, int], list[VQASample]]] = {
-    "shapes": _shapes,
-    "jsonl": _jsonl,
-    "text": _text,
-    "hf": _hf,
-    "lmms_task": _lmms_task,
-}
+SOURCES: Registry = Registry("dataset.source", entry_point_group="topovlm.sources")
+for _name, _fn in (("shapes", _shapes), ("jsonl", _jsonl), ("text", _text), ("hf", _hf), ("lmms_task", _lmms_task)):
+    SOURCES.register(_name, _fn)
 
 
 def load_samples(ds: Any, n: int | None = None, seed: int | None = None) -> list[VQASample]:
