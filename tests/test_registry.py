@@ -11,29 +11,23 @@ from topovlm.listing import REGISTRIES, parameters, registry, rows
 from topovlm.registry import SCORERS, Registry
 
 
-class Base:
-    pass
-
-
 def test_registry_lazy_entries_base_class_and_unknown_names():
-    reg = Registry("thing", base=Base, lazy={"lazy": "tests.test_registry:Lazy"})
+    from collections import OrderedDict
+
+    reg = Registry("thing", base=dict, lazy={"lazy": "collections:OrderedDict"})
     assert list(reg) == ["lazy"] and "lazy" in reg  # listed without importing
 
     @reg.register("eager")
-    class Eager(Base):
+    class Eager(dict):
         pass
 
-    assert reg["eager"] is Eager and reg["lazy"] is Lazy and sorted(reg) == ["eager", "lazy"]
+    assert reg["eager"] is Eager and reg["lazy"] is OrderedDict and sorted(reg) == ["eager", "lazy"]
     with pytest.raises(KeyError, match="unknown thing 'nope'; known: eager, lazy"):
         reg["nope"]
-    with pytest.raises(TypeError, match="must be a Base subclass"):
+    with pytest.raises(TypeError, match="must be a dict subclass"):
         reg.register("bad", object)
     with pytest.raises(ValueError, match="already registered"):
-        reg.register("eager", Lazy)
-
-
-class Lazy(Base):
-    pass
+        reg.register("eager", OrderedDict)
 
 
 def test_a_missing_builtin_module_fails_loudly():
