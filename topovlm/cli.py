@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
                         description="Names, modules and parameters (with defaults) of what a registry holds.")
     ls.add_argument("kind", choices=sorted(REGISTRIES))
     ls.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'topo*'")
+    ex = sub.add_parser("export", help="a finished job's pruned model as a Hugging Face directory with a model card",
+                        description="Writes the pruned checkpoint of JOB_DIR (its saved pruned_model, or rebuilt from "
+                                    "the base model and the removed layers) with provenance in config.json and a "
+                                    "model card README.md.")
+    ex.add_argument("job_dir", type=Path)
+    ex.add_argument("-o", "--out", type=Path, default=None, help="default: JOB_DIR/export")
+    ex.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload (needs network and a login)")
     return p
 
 
@@ -69,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "summarize":
         return summarize(args)
+    if args.command == "export":
+        from topovlm.export import export_job
+
+        try:
+            print(export_job(args.job_dir, args.out, args.push_to_hub))
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            print(f"topovlm export: {err}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "list":
         from topovlm.listing import format_rows, rows
 

@@ -1,0 +1,205 @@
+"""Pruned checkpoints as first-class artefacts: a Hugging Face directory with a model card.
+
+:func:`write_checkpoint` saves a pruned adapter (``save_model=true`` in a job) and
+:func:`export_job` rebuilds one from a finished job directory (``topovlm export JOB_DIR``).
+Either way the directory holds:
+
+* the model and processor (``save_pretrained``), loadable with transformers alone;
+* ``config.json`` with a ``pruning`` section: removed and kept layers (original indices),
+  method and hyperparameters, selection, calibration data, sparsity, topovlm version;
+* ``README.md``, a model card with YAML front matter: base model, method, removed layers,
+  calibration data, metrics with 95% intervals, how to cite;
+* no machine-local paths (``_name_or_path`` is the base model's hub id, or empty).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from topovlm.adapters.base import ModelAdapter
+
+#: scorer -> BibTeX key in docs/references.bib
+CITATIONS = {
+    "topo": "topovlm2026", "topo_llm": "gardinazzi2025persistent", "shortgpt": "men2024shortgpt",
+    "angular": "gromov2024unreasonable", "short_lvlm": "shortlvlm2025", "domain_aware": "domainaware2026",
+}
+_HUB_ID = r"^[A-Za-z0-9][\w.-]*/[\w.-]+$"
+
+
+def _base_model(config: dict[str, Any]) -> str | None:
+    import re
+
+    model = config.get("model", {})
+    path = str(model.get("path") or "")
+    if model.get("source") == "pretrained" and re.match(_HUB_ID, path) and not Path(path).exists():
+        return path
+    return None
+
+
+def provenance(results: dict[str, Any]) -> dict[str, Any]:
+    """The ``pruning`` section of config.json."""
+    from topovlm.results import versions
+
+    config = results.get("config", {})
+    scorer = dict(config.get("scorer", {}))
+    scorer.pop("_target_", None)
+    return {
+        "removed_layers": list(results["removed_layers"]),
+        "kept_layers": list(results["kept_layers"]),
+        "num_layers_original": results["num_layers"],
+        "method": results["scorer"],
+        "method_params": scorer,
+        "selection_policy": results.get("selection_policy"),
+        "selection": config.get("selection", {}),
+        "sparsity": results["sparsity"],
+        "calibration": _calibration(config),
+        "base_model": _base_model(config) or config.get("model", {}).get("name"),
+        "compensation": results.get("after_pruning") or {},
+        "topovlm_version": versions().get("topovlm"),
+    }
+
+
+def _calibration(config: dict[str, Any]) -> dict[str, Any]:
+    cal = dict(config.get("calibration", {}))
+    ds = dict(cal.get("dataset", {}))
+    if ds.get("path") and Path(str(ds["path"])).exists():
+        ds["path"] = Path(str(ds["path"])).name  # a local folder: its name only
+    return {"dataset": ds, "n": cal.get("n"), "seed": cal.get("seed")}
+
+
+def _interval(value: float, n: float | None) -> str:
+    """Wilson 95% interval of a proportion, as text (blank without a sample count)."""
+    if n is None or not 0.0 <= value <= 1.0:
+        return ""
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(round(value * n), int(n), alpha=0.05, method="wilson")
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def model_card(results: dict[str, Any]) -> str:
+    prov = provenance(results)
+    metrics = results.get("metrics", {})
+    reference = results.get("reference_metrics") or {}
+    n = metrics.get("num_samples")
+    front = {
+        "library_name": "transformers",
+        "base_model": _base_model(results.get("config", {})),
+        "tags": ["layer-pruning", "topovlm", f"pruning-{prov['method']}"],
+        "model-index": [{"name": f"{results['model']}-{prov['method']}-s{prov['sparsity']:g}", "results": [{
+            "task": {"type": "visual-question-answering", "name": results["task"]},
+            "metrics": [{"type": k, "value": v} for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and not k.startswith("num_") and math.isfinite(v)]}]}],
+    }
+    front = {k: v for k, v in front.items() if v is not None}
+    import yaml
+
+    rows = []
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not k.startswith("num_"):
+            ref = reference.get(k)
+            ci = _interval(float(v), n) if k.startswith("accuracy") and "/" not in k else ""
+            rows.append(f"| {k} | {v:.4g} | {ci} | {'' if ref is None else f'{ref:.4g}'} |")
+    cite = CITATIONS.get(prov["method"])
+    lines = [
+        "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+        f"# {results['model']}, {len(prov['removed_layers'])} of {prov['num_layers_original']} decoder layers removed "
+        f"({prov['method']})", "",
+        f"Pruned with [topovlm](https://github.com/) from `{prov['base_model']}`: scorer `{prov['method']}` "
+        f"({', '.join(f'{k}={v}' for k, v in prov['method_params'].items() if k != 'name') or 'defaults'}), "
+        f"selection `{prov['selection_policy']}`, sparsity {prov['sparsity']:g}.", "",
+        f"- removed layers (original indices): {prov['removed_layers']}",
+        f"- kept layers (original indices): {prov['kept_layers']}",
+        f"- calibration: {prov['calibration']['dataset'].get('source')} "
+        f"{prov['calibration']['dataset'].get('path') or ''} split `{prov['calibration']['dataset'].get('split')}`, "
+        f"n={prov['calibration']['n']}, seed={prov['calibration']['seed']}",
+        f"- weight edits after pruning: {prov['compensation'] or 'none'}", "",
+        f"## Results on `{results['task']}`" + (f" ({int(n)} samples)" if n else ""), "",
+        "| metric | pruned | 95% interval (Wilson) | unpruned |", "| --- | --- | --- | --- |", *rows, "",
+        "## Loading", "", "```python",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "model = AutoModelForImageTextToText.from_pretrained(PATH)  # the pruned depth is in config.json",
+        "processor = AutoProcessor.from_pretrained(PATH)", "```", "",
+        "## Citation", "",
+        "Cite topovlm (CITATION.cff)" + (f" and the method (`{cite}` in docs/references.bib)." if cite else "."), "",
+    ]
+    return "\n".join(lines)
+
+
+def write_checkpoint(adapter: "ModelAdapter", out_dir: str | Path, results: dict[str, Any]) -> Path:
+    """Save the pruned adapter with provenance and a model card (no local paths)."""
+    out = Path(out_dir)
+    base = _base_model(results.get("config", {}))
+    adapter.model.config._name_or_path = base or ""
+    for sub in ("text_config", "vision_config"):
+        if getattr(adapter.model.config, sub, None) is not None:
+            getattr(adapter.model.config, sub)._name_or_path = base or ""
+    adapter.save_pretrained(out)
+    _stamp(out, results, base)
+    return out
+
+
+def _stamp(out: Path, results: dict[str, Any], base: str | None) -> None:
+    cfg_file = out / "config.json"
+    config = json.loads(cfg_file.read_text())
+    config["pruning"] = provenance(results)
+    config["_name_or_path"] = base or ""
+    cfg_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        f = out / name
+        if f.is_file():
+            data = json.loads(f.read_text())
+            if "name_or_path" in data or "_name_or_path" in data:
+                data.pop("name_or_path", None)
+                data.pop("_name_or_path", None)
+                f.write_text(json.dumps(data, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(results))
+
+
+def export_job(job_dir: str | Path, out_dir: str | Path | None = None, push_to_hub: str | None = None) -> Path:
+    """A checkpoint directory from a finished job (its saved pruned model, or rebuilt)."""
+    from topovlm.results import RESULTS_FILE, load_results
+
+    job = Path(job_dir)
+    results = load_results(job / RESULTS_FILE)
+    if results is None:
+        raise FileNotFoundError(f"{job}: no complete {RESULTS_FILE} (is the job finished?)")
+    out = Path(out_dir) if out_dir else job / "export"
+    saved = job / "pruned_model"
+    if saved.is_dir():
+        if out.resolve() != saved.resolve():
+            shutil.copytree(saved, out, dirs_exist_ok=True)
+        _stamp(out, results, _base_model(results.get("config", {})))
+    else:
+        if results.get("after_pruning"):
+            raise ValueError(f"{job}: the scorer edited weights after pruning ({results['scorer']}); the edits are "
+                             "not in results.json: rerun the job with save_model=true, then export")
+        from omegaconf import OmegaConf
+
+        from topovlm.adapters.loading import load_adapter
+        from topovlm.pruning import remove_layers
+
+        adapter = load_adapter(OmegaConf.create(results["config"]["model"]))
+        if results["removed_layers"]:
+            remove_layers(adapter, results["removed_layers"])
+        write_checkpoint(adapter, out, results)
+    if push_to_hub:
+        push(out, push_to_hub)
+    return out
+
+
+def push(folder: Path, repo_id: str) -> str:
+    """Upload to the Hugging Face hub (needs network and `hf auth login`)."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        return api.upload_folder(folder_path=str(folder), repo_id=repo_id).commit_url
+    except Exception as err:  # noqa: BLE001 - one clear line instead of a network traceback
+        raise RuntimeError(f"push_to_hub={repo_id!r} failed ({type(err).__name__}: {err}); the checkpoint is in "
+                           f"{folder}: upload it later with `hf upload {repo_id} {folder}`") from None
