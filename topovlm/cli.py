@@ -35,6 +35,14 @@ def _parser() -> argparse.ArgumentParser:
                         description="Names, modules and parameters (with defaults) of what a registry holds.")
     ls.add_argument("kind", choices=sorted(REGISTRIES))
     ls.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'topo*'")
+    wr = sub.add_parser("wandb-report", help="a W&B Report of a sweep (wandb-workspaces); offline: its spec",
+                        description="Metric vs sparsity per task (one line per scorer), kept layers, efficiency vs "
+                                    "accuracy and the summary run's tables, as a W&B Report.")
+    wr.add_argument("sweep_dir", type=Path)
+    wr.add_argument("--entity", required=True)
+    wr.add_argument("--project", default="topovlm")
+    wr.add_argument("--title", default=None)
+    wr.add_argument("--offline", action="store_true", help="only write the spec (wandb_report.json)")
     ex = sub.add_parser("export", help="a finished job's pruned model as a Hugging Face directory with a model card",
                         description="Writes the pruned checkpoint of JOB_DIR (its saved pruned_model, or rebuilt from "
                                     "the base model and the removed layers) with provenance in config.json and a "
@@ -76,6 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "summarize":
         return summarize(args)
+    if args.command == "wandb-report":
+        from topovlm.wandb_report import publish
+
+        try:
+            print(publish(args.sweep_dir, args.entity, args.project, offline=args.offline, title=args.title)[0])
+        except FileNotFoundError as err:
+            print(f"topovlm wandb-report: {err}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "export":
         from topovlm.export import export_job
 
