@@ -1149,6 +1149,9 @@ def write_plots(summary: Summary, plot_dir: Path) -> list[Path]:
         tasks.append((plot_removed_layers, (jobs, model, plot_dir)))
         tasks.append((plot_score_profiles, (jobs, model, plot_dir)))
     tasks += [(plot_agreement, (a, plot_dir)) for a in summary.agreements]
+    for model, task in _groups(jobs):
+        tasks += [(fn, (summary, model, task, plot_dir)) for fn in
+                  (plot_comparison, plot_agreement_with_unpruned, plot_regimes, plot_pareto, plot_calibration_variance)]
     for fn, args in tasks:
         try:
             path = fn(*args)
@@ -1183,20 +1186,44 @@ def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.6, 3.4), **kw: 
 
 def plot_metric_vs_sparsity(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
     """One panel per metric (headline first, then per domain / category), one line per scorer;
-    every line starts at the unpruned reference, error bars are the std over seeds."""
+    every line starts at the unpruned reference. Error bars: the 95% interval over samples
+    where the jobs wrote samples.jsonl (else the std over seeds); a hollow marker is a scorer
+    significantly worse than the best at that sparsity (paired test, Holm), a filled one the
+    best or indistinguishable from it."""
     tables = [t for t in summary.tables if (t.model, t.task) == (model, task)]
     if not tables:
         return None
     fig, axes = _grid(len(tables))
+    any_ci = False
     for ax, t in zip(axes, tables):
-        for lab in sorted(t.cells):
+        labels = sorted(t.cells)
+        for k, lab in enumerate(labels):
             row = t.cells[lab]
             xs = sorted(row)
             ys = [row[s].mean for s in xs]
-            es = [row[s].std or 0.0 for s in xs]
+            ivs = [t.intervals.get(lab, {}).get(s) for s in xs]
+            if all(iv is not None and iv.method != "none" for iv in ivs) and ivs:
+                any_ci = True
+                lo = [max(0.0, y - iv.low) for y, iv in zip(ys, ivs)]
+                hi = [max(0.0, iv.high - y) for y, iv in zip(ys, ivs)]
+            else:
+                lo = hi = [row[s].std or 0.0 for s in xs]
+            worse = [t.verdicts.get(lab, {}).get(s) == VERDICT_WORSE for s in xs]
             if t.reference is not None and 0.0 not in row:
-                xs, ys, es = [0.0] + xs, [t.reference.mean] + ys, [t.reference.std or 0.0] + es
-            ax.errorbar(xs, ys, yerr=es if any(es) else None, marker="o", capsize=3, label=lab)
+                riv = t.reference_interval
+                xs, ys = [0.0] + xs, [t.reference.mean] + ys
+                lo = [t.reference.mean - riv.low if riv else 0.0] + lo
+                hi = [riv.high - t.reference.mean if riv else 0.0] + hi
+                worse = [False] + worse
+            off = (k - (len(labels) - 1) / 2) * 0.004  # keeps overlapping error bars apart
+            xo = [x + (off if x else 0.0) for x in xs]
+            line = ax.errorbar(xo, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker=None, capsize=2,
+                               label=lab, linewidth=1.2)
+            colour = line[0].get_color()
+            ax.scatter([x for x, w in zip(xo, worse) if not w], [y for y, w in zip(ys, worse) if not w],
+                       color=colour, zorder=3, s=22)
+            ax.scatter([x for x, w in zip(xo, worse) if w], [y for y, w in zip(ys, worse) if w],
+                       facecolors="white", edgecolors=colour, zorder=3, s=22)
         if t.reference is not None:
             ax.axhline(t.reference.mean, color="grey", linestyle="--", linewidth=1, label=REFERENCE)
         ax.set_title(f"{t.metric} ({'lower' if t.lower_is_better else 'higher'} is better)", fontsize=10)
@@ -1204,7 +1231,9 @@ def plot_metric_vs_sparsity(summary: Summary, model: str, task: str, plot_dir: P
         ax.set_ylabel(t.metric)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{model} · {task}")
+    note = ("error bars: 95% interval over samples; hollow: significantly worse than the best (paired, Holm)"
+            if any_ci else "error bars: std over seeds")
+    fig.suptitle(f"{model} · {task} ({note})")
     return _save(fig, plot_dir / f"metric_vs_sparsity__{_slug(model)}__{_slug(task)}.png")
 
 
@@ -1297,6 +1326,202 @@ def plot_agreement(ag: Agreement, plot_dir: Path) -> Path | None:
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"{ag.model}: ranking agreement")
     return _save(fig, plot_dir / f"agreement__{_slug(ag.model)}.png")
+
+
+# --------------------------------------------------------------------------- statistics plots
+
+_VERDICT_COLOURS = {VERDICT_BEST: "tab:green", VERDICT_SAME: "tab:blue", VERDICT_WORSE: "tab:red", VERDICT_NA: "grey"}
+
+
+def _headline_comparisons(summary: Summary, model: str, task: str) -> list[Comparison]:
+    metric = summary.headlines.get((model, task))
+    return summary.stats.of(model, task, metric) if summary.stats is not None and metric else []
+
+
+def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
+    """Forest plot: each scorer's difference to the best at each sparsity, with its 95% paired
+    interval, coloured by the Holm-corrected verdict."""
+    rows = [c for c in _headline_comparisons(summary, model, task)]
+    if not rows:
+        return None
+    sps = sorted({c.sparsity for c in rows})
+    labels = sorted({c.label for c in rows})
+    fig, axes = _grid(len(sps), ncols=len(sps), size=(4.2, 0.42 * len(labels) + 1.6), sharey=True)
+    for ax, s in zip(axes, sps):
+        for i, lab in enumerate(labels):
+            c = next((c for c in rows if c.sparsity == s and c.label == lab), None)
+            if c is None:
+                continue
+            colour = _VERDICT_COLOURS[c.verdict]
+            if c.test is not None:
+                ax.errorbar([c.test.diff], [i], xerr=[[c.test.diff - c.test.diff_low], [c.test.diff_high - c.test.diff]],
+                            fmt="o", color=colour, capsize=3)
+            elif c.verdict == VERDICT_BEST:
+                ax.plot([0.0], [i], marker="*", markersize=12, color=colour)
+        ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_title(f"sparsity {s:g} (best: {next((c.best for c in rows if c.sparsity == s), '')})", fontsize=9)
+        ax.set_xlabel(f"{rows[0].metric}: scorer − best")
+        ax.grid(alpha=0.3)
+    import matplotlib.lines as mlines
+
+    handles = [mlines.Line2D([], [], color=col, marker="*" if v == VERDICT_BEST else "o", linestyle="", label=v)
+               for v, col in _VERDICT_COLOURS.items() if v != VERDICT_NA]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
+    fig.suptitle(f"{model} · {task}: paired comparison with the best scorer (95% paired bootstrap; "
+                 f"verdict: McNemar / sign-flip, Holm)", fontsize=10)
+    return _save(fig, plot_dir / f"comparison__{_slug(model)}__{_slug(task)}.png")
+
+
+def plot_agreement_with_unpruned(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
+    """Share of samples whose answer did not change against the unpruned model, per scorer."""
+    rows = [c for c in _headline_comparisons(summary, model, task) if c.agreement is not None]
+    if not rows:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    labels = sorted({c.label for c in rows})
+    for k, lab in enumerate(labels):
+        cs = sorted((c for c in rows if c.label == lab), key=lambda c: c.sparsity)
+        off = (k - (len(labels) - 1) / 2) * 0.003
+        xs = [0.0] + [c.sparsity + off for c in cs]
+        ys = [1.0] + [c.agreement.value for c in cs]
+        lo = [0.0] + [c.agreement.value - c.agreement.low for c in cs]
+        hi = [0.0] + [c.agreement.high - c.agreement.value for c in cs]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=lab)
+    ax.set_xlabel("sparsity (fraction of layers removed)")
+    ax.set_ylabel("agreement with the unpruned model")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{model} · {task}: answers unchanged by pruning (95% interval)", fontsize=10)
+    return _save(fig, plot_dir / f"agreement_with_unpruned__{_slug(model)}__{_slug(task)}.png")
+
+
+def plot_regimes(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
+    """Spread across scorers (best − worst) and how many are indistinguishable from the best."""
+    regs = (summary.stats.regimes.get((model, task)) if summary.stats else None) or []
+    if not regs:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    xs = [r.sparsity for r in regs]
+    width = 0.6 * (min(b - a for a, b in zip(xs, xs[1:])) if len(xs) > 1 else 0.1)
+    ax2 = ax.twinx()
+    ax2.bar(xs, [r.n_indistinguishable for r in regs], width=width, color="tab:blue", alpha=0.25,
+            label="indistinguishable from best")
+    ax2.set_ylim(0, max(r.n_scorers for r in regs) + 0.5)
+    ax2.set_ylabel("scorers indistinguishable from the best (of %d)" % max(r.n_scorers for r in regs))
+    ax.plot(xs, [r.spread for r in regs], marker="o", color="tab:red", label="best − worst")
+    for r in regs:
+        ax.annotate(r.label, (r.sparsity, r.spread), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    ax.set_ylim(0, max(r.spread for r in regs) * 1.3 + 1e-9)
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    metric = summary.headlines.get((model, task))
+    ax.set_xlabel("sparsity (fraction of layers removed)")
+    ax.set_ylabel(f"spread of {metric} across scorers")
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
+    ax.set_title(f"{model} · {task}: regimes", fontsize=10)
+    return _save(fig, plot_dir / f"regimes__{_slug(model)}__{_slug(task)}.png")
+
+
+def plot_pareto(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
+    """Headline metric (95% interval) against measured prefill and decode speedup; the ideal
+    speedup of each sparsity as a dotted line, the Pareto front, flagged speedups hollow."""
+    from topovlm import stats
+
+    rows = (summary.stats.cost.get((model, task)) if summary.stats else None) or []
+    rows = [r for r in rows if r.quality is not None]
+    if not rows:
+        return None
+    import matplotlib.pyplot as plt
+
+    metric = summary.headlines.get((model, task))
+    lower = lower_is_better(metric or "")
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.6), layout="constrained", sharey=True)
+    labels = sorted({r.label for r in rows})
+    colours = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
+    markers = {s: m for s, m in zip(sorted({r.sparsity for r in rows}), "osD^v<>p")}
+    for ax, kind in zip(axes, ("prefill", "decode")):
+        pts = []
+        for r in rows:
+            st = r.prefill if kind == "prefill" else r.decode
+            if st is None:
+                continue
+            q = r.quality
+            flag = stats.speedup_flag(st.mean, r.ideal)
+            yerr = None
+            if q.interval is not None and q.interval.method != "none":
+                yerr = [[q.mean - q.interval.low], [q.interval.high - q.mean]] if q.n_draws == 1 else None
+            ax.errorbar([st.mean], [q.mean], xerr=[st.std] if st.std else None, yerr=yerr, fmt=markers[r.sparsity],
+                        color=colours[r.label], mfc="none" if flag else colours[r.label], capsize=2, markersize=7)
+            pts.append((st.mean, q.mean))
+        for s, ideal in sorted({(r.sparsity, r.ideal) for r in rows if r.ideal}):
+            ax.axvline(ideal, color="grey", linestyle=":", linewidth=1)
+            ax.text(ideal, 1.0, f" ideal {s:g}", rotation=90, va="top", ha="right", fontsize=7, color="grey",
+                    transform=ax.get_xaxis_transform())
+        ax.axvline(1.0, color="black", linewidth=0.8)
+        front = stats.pareto_front(pts, lower_is_better=lower)
+        if len(front) > 1:
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="black", alpha=0.4, linewidth=1,
+                    label="Pareto front")
+        ref = next((t.reference for t in summary.tables if (t.model, t.task, t.metric) == (model, task, metric)), None)
+        if ref is not None:
+            ax.scatter([1.0], [ref.mean], marker="*", s=120, color="black", zorder=5, label=REFERENCE)
+        ax.set_xlabel(f"measured {kind} speedup (× unpruned)")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{kind}", fontsize=10)
+    axes[0].set_ylabel(metric)
+    import matplotlib.lines as mlines
+
+    handles = [mlines.Line2D([], [], color=colours[lab], marker="o", linestyle="", label=lab) for lab in labels]
+    handles += [mlines.Line2D([], [], color="black", marker=m, linestyle="", label=f"sparsity {s:g}")
+                for s, m in markers.items()]
+    handles += [mlines.Line2D([], [], color="black", marker="o", mfc="none", linestyle="",
+                              label="hollow: speedup below 1 or far from ideal")]
+    handles += axes[0].get_legend_handles_labels()[0]
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(f"{model} · {task}: quality against measured speedup (dotted: ideal L / kept)", fontsize=10)
+    return _save(fig, plot_dir / f"pareto__{_slug(model)}__{_slug(task)}.png")
+
+
+def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
+    """Per sparsity and scorer: std over calibration draws next to the sampling half-width."""
+    rows = (summary.stats.draws.get((model, task)) if summary.stats else None) or []
+    rows = [r for r in rows if r.variance.n_draws > 1]
+    if not rows:
+        return None
+    import numpy as np
+
+    sps = sorted({r.sparsity for r in rows})
+    labels = sorted({r.label for r in rows})
+    fig, axes = _grid(len(sps), ncols=len(sps), size=(4.4, 0.38 * len(labels) + 1.8), sharey=True)
+    y = np.arange(len(labels))
+    for ax, s in zip(axes, sps):
+        by = {r.label: r for r in rows if r.sparsity == s}
+        std = [by[lab].variance.std or 0.0 if lab in by else np.nan for lab in labels]
+        samp = [by[lab].variance.sampling_half_width or np.nan if lab in by else np.nan for lab in labels]
+        jac = [by[lab].stability.mean_jaccard if lab in by else None for lab in labels]
+        ax.barh(y - 0.2, std, height=0.4, color="tab:orange", label="std over calibration draws")
+        ax.barh(y + 0.2, samp, height=0.4, color="tab:blue", alpha=0.6, label="95% sampling half-width")
+        for i, j in enumerate(jac):
+            if j is not None:
+                ax.text(0.98, i, f"J={j:.2f}", fontsize=7, va="center", ha="right", transform=ax.get_yaxis_transform())
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_title(f"sparsity {s:g}", fontsize=9)
+        ax.set_xlabel(rows[0].metric)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{model} · {task}: calibration variance vs sampling interval "
+                 f"(J = mean pairwise Jaccard of removed layers)", fontsize=10)
+    return _save(fig, plot_dir / f"calibration_variance__{_slug(model)}__{_slug(task)}.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
