@@ -770,6 +770,8 @@ def regimes(rows: list[Comparison]) -> list["Regime"]:
     out = []
     for s in sorted({c.sparsity for c in rows}):
         cells = [c for c in rows if c.sparsity == s]
+        if not any(c.test is not None for c in cells):
+            continue  # no per-sample records: nothing says which differences are real
         same = [c.label for c in cells if c.verdict in (VERDICT_BEST, VERDICT_SAME)]
         r = stats.regime(s, {c.label: c.mean for c in cells}, same, lower_is_better(cells[0].metric))
         if r is not None:
@@ -1342,7 +1344,7 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
     """Forest plot: each scorer's difference to the best at each sparsity, with its 95% paired
     interval, coloured by the Holm-corrected verdict."""
     rows = [c for c in _headline_comparisons(summary, model, task)]
-    if not rows:
+    if not any(c.test is not None for c in rows):
         return None
     sps = sorted({c.sparsity for c in rows})
     labels = sorted({c.label for c in rows})
