@@ -356,6 +356,16 @@ def test_summary_md_has_intervals_and_verdict_columns(stat_sweep: Path):
     assert s.stats is not None and s.stats.missing_samples == 0
 
 
+def test_jobs_without_samples_are_named_not_tested(stat_sweep: Path):
+    (next(stat_sweep.glob("*_tail_s0.25")) / "samples.jsonl").unlink()
+    build_summary([stat_sweep], plots=False)
+    md = (stat_sweep / "summary.md").read_text()
+    assert "1 of the jobs wrote no samples.jsonl" in md
+    comp = {r["scorer"]: r for r in read_csv(stat_sweep / "comparison.csv") if r["metric"] == "accuracy"}
+    assert comp["tail"]["verdict"] == "n/a" and comp["tail"]["p_value"] == ""
+    assert float(comp["shortgpt"]["p_holm"]) == pytest.approx(1.0)
+
+
 def test_statistics_plots_are_written(stat_sweep: Path):
     s = build_summary([stat_sweep])
     names = {p.name for p in s.plots}

@@ -891,7 +891,11 @@ def statistics_markdown(summary: "Summary", model: str, task: str) -> list[str]:
     metric = summary.headlines.get((model, task))
     if st is None or not metric:
         return []
-    parts = [comparison_markdown(st.of(model, task, metric)),
+    missing = [j for j in summary.jobs if (j["model"], j["task"]) == (model, task) and job_samples(j) is None]
+    note = (f"_{len(missing)} of the jobs wrote no samples.jsonl (finished before per-sample records existed, "
+            "or an evaluator without them): their cells have no interval over samples and no paired verdict; "
+            "`+force=true` recomputes them._") if missing else ""
+    parts = [note, comparison_markdown(st.of(model, task, metric)),
              regimes_markdown(model, task, metric, st.regimes.get((model, task), [])),
              calibration_markdown(st.draws.get((model, task), [])),
              cost_markdown(st.cost.get((model, task), []))]
