@@ -28,6 +28,37 @@ from topovlm.summary import SUMMARY_MD, build_summary  # noqa: E402
 EXPECTED_JOBS = 8 * 3 * 3  # scorers x sparsities x calibration draws
 
 
+def compact_table(summary) -> str:
+    """Headline accuracy per scorer x sparsity: mean ± std over draws [95% interval over samples],
+    the paired verdict against the best, and the agreement with the unpruned model."""
+    out = []
+    for (model, task), metric in sorted(summary.headlines.items()):
+        rows = summary.stats.of(model, task, metric) if summary.stats else []
+        if not rows:
+            continue
+        sps = sorted({c.sparsity for c in rows})
+        lines = ["| scorer | " + " | ".join(f"{s:.0%} removed" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+        order = {}
+        for c in rows:
+            order.setdefault(c.label, []).append(c.mean)
+        for lab in sorted(order, key=lambda k: -sum(order[k])):
+            cells = []
+            for s in sps:
+                c = next((c for c in rows if c.label == lab and c.sparsity == s), None)
+                if c is None:
+                    cells.append("—")
+                    continue
+                text = f"{c.mean:.3f}" + (f" ± {c.std or 0.0:.3f}" if c.n_draws > 1 else "")
+                if c.interval is not None:
+                    text += f" [{c.interval.low:.3f}, {c.interval.high:.3f}]"
+                verdict = {"best": " **best**", "≈ best": " **≈ best**", "worse": ""}.get(c.verdict, " (n/a)")
+                agree = f"; agree {c.agreement.value:.2f}" if c.agreement is not None else ""
+                cells.append(text + verdict + agree)
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        out.append(f"{model} · {task} · {metric}:\n\n" + "\n".join(lines))
+    return "\n\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep-dir", default=str(ROOT / "multirun" / "calibration_variance" / "evidence"))
@@ -58,6 +89,7 @@ def main() -> int:
         "`topo` rows use the scorer's defaults as of this commit (H0 + H1 weighted equally, k = 15, "
         "last-token pooling), before the change of its defaults made elsewhere.", "",
     ]
+    (out / "compact_table.md").write_text(compact_table(summary) + "\n")
     text = (out / SUMMARY_MD).read_text()
     (out / SUMMARY_MD).write_text("\n".join(header) + "\n" + text)
     print("\n".join(header))

@@ -144,7 +144,7 @@ def _table(wandb: Any, rows: list[dict[str, Any]]) -> Any:
 
 def _statistics_tables(summary: Summary, wandb: Any) -> dict[str, Any]:
     """The paired verdicts, calibration variance, regimes and cost tables (as in summary.md)."""
-    from topovlm.summary import CALIBRATION_CSV, COMPARISON_CSV, EFFICIENCY_CSV, REGIMES_CSV
+    from topovlm.summary import CALIBRATION_CSV, EFFICIENCY_CSV, REGIMES_CSV
 
     out: dict[str, Any] = {}
     if summary.stats is None:
