@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -420,3 +421,19 @@ def test_wandb_summary_tables_carry_intervals_and_verdicts(stat_sweep: Path, tmp
     agg = next(v for k, v in tables.items() if k.startswith("summary/aggregate"))
     assert {"ci_low", "ci_high", "verdict"} <= set(agg["columns"])
     assert any(k.startswith("summary/regimes") for k in tables) and any(k.startswith("summary/efficiency") for k in tables)
+
+
+def test_a_resumed_copy_reads_the_samples_of_the_run_it_came_from(stat_sweep: Path, tmp_path: Path):
+    """A job resumed into another sweep dir copies results.json only; its samples are read from
+    the run it was resumed from."""
+    src = next(stat_sweep.glob("*_tail_s0.25"))
+    other = tmp_path / "second" / "0_tail_s0.25"
+    other.mkdir(parents=True)
+    res = json.loads((src / "results.json").read_text())
+    res.update(resumed_from=str(src), out_dir=str(other))
+    (other / "results.json").write_text(json.dumps(res))
+    best = next(stat_sweep.glob("*_topo_s0.25"))
+    shutil.copytree(best, tmp_path / "second" / best.name)
+    build_summary([tmp_path / "second"], plots=False)
+    comp = {r["scorer"]: r for r in read_csv(tmp_path / "second" / "comparison.csv") if r["metric"] == "accuracy"}
+    assert comp["tail"]["verdict"] == "worse" and comp["tail"]["discordant_best_only"] == "40"
