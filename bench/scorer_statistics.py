@@ -61,7 +61,10 @@ def compact_table(summary) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sweep-dir", default=str(ROOT / "multirun" / "calibration_variance" / "evidence"))
+    ap.add_argument("--sweep-dir", default=str(ROOT / "multirun" / "calibration_variance" / "evidence"),
+                    help="the sweep --run writes (and the summary reads)")
+    ap.add_argument("--also", action="append", default=[], metavar="DIR",
+                    help="further finished sweeps to summarise with it (e.g. a selection.policy=spacing variant)")
     ap.add_argument("--cache-dir", default=None, help="cache_dir of the jobs (default: the harness cache)")
     ap.add_argument("--run", action="store_true", help="run (or resume) the sweep first")
     ap.add_argument("--out", default=None, help="default bench/results/scorer_statistics_<date>")
@@ -75,13 +78,14 @@ def main() -> int:
         subprocess.run(cmd, cwd=ROOT, check=True)
         print(f"sweep wall time {(time.time() - start) / 60:.1f} min", flush=True)
     out = Path(args.out or ROOT / "bench" / "results" / f"scorer_statistics_{dt.date.today().isoformat()}")
-    summary = build_summary([sweep], out_dir=out, plots=True)
+    summary = build_summary([sweep, *map(Path, args.also)], out_dir=out, plots=True)
     jobs = summary.jobs
     job_minutes = sum(sum((j.get("timings") or {}).values()) for j in jobs) / 60
     draws = sorted({j["_flat"].get("calibration.seed") for j in jobs}, key=repr)
     header = [
         f"# Which scorer differences are real on the embedded default ({dt.date.today().isoformat()})", "",
-        f"Machine: {machine()}. {len(jobs)} of {EXPECTED_JOBS} jobs finished (calibration draws {draws}); "
+        f"Machine: {machine()}. {len(jobs)} jobs finished ({EXPECTED_JOBS} in the full grid"
+        + (f", plus the sweeps {', '.join(args.also)}" if args.also else "") + f"; calibration draws {draws}); "
         f"summed job time {job_minutes:.1f} min, one job at a time, one thread.", "",
         "Command (resumes: finished jobs are skipped): `.venv/bin/python bench/scorer_statistics.py --run "
         + (f"--cache-dir {args.cache_dir} " if args.cache_dir else "") + f"--sweep-dir {sweep}`, i.e. `"
