@@ -196,3 +196,8 @@ def test_calibration_variance_experiment_composes():
     assert str(params["calibration.seed"]) == "0,1,2" and str(params.sparsity) == "0.1,0.2,0.3"
     assert set(str(params.scorer).split(",")) == {"topo", "cosine", "shortgpt", "angular", "short_lvlm",
                                                   "domain_aware", "random", "tail"}
+
+
+def test_implausible_speedups_are_recognised():
+    assert stats.implausible_speedup(4.9e8, 1.11) and stats.implausible_speedup(float("inf"), 1.1)
+    assert not stats.implausible_speedup(1.3, 1.11) and not stats.implausible_speedup(None, 1.1)

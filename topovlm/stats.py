@@ -301,6 +301,16 @@ def speedup_flag(measured: float | None, ideal: float | None, tolerance: float =
     return ""
 
 
+def implausible_speedup(measured: float | None, ideal: float | None) -> bool:
+    """A speedup no layer removal can give (above twice the ideal, or not finite): a timing
+    artefact, e.g. a decode time taken as the difference of two noisy medians coming out near 0."""
+    if measured is None:
+        return False
+    if not math.isfinite(measured) or measured <= 0:
+        return True
+    return ideal is not None and measured > 2.0 * ideal
+
+
 def pareto_front(points: Sequence[tuple[float, float]], lower_is_better: bool = False) -> list[int]:
     """Indices of the points not dominated in (higher x, better y), sorted by x."""
     idx = []

@@ -820,18 +820,23 @@ def cost_rows(jobs: list[dict[str, Any]], model: str, task: str, comparisons: li
     for lab, row in sorted(_cell_jobs(jobs, model, task).items()):
         for s, cj in sorted(row.items()):
             effs = [j.get("efficiency") or {} for j in cj]
-            pre = Stat.of([e.get("prefill_speedup") for e in effs if e.get("prefill_speedup") is not None])
-            dec = Stat.of([e.get("decode_speedup") for e in effs if e.get("decode_speedup") is not None])
-            if pre is None and dec is None:
-                continue
             L = max(int(j.get("num_layers") or 0) for j in cj)
             kept = int(cj[0].get("num_layers_kept") or L)
             ideal = stats.ideal_speedup(L, kept)
             flags = []
-            for name, st in (("prefill", pre), ("decode", dec)):
-                f = stats.speedup_flag(st.mean if st else None, ideal)
+            measured: dict[str, Stat | None] = {}
+            for name in ("prefill", "decode"):
+                vals = [e.get(f"{name}_speedup") for e in effs if e.get(f"{name}_speedup") is not None]
+                good = [v for v in vals if not stats.implausible_speedup(v, ideal)]
+                measured[name] = Stat.of(good)
+                if len(good) < len(vals):
+                    flags.append(f"{name}: {len(vals) - len(good)} implausible measurement(s) left out")
+                f = stats.speedup_flag(measured[name].mean if measured[name] else None, ideal)
                 if f:
                     flags.append(f"{name} {f}")
+            pre, dec = measured["prefill"], measured["decode"]
+            if pre is None and dec is None:
+                continue
             out.append(CostRow(model, task, lab, s, kept, L, ideal, pre, dec, by.get((lab, s)), "; ".join(flags)))
     return out
 
@@ -845,7 +850,8 @@ def cost_markdown(rows: list[CostRow]) -> str:
              "± std over the cell's jobs, each of which measures again), the ideal decoder-bound speedup "
              "L / kept, and flags: `below 1` (slower than unpruned: timing noise or overhead), `far from ideal` "
              "(the measured gain is off the ideal gain by more than 35%: noise on a shared machine, or time spent "
-             "outside the decoder layers).\n",
+             "outside the decoder layers); a measurement above twice the ideal or not finite is a timing artefact "
+             "and is left out.\n",
              "| scorer | sparsity | layers kept | ideal | prefill speedup | decode speedup | quality | flag |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -1465,7 +1471,7 @@ def plot_pareto(summary: Summary, model: str, task: str, plot_dir: Path) -> Path
             flag = stats.speedup_flag(st.mean, r.ideal)
             yerr = None
             if q.interval is not None and q.interval.method != "none":
-                yerr = [[q.mean - q.interval.low], [q.interval.high - q.mean]] if q.n_draws == 1 else None
+                yerr = [[max(0.0, q.mean - q.interval.low)], [max(0.0, q.interval.high - q.mean)]]
             ax.errorbar([st.mean], [q.mean], xerr=[st.std] if st.std else None, yerr=yerr, fmt=markers[r.sparsity],
                         color=colours[r.label], mfc="none" if flag else colours[r.label], capsize=2, markersize=7)
             pts.append((st.mean, q.mean))
