@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -257,5 +258,182 @@ def test_each_task_gets_its_own_headline_metric(tmp_path: Path):
     assert table_rows(md, "#### m · shapes · accuracy")["cosine"] == ["**0.700**"]
     assert "#### m · pope · pope_accuracy/math" not in md  # breakdowns only in summary.md
     assert "#### m · pope · pope_accuracy/math" in (tmp_path / "summary.md").read_text()
-    header = read_csv(tmp_path / "summary.csv")[0].keys()
-    assert set(list(header)[11:14]) == {"accuracy", "mme_perception_score", "pope_accuracy"}  # headlines first
+    header = [c for c in read_csv(tmp_path / "summary.csv")[0].keys() if "/ci_" not in c]
+    assert set(header[11:14]) == {"accuracy", "mme_perception_score", "pope_accuracy"}  # headlines first
+
+
+# --------------------------------------------------------------------------- per-sample statistics
+
+N_SAMPLES = 100
+
+
+def stat_job(root: Path, scorer: str, sparsity: float, correct: list[bool], *, cal_seed: int = 0,
+             removed=None, reference: list[bool] | None = None, speedup: float | None = None) -> Path:
+    """A job with samples.jsonl: ``correct`` per sample (half math, half non_math); metrics
+    computed from it, as the vqa evaluator does."""
+    removed = list(removed if removed is not None else ([] if sparsity == 0 else [5, 6]))
+    ref = reference if reference is not None else correct
+    acc = sum(correct) / len(correct)
+    out = fake_job(root, scorer, sparsity, acc, removed=removed, key=f"{scorer}-{sparsity}-{cal_seed}")
+    res = json.loads((out / "results.json").read_text())
+    doms = ["math" if i % 2 else "non_math" for i in range(len(correct))]
+    res["metrics"] = {"accuracy": acc, "num_samples": float(len(correct))}
+    for d in ("math", "non_math"):
+        hits = [c for c, dd in zip(correct, doms) if dd == d]
+        res["metrics"][f"accuracy/{d}"] = sum(hits) / len(hits)
+    res["config"]["calibration"]["seed"] = cal_seed
+    if speedup is not None:
+        res["efficiency"].update({"prefill_speedup": speedup, "decode_speedup": speedup * 0.9,
+                                  "ideal_speedup": NUM_LAYERS / (NUM_LAYERS - len(removed))})
+    (out / "results.json").write_text(json.dumps(res))
+    with open(out / "samples.jsonl", "w") as f:
+        for i, (c, r, d) in enumerate(zip(correct, ref, doms)):
+            pred = "yes" if c else "no"
+            ref_pred = "yes" if r else "no"
+            f.write(json.dumps({"key": f"t/q{i}", "id": f"q{i}", "task": "t", "domain": d, "category": "",
+                                "prediction": pred, "target": "yes", "correct": c, "reference_prediction": ref_pred,
+                                "reference_correct": r, "agree": pred == ref_pred}) + "\n")
+    return out
+
+
+def _flags(n_true: int, n: int = N_SAMPLES) -> list[bool]:
+    return [True] * n_true + [False] * (n - n_true)
+
+
+@pytest.fixture
+def stat_sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "stats"
+    ref = _flags(90)
+    best = _flags(80)
+    close = list(best)
+    close[0], close[1], close[85] = False, False, True  # discordant 1 / 2: McNemar p = 1
+    worse = _flags(40)                    # 40 samples only the best gets right, none the other way
+    stat_job(root, "cosine", 0.0, ref, removed=[])
+    stat_job(root, "topo", 0.25, best, reference=ref, speedup=1.3)
+    stat_job(root, "shortgpt", 0.25, close, reference=ref, speedup=1.2)
+    stat_job(root, "tail", 0.25, worse, reference=ref, speedup=0.95)
+    return root
+
+
+def test_summary_md_has_intervals_and_verdict_columns(stat_sweep: Path):
+    from topovlm import stats
+
+    s = build_summary([stat_sweep])
+    md = (stat_sweep / "summary.md").read_text()
+    title = "#### m · t · accuracy: paired comparison with the best scorer"
+    assert title in md
+    header = md.split(title, 1)[1].split("| sparsity |", 1)[1].split("\n", 1)[0]
+    for col in ("value [95% CI]", "Δ vs best [95% CI]", "test", "p (Holm)", "verdict", "agreement with unpruned"):
+        assert col in header
+    lines = [line for line in md.split(title, 1)[1].split("\n\n####", 1)[0].splitlines() if line.startswith("| 0.25")]
+    cells = {c[1]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines)}
+    assert cells["topo"][8] == "**best**"
+    assert cells["shortgpt"][8] == "**≈ best**" and cells["shortgpt"][6] == "1.000" and cells["shortgpt"][4] == "1 / 2"
+    assert cells["tail"][8] == "worse" and cells["tail"][4] == "0 / 40" and cells["tail"][5] == "McNemar exact"
+    # Holm over the two comparisons of the table: 2 * p_tail, p_shortgpt = 1
+    p_tail = stats.mcnemar_exact(_flags(40), _flags(80)).p_value
+    comp = {r["scorer"]: r for r in read_csv(stat_sweep / "comparison.csv") if r["metric"] == "accuracy"}
+    assert float(comp["tail"]["p_holm"]) == pytest.approx(min(1.0, 2 * p_tail))
+    assert float(comp["shortgpt"]["p_holm"]) == pytest.approx(1.0)
+    # the interval of a single job's accuracy is Wilson's; the headline table shows it and the ≈ mark
+    wil = stats.wilson(80, N_SAMPLES)
+    assert f"[{wil.low:.3f}, {wil.high:.3f}]" in cells["topo"][2]
+    acc_rows = table_rows(md, "#### m · t · accuracy\n")
+    assert acc_rows["shortgpt"][0].endswith("≈") and "[" in acc_rows["topo"][0]
+    assert "[" in acc_rows["*unpruned (reference)*"][0]  # the reference row carries its interval too
+    # agreement with the unpruned model: topo keeps the answer on 90 of 100 samples
+    assert float(comp["topo"]["agreement_with_unpruned"]) == pytest.approx(0.9)
+    # summary.csv: every metric with its interval
+    row = next(r for r in read_csv(stat_sweep / "summary.csv") if r["scorer"] == "topo")
+    assert float(row["accuracy/ci_low"]) == pytest.approx(wil.low) and float(row["accuracy/ci_high"]) == pytest.approx(wil.high)
+    assert row["accuracy/math/ci_low"] != "" and float(row["agreement_with_unpruned"]) == pytest.approx(0.9)
+    # regimes: 2 of 3 scorers indistinguishable from the best
+    reg = read_csv(stat_sweep / "regimes.csv")
+    assert reg[0]["best"] == "topo" and reg[0]["worst"] == "tail" and reg[0]["n_indistinguishable"] == "2"
+    assert float(reg[0]["spread"]) == pytest.approx(0.4) and reg[0]["regime"] == "ranking-sensitive"
+    # cost: a measured speedup below 1 is flagged
+    eff = {r["scorer"]: r for r in read_csv(stat_sweep / "efficiency.csv")}
+    assert "prefill below 1" in eff["tail"]["flag"] and float(eff["topo"]["ideal_speedup"]) == pytest.approx(8 / 6)
+    assert s.stats is not None and s.stats.missing_samples == 0
+
+
+def test_jobs_without_samples_are_named_not_tested(stat_sweep: Path):
+    (next(stat_sweep.glob("*_tail_s0.25")) / "samples.jsonl").unlink()
+    build_summary([stat_sweep], plots=False)
+    md = (stat_sweep / "summary.md").read_text()
+    assert "1 of the jobs wrote no samples.jsonl" in md
+    comp = {r["scorer"]: r for r in read_csv(stat_sweep / "comparison.csv") if r["metric"] == "accuracy"}
+    assert comp["tail"]["verdict"] == "n/a" and comp["tail"]["p_value"] == ""
+    assert float(comp["shortgpt"]["p_holm"]) == pytest.approx(1.0)
+
+
+def test_statistics_plots_are_written(stat_sweep: Path):
+    s = build_summary([stat_sweep])
+    names = {p.name for p in s.plots}
+    for stem in ("comparison", "regimes", "agreement_with_unpruned", "pareto", "metric_vs_sparsity"):
+        path = stat_sweep / "plots" / f"{stem}__m__t.png"
+        assert path.name in names
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+
+
+def test_calibration_variance_over_draws(tmp_path: Path):
+    root = tmp_path / "draws"
+    ref = _flags(90)
+    stat_job(root, "cosine", 0.0, ref, removed=[])
+    for seed, (n, removed) in enumerate([(70, [5, 6]), (74, [5, 6]), (78, [5, 7])]):
+        stat_job(root, "topo", 0.25, _flags(n), cal_seed=seed, removed=removed, reference=ref)
+        stat_job(root, "tail", 0.25, _flags(30), cal_seed=seed, removed=[6, 7], reference=ref)
+    s = build_summary([root])
+    md = (root / "summary.md").read_text()
+    title = "#### m · t · accuracy: variance over calibration draws"
+    assert title in md
+    rows = {r["scorer"]: r for r in read_csv(root / "calibration_variance.csv") if float(r["sparsity"]) == 0.25}
+    assert rows["topo"]["n_draws"] == "3"
+    assert float(rows["topo"]["mean"]) == pytest.approx(0.74) and float(rows["topo"]["std_over_draws"]) == pytest.approx(0.04)
+    assert float(rows["topo"]["mean_pairwise_jaccard"]) == pytest.approx((1 + 1 / 3 + 1 / 3) / 3)
+    assert rows["topo"]["removal_frequency"].split()[5:8] == ["1.000", "0.667", "0.333"]
+    assert float(rows["tail"]["std_over_draws"]) == 0.0 and float(rows["tail"]["mean_pairwise_jaccard"]) == 1.0
+    assert 0.05 < float(rows["topo"]["sampling_half_width"]) < 0.1  # Wilson half-width at n = 100
+    # with several draws the paired test runs on per-sample means over the draws
+    comp = {r["scorer"]: r for r in read_csv(root / "comparison.csv") if r["metric"] == "accuracy"}
+    assert comp["tail"]["test"] == "paired_permutation" and comp["tail"]["verdict"] == "worse"
+    assert "calibration_variance__m__t.png" in {p.name for p in s.plots}
+
+
+def test_wandb_summary_tables_carry_intervals_and_verdicts(stat_sweep: Path, tmp_path: Path):
+    from topovlm.wandb_summary import log_summary_run
+
+    s = build_summary([stat_sweep])
+    run_dir = log_summary_run(s, {"enabled": True, "mode": "offline", "project": "topovlm-test"}, group="g")
+    assert run_dir is not None
+    tables: dict = {}
+    for _ in range(60):
+        tables = {p.relative_to(run_dir / "files" / "media" / "table").as_posix(): json.loads(p.read_text())
+                  for p in (run_dir / "files" / "media" / "table").rglob("*.table.json")}
+        if any(k.startswith("summary/comparison") for k in tables):
+            break
+        time.sleep(0.5)
+    comp = next(v for k, v in tables.items() if k.startswith("summary/comparison"))
+    col = {c: i for i, c in enumerate(comp["columns"])}
+    verdicts = {r[col["scorer"]]: r[col["verdict"]] for r in comp["data"] if r[col["metric"]] == "accuracy"}
+    assert verdicts == {"topo": "best", "shortgpt": "≈ best", "tail": "worse"}
+    agg = next(v for k, v in tables.items() if k.startswith("summary/aggregate"))
+    assert {"ci_low", "ci_high", "verdict"} <= set(agg["columns"])
+    assert any(k.startswith("summary/regimes") for k in tables) and any(k.startswith("summary/efficiency") for k in tables)
+
+
+def test_a_resumed_copy_reads_the_samples_of_the_run_it_came_from(stat_sweep: Path, tmp_path: Path):
+    """A job resumed into another sweep dir copies results.json only; its samples are read from
+    the run it was resumed from."""
+    src = next(stat_sweep.glob("*_tail_s0.25"))
+    other = tmp_path / "second" / "0_tail_s0.25"
+    other.mkdir(parents=True)
+    res = json.loads((src / "results.json").read_text())
+    res.update(resumed_from=str(src), out_dir=str(other))
+    (other / "results.json").write_text(json.dumps(res))
+    best = next(stat_sweep.glob("*_topo_s0.25"))
+    shutil.copytree(best, tmp_path / "second" / best.name)
+    build_summary([tmp_path / "second"], plots=False)
+    comp = {r["scorer"]: r for r in read_csv(tmp_path / "second" / "comparison.csv") if r["metric"] == "accuracy"}
+    assert comp["tail"]["verdict"] == "worse" and comp["tail"]["discordant_best_only"] == "40"

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from topovlm import samples as job_samples
 from topovlm.capture import CaptureCache, _atomic_save, _digest, model_fingerprint
 from topovlm.config import ConfigError, validate
 from topovlm.data.sources import dataset_id, load_samples
@@ -170,6 +171,15 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                     removed = []
             reference_file = cache_root / "reference" / f"{eff.model_key}-{_digest([config['task'], cfg.seed])}.json"
             reference = load_results(reference_file)
+            # --- per-sample records (topovlm/samples.py): the unpruned model's records are cached
+            # beside its metrics; a cached reference without them is evaluated once more ---------
+            if removed and cfg.reference and job_samples.load_reference(reference_file) is None \
+                    and getattr(evaluator, "sample_records", None) is not None:
+                with _timed(timings, "reference_evaluate"):
+                    reference = evaluator.evaluate(adapter)
+                write_json_atomic(reference_file, reference)
+                job_samples.save_reference(reference_file, evaluator, cfg.task.name)
+            # --- end per-sample records ------------------------------------------------------
             if removed and reference is None and cfg.reference:
                 with _timed(timings, "reference_evaluate"):  # the unpruned model, once per model/task/seed
                     reference = evaluator.evaluate(adapter)
@@ -183,6 +193,10 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
 
             with _timed(timings, "evaluate"):
                 metrics = evaluator.evaluate(adapter)
+            # --- per-sample records (topovlm/samples.py): samples.jsonl, joined with the reference -
+            job_samples.write_job_samples(out_dir, evaluator, cfg.task.name, reference_file, unpruned=not removed,
+                                          wandb_run=wb.run, artifact_name=f"samples-{name}-{key[:8]}")
+            # --- end per-sample records ------------------------------------------------------
             if not removed:
                 reference = metrics
                 write_json_atomic(reference_file, metrics)

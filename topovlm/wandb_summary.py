@@ -1,6 +1,8 @@
 """The sweep's W&B summary run: job_type ``summary``, in the same group as the sweep's jobs.
 
-It logs the one-row-per-job table and the aggregated table as ``wandb.Table``, every
+It logs the one-row-per-job table and the aggregated table (with each cell's 95% interval
+and paired verdict) as ``wandb.Table``, the paired comparison, calibration-variance,
+regimes and efficiency tables of summary.md, every
 metric-vs-sparsity comparison as a native line plot (``wandb.plot.line_series``: one
 line per scorer, starting at the unpruned reference), the agreement table and the PNG
 plots as images. Like the per-job runs it can never fail the sweep: errors are logged.
@@ -93,14 +95,18 @@ def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
     data: dict[str, Any] = {}
     columns, rows = csv_rows(summary.jobs, ordered_metrics(summary.jobs, list(summary.headlines.values())))
     data["summary/jobs"] = wandb.Table(allow_mixed_types=True, columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-    agg_cols = ["model", "task", "metric", "scorer", "sparsity", "mean", "std", "n"]
+    agg_cols = ["model", "task", "metric", "scorer", "sparsity", "mean", "std", "n", "ci_low", "ci_high", "ci_method",
+                "verdict"]
     agg = []
     for t in summary.tables:
         if t.reference is not None:
-            agg.append([t.model, t.task, t.metric, "unpruned", 0.0, t.reference.mean, t.reference.std, t.reference.n])
+            iv = t.reference_interval
+            agg.append([t.model, t.task, t.metric, "unpruned", 0.0, t.reference.mean, t.reference.std, t.reference.n,
+                        *_ci(iv), "reference"])
         for lab in sorted(t.cells):
             for s, st in sorted(t.cells[lab].items()):
-                agg.append([t.model, t.task, t.metric, lab, s, st.mean, st.std, st.n])
+                agg.append([t.model, t.task, t.metric, lab, s, st.mean, st.std, st.n,
+                            *_ci(t.intervals.get(lab, {}).get(s)), t.verdicts.get(lab, {}).get(s)])
         if not t.cells:
             continue
         labels = sorted(t.cells)
@@ -117,6 +123,7 @@ def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
         data[key] = wandb.plot.line_series(xs=xs, ys=ys, keys=labels, xname="sparsity",
                                            title=f"{t.model} · {t.task}: {t.metric} vs sparsity")
     data["summary/aggregate"] = wandb.Table(allow_mixed_types=True, columns=agg_cols, data=agg)
+    data.update(_statistics_tables(summary, wandb))
     ag_rows = [r for a in summary.agreements for r in a.rows()]
     if ag_rows:
         ag_cols = ["model", "kind", "sparsity", "scorer_a", "scorer_b", "value", "std", "n"]
@@ -124,6 +131,46 @@ def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
     for p in summary.plots:
         data[f"images/{p.stem}"] = wandb.Image(str(p))
     return data
+
+
+def _ci(iv: Any) -> list[Any]:
+    return [iv.low, iv.high, iv.method] if iv is not None else [None, None, None]
+
+
+def _table(wandb: Any, rows: list[dict[str, Any]]) -> Any:
+    columns = list(rows[0])
+    return wandb.Table(allow_mixed_types=True, columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+
+
+def _statistics_tables(summary: Summary, wandb: Any) -> dict[str, Any]:
+    """The paired verdicts, calibration variance, regimes and cost tables (as in summary.md)."""
+    from topovlm.summary import CALIBRATION_CSV, EFFICIENCY_CSV, REGIMES_CSV
+
+    out: dict[str, Any] = {}
+    if summary.stats is None:
+        return out
+    rows = [c.row() for c in summary.stats.comparisons]
+    if rows:
+        out["summary/comparison"] = _table(wandb, rows)
+    for key, name in (("calibration_variance", CALIBRATION_CSV), ("regimes", REGIMES_CSV), ("efficiency", EFFICIENCY_CSV)):
+        path = summary.files.get(key)
+        if path is not None and Path(path).is_file():
+            import csv
+
+            with open(path, newline="") as f:
+                table_rows = list(csv.DictReader(f))
+            if table_rows:
+                out[f"summary/{Path(name).stem}"] = _table(wandb, [{k: _num(v) for k, v in r.items()} for r in table_rows])
+    return out
+
+
+def _num(v: str) -> Any:
+    if v == "":
+        return None
+    try:
+        return float(v)
+    except ValueError:
+        return v
 
 
 def _best(summary: Summary) -> dict[str, Any]:
@@ -134,4 +181,7 @@ def _best(summary: Summary) -> dict[str, Any]:
             best = t.best(s)
             if best:
                 out[f"best/{_slug(t.model)}/{_slug(t.task)}/{s:g}"] = ", ".join(best)
+            same = sorted(lab for lab, v in t.verdicts.items() if v.get(s) == "≈ best")
+            if any(v.get(s) not in (None, "n/a", "best") for v in t.verdicts.values()):
+                out[f"indistinguishable_from_best/{_slug(t.model)}/{_slug(t.task)}/{s:g}"] = ", ".join(same) or "(none)"
     return out

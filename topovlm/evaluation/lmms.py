@@ -476,6 +476,66 @@ def extract_metrics(results: dict[str, Any], wanted: dict[str, list[str]], prefi
     return out
 
 
+def extract_stderrs(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> dict[str, float]:
+    """lmms-eval's ``<metric>_stderr,<filter>`` entries, named as :func:`extract_metrics` names the metric."""
+    out: dict[str, float] = {}
+    for task, values in results.get("results", {}).items():
+        keep = wanted.get(task)
+        for key, value in values.items():
+            if "," not in key or not _numeric(value):
+                continue
+            metric, filt = key.split(",", 1)
+            if not metric.endswith("_stderr"):
+                continue
+            metric = metric[: -len("_stderr")]
+            if keep is not None and metric not in keep:
+                continue
+            name = metric if filt == "none" else f"{metric}_{filt}"
+            out[f"{task}/{name}" if prefix else name] = float(value)
+    return out
+
+
+_LOGGED_KEYS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "token_counts", "doc_hash",
+                "input_media"}
+
+
+def _first_text(resps: Any) -> Any:
+    while isinstance(resps, (list, tuple)) and resps:
+        resps = resps[0]
+    return resps
+
+
+def logged_sample_records(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> list[dict[str, Any]]:
+    """Per-document records from ``results["samples"]`` (``simple_evaluate(log_samples=True)``)."""
+    out: list[dict[str, Any]] = []
+    for task, logged in (results.get("samples") or {}).items():
+        first = (wanted.get(task) or [None])[0]
+        for item in logged:
+            doc = item.get("doc") or {}
+            per_doc: dict[str, float] = {}
+            for k, v in item.items():
+                if k in _LOGGED_KEYS:
+                    continue
+                name = f"{task}/{k}" if prefix else k
+                if _numeric(v):
+                    per_doc[name] = float(v)
+                elif isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], bool) and _numeric(v[1]):
+                    if v[0]:  # (member, value): a per-group metric this document belongs to
+                        per_doc[name] = float(v[1])
+            rec: dict[str, Any] = {
+                "id": str(item.get("doc_id")), "task": task, "domain": doc.get("domain", ""),
+                "category": doc.get("category", ""), "prediction": _first_text(item.get("filtered_resps")),
+                "target": item.get("target"), "metrics": per_doc,
+            }
+            if "id" in doc:
+                rec["doc_key"] = str(doc["id"])
+            head = per_doc.get(f"{task}/{first}" if prefix else first) if first else None
+            if head is not None and head in (0.0, 1.0):
+                rec["correct"] = bool(head)
+            out.append(rec)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- evaluator
 class LmmsEvalEvaluator(Evaluator):
     """``task.evaluator=lmms``: see the module docstring."""
@@ -491,6 +551,11 @@ class LmmsEvalEvaluator(Evaluator):
         self.model_name: str | None = opts.get("model_name")
         self.lm: Any = None
         self.raw_results: dict[str, Any] | None = None
+        #: lmms-eval's stderr iterations (``task.options.bootstrap_iters``): mean metrics get their
+        #: analytic stderr, others a bootstrap of this many draws; 0 switches stderrs off
+        self.bootstrap_iters = int(opts.get("bootstrap_iters", 1000))
+        self.stderr: dict[str, float] = {}
+        self.records: list[dict[str, Any]] = []
         self._run: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ pieces
@@ -540,7 +605,7 @@ class LmmsEvalEvaluator(Evaluator):
         self.lm = make_lmm(adapter, batch_size=self.cfg.batch_size, default_max_new_tokens=self.cfg.max_new_tokens)
         results = simple_evaluate(
             model=self.lm, tasks=specs, task_manager=tm, limit=self.cfg.limit, batch_size=self.cfg.batch_size,
-            bootstrap_iters=0, log_samples=False, gen_kwargs=self.gen_kwargs, verbosity="WARNING",
+            bootstrap_iters=self.bootstrap_iters, log_samples=True, gen_kwargs=self.gen_kwargs, verbosity="WARNING",
             random_seed=self.seeds["random"], numpy_random_seed=self.seeds["numpy"],
             torch_random_seed=self.seeds["torch"], fewshot_random_seed=self.seeds["fewshot"],
             device=str(adapter.device),
@@ -554,11 +619,22 @@ class LmmsEvalEvaluator(Evaluator):
             "task_versions": results.get("versions", {}),
             "generation_kwargs": {t: (c or {}).get("generation_kwargs") for t, c in results.get("configs", {}).items()},
         })
-        metrics = extract_metrics(results, self.wanted_metrics(list(results.get("results", {}))),
-                                  prefix=len(results.get("results", {})) > 1)
+        wanted = self.wanted_metrics(list(results.get("results", {})))
+        prefix = len(results.get("results", {})) > 1
+        metrics = extract_metrics(results, wanted, prefix=prefix)
+        self.stderr = extract_stderrs(results, wanted, prefix=prefix)
+        self.records = logged_sample_records(results, wanted, prefix=prefix)
         if not metrics:
             raise RuntimeError(f"lmms-eval reported no numeric metrics for {self.tasks}: {results.get('results')}")
         return metrics
+
+    def sample_records(self) -> list[dict[str, Any]]:
+        """lmms-eval's logged samples (``log_samples``) of the last ``evaluate``, one record per
+        document: ``id`` = the document's index in the task (the same in every job with the same
+        limit), ``task``, ``domain`` / ``category`` when the document has them, ``prediction``
+        (the filtered response), ``target``, ``correct`` when the task's first metric is 0/1 per
+        document, and ``metrics``: every numeric per-document metric (named as in results.json)."""
+        return list(self.records)
 
     @property
     def predictions(self) -> dict[tuple[str, int], str]:
@@ -575,7 +651,8 @@ class LmmsEvalEvaluator(Evaluator):
             "seeds": self.seeds,
             "gen_kwargs_override": self.gen_kwargs,
             "default_max_new_tokens": self.cfg.max_new_tokens,
-            "bootstrap_iters": 0,
+            "bootstrap_iters": self.bootstrap_iters,
+            "stderr": dict(self.stderr),
             "model": "topovlm AdapterLMM (simple)",
             **self._run,
         }

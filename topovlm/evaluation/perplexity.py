@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +17,17 @@ if TYPE_CHECKING:
 class PerplexityEvaluator(Evaluator):
     """Token-weighted perplexity of the raw text (no chat template), one sequence per sample."""
 
+    def __init__(self, task_cfg: Any) -> None:
+        super().__init__(task_cfg)
+        self.per_sample: list[dict[str, Any]] = []
+
+    def sample_records(self) -> list[dict[str, Any]]:
+        """One record per text of the last ``evaluate``: ``id``, ``domain``, ``category``, ``loss``
+        (mean next-token NLL over the sample's tokens), ``nll_sum`` and ``num_tokens`` (the
+        corpus perplexity is ``exp(sum nll_sum / sum num_tokens)``)."""
+        return [{**r, "prediction": None, "target": None,
+                 "loss": r["nll_sum"] / r["num_tokens"] if r["num_tokens"] else float("nan")} for r in self.per_sample]
+
     @torch.inference_mode()
     def evaluate(self, adapter: "ModelAdapter") -> dict[str, float]:
         samples = load_samples(self.cfg.dataset)
@@ -27,6 +38,7 @@ class PerplexityEvaluator(Evaluator):
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         total_nll, total_tokens = 0.0, 0
+        self.per_sample = []
         bs = self.cfg.batch_size
         for start in tqdm(range(0, len(samples), bs), desc=f"eval {self.cfg.name}", leave=False):
             texts = [s.question for s in samples[start:start + bs]]
@@ -39,5 +51,10 @@ class PerplexityEvaluator(Evaluator):
             )
             total_nll += float(nll[mask].sum())
             total_tokens += int(mask.sum())
+            row_nll = (nll * mask).sum(dim=1)
+            row_tokens = mask.sum(dim=1)
+            for s, value, count in zip(samples[start:start + bs], row_nll.tolist(), row_tokens.tolist()):
+                self.per_sample.append({"id": s.id, "domain": s.domain, "category": s.category,
+                                        "nll_sum": float(value), "num_tokens": int(count)})
         mean = total_nll / max(total_tokens, 1)
         return {"perplexity": math.exp(mean), "nll": mean, "num_tokens": float(total_tokens)}

@@ -37,10 +37,18 @@ class VQAEvaluator(Evaluator):
             batch = samples[start:start + bs]
             predictions += adapter.generate(batch, max_new_tokens=self.cfg.max_new_tokens)
         metrics = exact_match_metrics(samples, predictions)
-        self.predictions = [{"id": s.id, "prediction": p, "answer": s.answer, "correct": is_correct(p, s.answer)}
-                            for s, p in zip(samples, predictions)]
+        self.predictions = [{"id": s.id, "prediction": p, "answer": s.answer, "correct": is_correct(p, s.answer),
+                             "domain": s.domain, "category": s.category} for s, p in zip(samples, predictions)]
         metrics["num_samples"] = float(len(samples))
         return metrics
+
+    # ------------------------------------------------------------------ per-sample records
+    def sample_records(self) -> list[dict[str, Any]]:
+        """One record per question of the last ``evaluate``: ``id`` (the benchmark's sample id,
+        the same in every job of a sweep), ``domain``, ``category``, ``prediction``, ``target``,
+        ``correct``."""
+        return [{"id": r["id"], "domain": r["domain"], "category": r["category"], "prediction": r["prediction"],
+                 "target": r["answer"], "correct": bool(r["correct"])} for r in self.predictions]
 
 
 def is_correct(prediction: str, answer: str) -> bool:
