@@ -221,10 +221,18 @@ def test_k_too_large_fails_before_the_model_loads(tmp_path, monkeypatch):
     cfg = compose(tiny_overrides(tmp_path, "scorer=topo_llm", "scorer.num_points=6"))  # k = 5 >= 6 - 1
     with pytest.raises(ConfigError, match="num_points=6"):
         run_job(cfg, tmp_path / "out")
-    cfg = compose(tiny_overrides(tmp_path, "scorer=topo_llm", "selection.eps=0.8"))
-    with pytest.raises(ConfigError, match="selection.eps"):
-        run_job(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "results.json").exists()
+    # the threshold policy removes with selection.eps: the recorded decision follows it
+    from topovlm.runner import build_scorer
+
+    cfg = compose(tiny_overrides(tmp_path, "scorer=topo_llm", "selection.eps=0.8"))
+    scorer = build_scorer(cfg.scorer)
+    scorer.check_config(cfg)
+    assert scorer.eps == 0.8
+    cfg = compose(tiny_overrides(tmp_path, "scorer=topo_llm", "selection.eps=0.8", "selection.policy=topk"))
+    scorer = build_scorer(cfg.scorer)
+    scorer.check_config(cfg)
+    assert scorer.eps == 0.9
 
 
 def test_empty_and_constant_warnings():

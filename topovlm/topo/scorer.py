@@ -143,7 +143,8 @@ class TopoScorer(LayerScorer):
 
     # ------------------------------------------------------------------ checks before the capture
     def check_config(self, cfg: "DictConfig") -> None:
-        """Fail before the model loads when the run cannot give a meaningful score."""
+        """Fail before the model loads when the run cannot give a meaningful score; under the
+        threshold policy, record the decision with the run's ``selection.eps``."""
         from omegaconf import OmegaConf
 
         n = int(OmegaConf.select(cfg, "calibration.n"))
@@ -154,13 +155,14 @@ class TopoScorer(LayerScorer):
                 f"topo.k: scorer.k={self.k} >= N - 1 = {points - 1} (calibration.n={n}{subset}): every point "
                 "would be a neighbour of every other, the k-NN graph complete in every layer and every score "
                 "equal, so layers would be removed by index; lower scorer.k or raise calibration.n")
+        # the threshold policy removes with selection.eps: the recorded adaptive set must use the same
         policy = OmegaConf.select(cfg, "selection.policy", default="auto")
         sel_eps = OmegaConf.select(cfg, "selection.eps", default=None)
         if (policy == "threshold" or policy == "auto" and self.default_policy == "threshold") \
                 and sel_eps is not None and float(sel_eps) != self.eps:
-            raise ValueError(
-                f"scorer.eps={self.eps} but selection.eps={sel_eps}: the threshold policy removes layers "
-                f"with selection.eps and results.json records scorer.eps; set both to the same value")
+            log.warning("topo: scorer.eps=%s replaced by selection.eps=%s, the threshold this run removes with",
+                        self.eps, sel_eps)
+            self.eps = float(sel_eps)
 
     def capture_spec(self) -> CaptureSpec:
         return CaptureSpec(norms=self.activations == "post_attention_norm" or self.include_final_norm)
