@@ -7,6 +7,8 @@ On demand, not a test::
     python bench/topo_speed.py --source real:512       # the default model's clouds (one
                                                         # 512-sample capture, subsampled)
     python bench/topo_speed.py --source clouds.npz      # clouds saved by a topo run
+    python bench/topo_speed.py --source real:512 --activations residual   # h_out clouds instead of
+                                                        # the post-attention norms (the default)
 
 For every (N, k) it times ``compute_topology`` (numpy flag complexes + dionysus
 ``fast_zigzag``) and, for the pairs in ``--baseline``, the reference path on the same
@@ -57,12 +59,17 @@ def iid_clouds(num_layers: int, n: int, dim: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(num_layers, n, dim)).astype(np.float32)
 
 
+ACTIVATIONS = "post_attention_norm"  # what real sources read: post_attention_norm (+ final norm) | residual
+
+
 def real_clouds(n: int, pooling: str = "last", seed: int = 0) -> np.ndarray:
-    """Pooled h_out clouds of the default model on n calibration samples (captured once)."""
+    """Pooled clouds of the default model on n calibration samples (captured once): the
+    post-attention norms plus the final norm (the presets' default), or h_out."""
     from topovlm.topo.clouds import layer_clouds
 
     capture = _real_capture(n, seed)
-    return layer_clouds(capture, pooling).clouds
+    norms = ACTIVATIONS == "post_attention_norm"
+    return layer_clouds(capture, pooling, activations=ACTIVATIONS, include_final_norm=norms).clouds
 
 
 _REAL_CACHE: dict = {}
@@ -76,6 +83,7 @@ def _real_capture(n: int, seed: int):
 
         from topovlm.adapters.loading import load_adapter
         from topovlm.capture import run_capture
+        from topovlm.scoring import CaptureSpec
         from topovlm.config import register_configs
         from topovlm.data.sources import load_samples
 
@@ -85,7 +93,8 @@ def _real_capture(n: int, seed: int):
         adapter = load_adapter(cfg.model)
         samples = load_samples(cfg.calibration.dataset, n=n, seed=seed)
         t0 = time.perf_counter()
-        _REAL_CACHE[key] = run_capture(adapter, samples, batch_size=cfg.calibration.batch_size)
+        _REAL_CACHE[key] = run_capture(adapter, samples, CaptureSpec(norms=True),
+                                       batch_size=cfg.calibration.batch_size)
         print(f"captured {n} calibration samples of {cfg.model.name} in {time.perf_counter() - t0:.0f}s",
               flush=True)
     return _REAL_CACHE[key]
@@ -161,8 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--symmetrize", default="union", choices=["union", "mutual"])
     ap.add_argument("--max-dim", type=int, default=1, choices=[0, 1, 2])
+    ap.add_argument("--activations", default="post_attention_norm", choices=["post_attention_norm", "residual"],
+                    help="real sources: the post-attention norms + final norm, or the residual stream h_out")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    global ACTIVATIONS
+    ACTIVATIONS = args.activations
 
     date = dt.date.today().isoformat()
     out = args.out or ROOT / "bench" / "results" / f"topo_speed_{date}.md"
@@ -192,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Machine: {machine()}.",
         f"Versions: {versions()}.",
-        f"Clouds: `{args.source}`, {args.layers} layers, d = {rows[0][0][2] if rows else args.dim}; "
+        f"Clouds: `{args.source}`, {rows[0][0][0] if rows else args.layers} representations, "
+        f"d = {rows[0][0][2] if rows else args.dim}; "
         f"H0..H{args.max_dim} (max_dim = {args.max_dim}), intersection zigzag, {args.symmetrize} k-NN, "
         f"seed {args.seed}; "
         f"best of {args.repeat} run(s) per cell.",

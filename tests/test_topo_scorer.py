@@ -19,7 +19,10 @@ L, N, D = 8, 36, 10
 
 
 def synthetic_capture(seed: int = 0, n: int = N, no_vision: int = 0) -> Capture:
-    """Circle clouds that drift, then collapse to a blob in the last layers."""
+    """Circle clouds that drift, then collapse to a blob in the last layers.
+
+    The norm outputs are the residual states scaled to unit RMS (what an RMS norm with unit
+    weight gives), the final norm's applied to the last layer's output."""
     rng = np.random.default_rng(seed)
     theta = 2 * np.pi * (np.arange(n) + 0.2 * rng.random(n)) / n
     base = np.zeros((n, D))
@@ -35,8 +38,14 @@ def synthetic_capture(seed: int = 0, n: int = N, no_vision: int = 0) -> Capture:
         pooled[name] = np.stack(layers).astype(np.float32)
     if no_vision:
         pooled["vision_mean"][:, :no_vision] = np.nan
+    norms = {}
+    for name, x in pooled.items():
+        out = x[1:]
+        rms = np.sqrt((out ** 2).mean(axis=2, keepdims=True))
+        unit = out / np.where(rms > 0, rms, 1.0)
+        norms[name] = np.concatenate([unit, unit[-1:]], axis=0).astype(np.float32)
     ids = [f"q{i:03d}" for i in range(n)]
-    return Capture(num_layers=L, sample_ids=ids, domains=["a"] * n, pooled=pooled)
+    return Capture(num_layers=L, sample_ids=ids, domains=["a"] * n, pooled=pooled, norms=norms)
 
 
 def permuted(capture: Capture, seed: int = 1) -> Capture:
@@ -46,7 +55,7 @@ def permuted(capture: Capture, seed: int = 1) -> Capture:
 
 def test_score_result_shape_and_topology_section():
     cap = synthetic_capture()
-    res = TopoScorer(k=5).score(cap, ScoringContext(seed=0, num_layers=L))
+    res = TopoScorer(k=5, activations="residual", include_final_norm=False).score(cap, ScoringContext(seed=0, num_layers=L))
     assert res.scores.shape == res.redundancy.shape == (L,)
     np.testing.assert_array_equal(res.scores, res.redundancy)
     assert np.all((res.scores >= 0) & (res.scores <= 1))
@@ -61,6 +70,7 @@ def test_score_result_shape_and_topology_section():
     adaptive = topo["adaptive"]
     assert adaptive["count"] == len(adaptive["layers"]) >= 1
     assert all(res.scores[i] >= adaptive["threshold"] for i in adaptive["layers"])
+    assert topo["representations"] == L and topo["final_norm_index"] is None
     json.dumps(res.extra)  # results.json must be able to carry it
     # the collapsed last layers carry none of the circle: lowest H1 consistency
     h1 = np.asarray(topo["consistency"]["h1"])
@@ -70,7 +80,7 @@ def test_score_result_shape_and_topology_section():
 def test_deterministic_and_sample_order_invariant():
     cap = synthetic_capture()
     ctx = ScoringContext(seed=3, num_layers=L)
-    scorer = TopoScorer(k=5, num_points=30)  # a seeded subset: also order invariant
+    scorer = TopoScorer(k=5, num_points=30)  # a seeded subset: also order invariant (norm outputs)
     a = scorer.score(cap, ctx)
     b = scorer.score(cap, ctx)
     c = scorer.score(permuted(cap), ctx)
@@ -78,17 +88,17 @@ def test_deterministic_and_sample_order_invariant():
         np.testing.assert_array_equal(a.scores, other.scores)
         assert a.extra["topology"]["bars"] == other.extra["topology"]["bars"]
         np.testing.assert_array_equal(a.arrays["clouds"], other.arrays["clouds"])
-    assert a.arrays["clouds"].shape[1] == 30
+    assert a.arrays["clouds"].shape == (L + 1, 30, D)
 
 
 def test_poolings_and_preprocessing():
     cap = synthetic_capture(no_vision=4)
     ctx = ScoringContext(seed=0, num_layers=L)
     vis = TopoScorer(k=5, pooling="vision_mean").score(cap, ctx)
-    assert vis.arrays["clouds"].shape == (L, N - 4, D)
+    assert vis.arrays["clouds"].shape == (L + 1, N - 4, D)
     assert len(vis.extra["topology"]["dropped_samples"]) == 4
     mod = TopoScorer(k=5, pooling="modality", center=True, normalize="l2", pca_dim=4).score(cap, ctx)
-    assert mod.arrays["clouds"].shape == (L, N - 4, 4)
+    assert mod.arrays["clouds"].shape == (L + 1, N - 4, 4)
     h2 = TopoScorer(k=5, max_dim=2, zigzag="union", symmetrize="mutual").score(cap, ctx)
     assert set(h2.extra["topology"]["consistency"]) == {"h0", "h1", "h2"}
     mixed = TopoScorer(k=5, epi_mix=0.5).score(cap, ctx)
@@ -112,36 +122,56 @@ def test_write_diagnostics(tmp_path):
         assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_yaml_instantiates_and_registry():
+@pytest.mark.parametrize("preset", ["topo", "topo_llm"])
+def test_yaml_instantiates_and_registry(preset):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from topovlm.registry import get_scorer_class
+    from topovlm.runner import build_scorer
 
-    assert get_scorer_class("topo") is TopoScorer
-    conf = OmegaConf.load(ROOT / "conf" / "scorer" / "topo.yaml")
-    assert conf.name == "topo"
+    cls = get_scorer_class(preset)
+    assert issubclass(cls, TopoScorer) and cls.name == preset
+    conf = OmegaConf.load(ROOT / "conf" / "scorer" / f"{preset}.yaml")
+    assert conf.name == preset
     scorer = instantiate({k: v for k, v in conf.items() if k != "name"})
-    assert isinstance(scorer, TopoScorer)
-    defaults = TopoScorer().params()
-    assert scorer.params() == defaults  # the YAML states the constructor defaults
+    assert type(scorer) is cls
+    assert scorer.params() == cls().params()  # the YAML states the constructor defaults
+    assert build_scorer({k: v for k, v in conf.items() if k != "_target_"}).params() == scorer.params()
     json.dumps(scorer.params())
 
 
+def test_presets_differ_where_the_papers_do():
+    from topovlm.topo.scorer import TopoLLMScorer
+
+    topo, llm = TopoScorer().params(), TopoLLMScorer().params()
+    differ = {k for k in topo if topo[k] != llm[k]}
+    assert differ == {"k", "formula", "epi_sigma", "epi_power"}
+    assert (topo["k"], llm["k"]) == (15, 5)
+    assert (topo["formula"], llm["formula"]) == ("topovlm_reconstruction", "gardinazzi")
+    for p in (topo, llm):  # H1 only, the ancestor's activations, the adaptive rule
+        assert p["dim_weights"] == {"h0": 0.0, "h1": 1.0, "h2": 0.0}
+        assert p["activations"] == "post_attention_norm" and p["include_final_norm"] is True
+    assert TopoScorer.default_policy == TopoLLMScorer.default_policy == "threshold"
+    assert TopoLLMScorer(k=7).k == 7
+
+
 def test_dimension_weights_and_adaptive_rule():
-    from topovlm.topo.scorer import adaptive_decision
+    from topovlm.topo.ranking import decide
 
     cap = synthetic_capture()
     ctx = ScoringContext(seed=0, num_layers=L)
-    h1 = TopoScorer(k=5, dim_weights={"h0": 0.0}).score(cap, ctx)
-    both = TopoScorer(k=5).score(cap, ctx)  # default: H0 and H1 weighted equally
+    h1 = TopoScorer(k=5).score(cap, ctx)  # default: H1 only
+    both = TopoScorer(k=5, dim_weights={"h0": 1.0}).score(cap, ctx)
     topo = both.extra["topology"]
     expected = (np.asarray(topo["consistency"]["h0"]) + np.asarray(topo["consistency"]["h1"])) / 2
-    np.testing.assert_allclose(both.scores, expected)
-    np.testing.assert_allclose(h1.scores, topo["consistency"]["h1"])
+    np.testing.assert_allclose(both.scores, expected[:L])
+    np.testing.assert_allclose(h1.scores, topo["consistency"]["h1"][:L])
     with pytest.raises(ValueError, match="h0"):
         TopoScorer(max_dim=0, dim_weights={"h0": 0.0})
     assert TopoScorer(k=5, max_dim=0, dim_weights={"h0": 1}).score(cap, ctx).scores.shape == (L,)
     # nothing consistent anywhere: the adaptive rule removes nothing
-    assert adaptive_decision(np.zeros(L), 0.9)["layers"] == []
-    assert adaptive_decision(np.array([0.1, 1.0, 0.95, 0.5]), 0.9)["layers"] == [1, 2]
+    assert decide(np.zeros(L), list(range(L)), eps=0.9)["layers"] == []
+    assert decide(np.array([0.1, 1.0, 0.95, 0.5]), [0, 1, 2, 3], eps=0.9)["layers"] == [1, 2]
+    # the maximum is over the removable ones: a larger final-norm score does not raise the cut
+    assert decide(np.array([0.1, 0.6, 0.58, 1.0]), [0, 1, 2], eps=0.9)["layers"] == [1, 2]

@@ -6,7 +6,9 @@ Forward hooks on the decoder layers see each layer's input ``h_in[l]`` and outpu
 * pooled residual states (``last`` token, ``text_mean``, ``vision_mean``) at every
   layer boundary, stored as ``(L+1, N, d)`` arrays, index ``l`` = input of layer ``l``;
 * token-level statistics requested by scorers (``STATISTICS``), e.g. the mean over
-  tokens of ``cos(h_in, h_out)``, stored as ``(L, N)`` arrays.
+  tokens of ``cos(h_in, h_out)``, stored as ``(L, N)`` arrays;
+* on request (``CaptureSpec.norms``), the same poolings of each layer's post-attention
+  norm output and of the final norm's output, ``(L+1, N, d)``: hooks on the norms.
 
 Nothing token-sized outlives a hook call, so memory is O(L * N * d), not O(L * N * T * d).
 Results are cached on disk per (model, calibration set, N, seed) and per statistic, so a
@@ -131,6 +133,8 @@ class Capture:
     ``L`` = output of the last layer, for each pooling ``p`` in ``POOLINGS``
     (``vision_mean`` is NaN for samples without vision tokens).
     ``stats[key]``: ``(L, N)`` or ``(L, N, k)`` arrays keyed by ``StatRequest.key``.
+    ``norms[p]``: ``(L+1, N, d)`` when requested, index ``l < L`` = output of layer ``l``'s
+    post-attention norm, ``L`` = output of the final norm.
     """
 
     num_layers: int
@@ -139,6 +143,7 @@ class Capture:
     pooled: dict[str, np.ndarray]
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    norms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -151,6 +156,14 @@ class Capture:
     def h_out(self, pooling: str = "last") -> np.ndarray:
         """``(L, N, d)``: pooled output of every layer."""
         return self._pool(pooling)[1:]
+
+    def norm_out(self, pooling: str = "last") -> np.ndarray:
+        """``(L+1, N, d)``: pooled post-attention-norm outputs of every layer, then the final norm's."""
+        if not self.norms:
+            raise KeyError("norm outputs were not captured (CaptureSpec(norms=True) records them)")
+        if pooling not in self.norms:
+            raise KeyError(f"unknown pooling {pooling!r}; allowed: {', '.join(POOLINGS)}")
+        return self.norms[pooling]
 
     def stat(self, request: StatRequest | str) -> np.ndarray:
         key = request if isinstance(request, str) else request.key
@@ -174,22 +187,40 @@ class Capture:
             pooled={k: v[:, idx] for k, v in self.pooled.items()},
             stats={k: v[:, idx] for k, v in self.stats.items()},
             meta=dict(self.meta),
+            norms={k: v[:, idx] for k, v in self.norms.items()},
         )
 
 
 # ---------------------------------------------------------------- the forward pass
 
 
+def pool_states(h: torch.Tensor, masks: TokenMasks) -> dict[str, torch.Tensor]:
+    """Every pooling of ``h`` (B, T, d) as float32 CPU tensors (B, d); the masks and the last-token
+    index are moved to ``h``'s device, which may differ from the inputs' under a device map."""
+    h = h.float()
+    valid, vision = masks.valid.to(h.device), masks.vision.to(h.device)
+    rows = torch.arange(h.shape[0], device=h.device)
+    out = {"last": h[rows, masks.last_index.to(h.device)].cpu()}
+    for name, mask in (("text_mean", valid & ~vision), ("vision_mean", vision)):
+        w = mask.to(h.dtype).unsqueeze(-1)
+        count = w.sum(dim=1)
+        mean = (h * w).sum(dim=1) / count.clamp_min(1.0)
+        out[name] = torch.where(count > 0, mean, torch.full_like(mean, float("nan"))).cpu()
+    return out
+
+
 class _Recorder:
     """Forward hooks that reduce each layer's input/output on the fly."""
 
-    def __init__(self, adapter: "ModelAdapter", requests: list[StatRequest]) -> None:
+    def __init__(self, adapter: "ModelAdapter", requests: list[StatRequest], norms: bool = False) -> None:
         self.adapter = adapter
         self.requests = requests
+        self.record_norms = norms
         self.needs_attention = any(STATISTICS[r.name].needs_attention for r in requests)
         n = adapter.num_layers
         self.pooled: dict[str, list[list[torch.Tensor]]] = {p: [[] for _ in range(n + 1)] for p in POOLINGS}
         self.stats: dict[str, list[list[torch.Tensor]]] = {r.key: [[] for _ in range(n)] for r in requests}
+        self.norms: dict[str, list[list[torch.Tensor]]] = {p: [[] for _ in range(n + 1)] for p in POOLINGS} if norms else {}
         self.masks: TokenMasks | None = None
         self._attention: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
@@ -206,6 +237,16 @@ class _Recorder:
             mean = (h * w).sum(dim=1) / count.clamp_min(1.0)
             mean = torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
             self.pooled[name][boundary].append(mean.cpu())
+
+    def _norm_hook(self, index: int) -> Callable[..., None]:
+        """Pools a norm's output into ``norms[.][index]`` (index L: the final norm)."""
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            assert self.masks is not None
+            h = output[0] if isinstance(output, (tuple, list)) else output
+            for name, value in pool_states(h, self.masks).items():
+                self.norms[name][index].append(value)
+
+        return hook
 
     def _layer_hook(self, index: int) -> Callable[..., None]:
         def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -247,6 +288,10 @@ class _Recorder:
                 if attn is None:
                     raise AttributeError(f"decoder layer {i} has no self_attn module to read attention from")
                 self._handles.append(attn.register_forward_hook(self._attention_hook(i)))
+        if self.record_norms:
+            norms = self.adapter.post_attention_norms() + [self.adapter.final_norm()]
+            for i, module in enumerate(norms):
+                self._handles.append(module.register_forward_hook(self._norm_hook(i)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -274,7 +319,7 @@ def run_capture(
     for r in requests:
         if r.name not in STATISTICS:
             raise KeyError(f"unknown statistic {r.name!r}; available: {', '.join(sorted(STATISTICS))}")
-    recorder = _Recorder(adapter, requests)
+    recorder = _Recorder(adapter, requests, norms=spec.norms)
     # the hooks read the decoder's hidden states: the LM head runs on one position only,
     # not on every token (full-vocabulary logits of a batch were GBs at LLaVA-NeXT lengths)
     forward_kwargs: dict[str, Any] = {"logits_to_keep": 1} if lean else {}
@@ -297,6 +342,7 @@ def run_capture(
             restore_attn()
     pooled = {p: np.stack([torch.cat(b).numpy() for b in recorder.pooled[p]]) for p in POOLINGS}
     stats = {k: np.stack([torch.cat(b).numpy() for b in v]) for k, v in recorder.stats.items()}
+    norms = {p: np.stack([torch.cat(b).numpy() for b in v]) for p, v in recorder.norms.items()}
     return Capture(
         num_layers=adapter.num_layers,
         sample_ids=[s.id for s in samples],
@@ -304,6 +350,7 @@ def run_capture(
         pooled=pooled,
         stats=stats,
         meta={"model": adapter.name, "has_vision": bool(np.isfinite(pooled["vision_mean"]).any())},
+        norms=norms,
     )
 
 
@@ -419,12 +466,16 @@ class CaptureCache:
         stat_files = {r.key: folder / f"stat-{_digest(r.key)}.npy" for r in spec.stats}
         have_base = meta_file.is_file() and (folder / "pooled.npz").is_file()
         missing = [r for r in spec.stats if not stat_files[r.key].is_file()]
-        if not have_base or missing:
-            todo = CaptureSpec(tuple(missing)) if have_base else spec
+        norms_file = folder / "norms.npz"  # its own file: an older capture without it needs a pass for just that
+        need_norms = spec.norms and not norms_file.is_file()
+        if not have_base or missing or need_norms:
+            todo = CaptureSpec(tuple(missing), norms=need_norms) if have_base else spec
             self.forward_passes += 1
             fresh = run_capture(adapter_fn(), samples_fn(), todo, batch_size)
             for k, arr in fresh.stats.items():
                 _atomic_save(stat_files[k], lambda p, a=arr: np.save(open(p, "wb"), a))
+            if fresh.norms:
+                _atomic_save(norms_file, lambda p: np.savez(open(p, "wb"), **fresh.norms))
             if not have_base:
                 _atomic_save(folder / "pooled.npz", lambda p: np.savez(open(p, "wb"), **fresh.pooled))
                 meta = {"num_layers": fresh.num_layers, "sample_ids": fresh.sample_ids,
@@ -434,4 +485,9 @@ class CaptureCache:
         with np.load(folder / "pooled.npz") as z:
             pooled = {k: z[k] for k in z.files}
         stats = {k: np.load(f) for k, f in stat_files.items()}
-        return Capture(meta["num_layers"], meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"])
+        norms: dict[str, np.ndarray] = {}
+        if spec.norms:
+            with np.load(norms_file) as z:
+                norms = {k: z[k] for k in z.files}
+        return Capture(meta["num_layers"], meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"],
+                       norms=norms)

@@ -1,15 +1,20 @@
 """``topovlm summarize <sweep_dir> [more dirs]``: the end-of-sweep summary from finished runs.
 ``topovlm list scorers [pattern]`` (statistics, evaluators, adapters, sources): what is registered.
+``topovlm topo-score FILE ...``: re-analysis of a barcode file with the topo scorers' ranking.
 
 Also ``python -m topovlm.cli summarize ...`` and ``python -m topovlm.summary ...``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
+
+SCORER_CONF = Path(__file__).resolve().parents[1] / "conf" / "scorer"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +55,73 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("job_dir", type=Path)
     ex.add_argument("-o", "--out", type=Path, default=None, help="default: JOB_DIR/export")
     ex.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload (needs network and a login)")
+
+    t = sub.add_parser(
+        "topo-score", help="score a barcode file (the ancestor's CSV format) and print JSON",
+        description="Reads bars (columns dimension,birth,death in zigzag positions, K_i at even offsets and "
+                    "K_i ∩ K_i+1 between them; death inf = never dies), snaps them to representations and "
+                    "scores them with the topo scorers' own code. Prints the per-representation consistency "
+                    "and the removed layers as JSON. Scorer overrides are key=value (formula=ilp alpha=2 "
+                    "dim_weights.h0=1).")
+    t.add_argument("file", type=Path, help="barcode CSV")
+    t.add_argument("overrides", nargs="*", help="scorer settings, key=value")
+    t.add_argument("--preset", default="topo_llm", choices=("topo_llm", "topo"),
+                   help="scorer preset the overrides apply to (default: topo_llm, the ancestor)")
+    t.add_argument("--start-index", type=int, default=0,
+                   help="zigzag position of K_0 in the file (default 0; 1 for files counted from 1)")
+    t.add_argument("--exclude-last", action="store_true",
+                   help="the last representation is the final norm's: scored, never removed")
+    t.add_argument("--representations", type=int, default=None,
+                   help="number of representations (default: inferred from the bars)")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--remove", type=int, default=None, metavar="K", help="remove the K most redundant")
+    how.add_argument("--eps", type=float, default=None, metavar="P",
+                     help="remove every removable one with redundancy >= P * max (default: the scorer's eps)")
     return p
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN / inf become null: strict JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def build_topo_scorer(preset: str, overrides: Sequence[str]) -> Any:
+    """The preset's YAML with ``key=value`` overrides, built like a run builds its scorer."""
+    from omegaconf import OmegaConf
+
+    from topovlm.registry import get_scorer_class
+
+    conf = OmegaConf.load(SCORER_CONF / f"{preset}.yaml")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"scorer overrides must be key=value, got {', '.join(bad)}")
+    conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+    params = OmegaConf.to_container(conf, resolve=True)
+    name = params.pop("name")
+    params.pop("_target_", None)
+    return get_scorer_class(name)(**params)
+
+
+def topo_score(args: argparse.Namespace) -> int:
+    from topovlm.topo.barcodes import rescore
+
+    try:
+        scorer = build_topo_scorer(args.preset, args.overrides)
+        out = rescore(args.file, scorer, start_index=args.start_index, exclude_last=args.exclude_last,
+                      num_reps=args.representations, remove=args.remove, eps=args.eps)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"topovlm topo-score: {err}", file=sys.stderr)
+        return 1
+    for w in out["warnings"]:
+        print(f"warning: {w['message']}", file=sys.stderr)
+    print(json.dumps(_json_safe(out), indent=2))
+    return 0
 
 
 def summarize(args: argparse.Namespace) -> int:
@@ -81,7 +152,13 @@ def summarize(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "topo-score":  # key=value overrides may come after the options too
+        args.overrides = list(args.overrides) + [e for e in extra if not e.startswith("-")]
+        extra = [e for e in extra if e.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "summarize":
         return summarize(args)
     if args.command == "wandb-report":
@@ -107,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(format_rows(rows(args.kind, args.pattern)))
         return 0
+    if args.command == "topo-score":
+        return topo_score(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

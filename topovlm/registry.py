@@ -137,6 +137,7 @@ SCORERS: Registry = Registry("scorer", entry_point_group="topovlm.scorers", on_r
     "short_lvlm": "baselines.short_lvlm:ShortLVLMScorer",
     "domain_aware": "baselines.domain_aware:DomainAwareScorer",
     "topo": "topovlm.topo.scorer:TopoScorer",
+    "topo_llm": "topovlm.topo.scorer:TopoLLMScorer",
 })
 SCORERS.base = _scorer_base()
 

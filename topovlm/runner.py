@@ -104,6 +104,10 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
     """Run one (model, scorer, sparsity, task) job; return the results dict (also in results.json)."""
     validate(cfg)
     scorer = build_scorer(cfg.scorer)
+    try:
+        scorer.check_config(cfg)  # before the model loads: a doomed run fails in a second
+    except ValueError as err:
+        raise ConfigError(f"scorer={scorer.name}: {err}") from None
     selection = SelectionConfig(**OmegaConf.to_container(cfg.selection, resolve=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     key = job_key(cfg)

@@ -48,13 +48,16 @@ class CaptureSpec:
     """What the calibration pass must record for a scorer.
 
     Pooled residual-stream states (all poolings in ``POOLINGS``) are always captured;
-    ``stats`` adds token-level statistics reduced per sample inside the hooks.
+    ``stats`` adds token-level statistics reduced per sample inside the hooks;
+    ``norms`` adds the pooled outputs of every decoder layer's post-attention norm and of
+    the final norm (``Capture.norm_out``), recorded in the same pass.
     """
 
     stats: tuple[StatRequest, ...] = ()
+    norms: bool = False
 
     def __or__(self, other: "CaptureSpec") -> "CaptureSpec":
-        return CaptureSpec(tuple(dict.fromkeys(self.stats + other.stats)))
+        return CaptureSpec(tuple(dict.fromkeys(self.stats + other.stats)), self.norms or other.norms)
 
 
 @dataclass
@@ -109,6 +112,10 @@ class LayerScorer(abc.ABC):
     def capture_spec(self) -> CaptureSpec:
         """Token-level statistics this scorer needs beyond the pooled states."""
         return CaptureSpec()
+
+    def check_config(self, cfg: Any) -> None:
+        """Optional checks against the whole run config (e.g. calibration size), before the
+        model loads; raise ``ValueError`` naming the keys to change."""
 
     @abc.abstractmethod
     def score(self, capture: "Capture", ctx: ScoringContext) -> ScoreResult:

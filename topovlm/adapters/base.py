@@ -57,6 +57,30 @@ class ModelAdapter:
         owner, leaf = self._layer_owner()
         setattr(owner, leaf, layers)
 
+    #: attribute of a decoder layer holding its post-attention norm (Llama, Qwen2 names)
+    post_attention_norm_names: ClassVar[tuple[str, ...]] = ("post_attention_layernorm", "ln_2")
+    #: attribute of the decoder-layer owner holding the final norm
+    final_norm_names: ClassVar[tuple[str, ...]] = ("norm", "ln_f", "final_layernorm")
+
+    def post_attention_norms(self) -> list[nn.Module]:
+        """Each decoder layer's norm between attention and MLP (its output: the MLP's input)."""
+        out = []
+        for i, layer in enumerate(self.decoder_layers()):
+            module = next((getattr(layer, n) for n in self.post_attention_norm_names if hasattr(layer, n)), None)
+            if module is None:
+                raise AttributeError(f"decoder layer {i} has none of {self.post_attention_norm_names}")
+            out.append(module)
+        return out
+
+    def final_norm(self) -> nn.Module:
+        """The norm applied to the last decoder layer's output (before the LM head)."""
+        owner, _ = self._layer_owner()
+        for name in self.final_norm_names:
+            module = getattr(owner, name, None)
+            if isinstance(module, nn.Module):
+                return module
+        raise AttributeError(f"{type(owner).__name__} has none of {self.final_norm_names}")
+
     def text_config(self) -> Any:
         return self.model.config.get_text_config()
 

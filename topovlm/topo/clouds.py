@@ -1,7 +1,15 @@
 """Per-layer point clouds from pooled calibration states.
 
-``X_l`` holds one point per calibration sample: the pooled output of layer ``l``
-(``Capture.h_out``), so the cloud of layer ``l`` scores layer ``l``. Samples are put in
+``X_l`` holds one point per calibration sample, read from what layer ``l`` produces, so
+the cloud of layer ``l`` scores layer ``l``. ``activations`` picks what that is:
+
+* ``post_attention_norm`` (the ancestor's): the output of layer ``l``'s post-attention
+  norm (``Capture.norm_out``), a normalised mid-block state;
+* ``residual``: the layer's output ``h_out[l]`` (``Capture.h_out``), whose scale grows
+  with depth.
+
+``include_final_norm`` appends the final norm's output as representation ``L`` (the
+ancestor's L+1 representations): it is scored, and no policy can remove it. Samples are put in
 a canonical order (sorted by sample id) before anything else, which makes every later
 step, ties in nearest-neighbour search included, independent of the order in which the
 capture lists its samples.
@@ -22,6 +30,7 @@ if TYPE_CHECKING:
 #: each block scaled to unit mean norm per layer (see :func:`modality_clouds`).
 TOPO_POOLINGS = POOLINGS + ("modality",)
 NORMALISATIONS = ("none", "l2", "standardize")
+ACTIVATIONS = ("post_attention_norm", "residual")
 
 
 @dataclass
@@ -91,9 +100,27 @@ def preprocess(clouds: np.ndarray, center: bool = False, normalize: str = "none"
     return x.astype(np.float32)
 
 
+def representations(capture: "Capture", pooling: str, activations: str = "residual",
+                    include_final_norm: bool = False) -> np.ndarray:
+    """``(R, N, d)`` pooled states, ``R = L`` (+ 1 with the final norm), in capture order."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
+
+    def stack(p: str) -> np.ndarray:
+        body = capture.h_out(p) if activations == "residual" else capture.norm_out(p)[:-1]
+        if include_final_norm:
+            body = np.concatenate([body, capture.norm_out(p)[-1:]], axis=0)
+        return np.asarray(body)
+
+    if pooling == "modality":
+        return modality_clouds(stack("text_mean"), stack("vision_mean"))
+    return stack(pooling)
+
+
 def layer_clouds(capture: "Capture", pooling: str = "last", center: bool = False, normalize: str = "none",
-                 pca_dim: int | None = None, num_points: int | None = None, seed: int = 0) -> LayerClouds:
-    """Point clouds of every decoder layer, samples in canonical (sorted-id) order.
+                 pca_dim: int | None = None, num_points: int | None = None, seed: int = 0,
+                 activations: str = "residual", include_final_norm: bool = False) -> LayerClouds:
+    """Point clouds of every representation, samples in canonical (sorted-id) order.
 
     Samples whose pooled vector is not finite in some layer (``vision_mean`` of a
     sample without image tokens) are dropped from every layer, so all layers share
@@ -102,10 +129,7 @@ def layer_clouds(capture: "Capture", pooling: str = "last", center: bool = False
     """
     if pooling not in TOPO_POOLINGS:
         raise ValueError(f"pooling must be one of {TOPO_POOLINGS}, got {pooling!r}")
-    if pooling == "modality":
-        raw = modality_clouds(capture.h_out("text_mean"), capture.h_out("vision_mean"))
-    else:
-        raw = capture.h_out(pooling)
+    raw = representations(capture, pooling, activations, include_final_norm)
     order = canonical_order(list(capture.sample_ids))
     raw = np.asarray(raw)[:, order]
     ids = [str(capture.sample_ids[i]) for i in order]

@@ -9,7 +9,9 @@ from typing import Mapping
 
 import numpy as np
 
-EMPTY_POLICIES = ("skip", "zero")
+EMPTY_POLICIES = ("skip", "zero", "nan")
+#: how persistence similarity becomes one score per representation (see :func:`consistency_from_ps`)
+FORMULAS = ("gardinazzi", "ilp", "topovlm_reconstruction")
 
 
 def persistence_similarity(bars: np.ndarray, num_layers: int) -> np.ndarray:
@@ -36,31 +38,62 @@ def betti_curve(bars: np.ndarray, num_layers: int) -> np.ndarray:
     return ((bars[:, :1] <= layers) & (layers < bars[:, 1:])).sum(axis=0).astype(np.int64)
 
 
-def consistency(bars: np.ndarray, num_layers: int, alpha: float = 1.0, empty: str = "skip") -> np.ndarray:
-    """Inter-layer consistency ``S_p(l)`` in ``[0, 1]``.
+def consistency_from_ps(ps: np.ndarray, formula: str = "topovlm_reconstruction", alpha: float = 1.0,
+                        empty: str = "skip") -> np.ndarray:
+    """Per-representation consistency from a persistence-similarity matrix, in ``[0, 1]``.
 
-    ``S_p(l) = sum_{l' != l} w(l,l') PS(l,l') / beta(l') / sum_{l'} w(l,l')`` with
-    ``w(l, l') = |l - l'|^alpha``: the weighted fraction of every other layer's
-    features that stay alive all the way to layer ``l``.
+    With ``beta = diag(PS)`` and ``w(i, j) = |i - j|^alpha``:
 
-    A layer ``l'`` with ``beta(l') = 0`` has no features to carry (0/0). ``empty="skip"``
-    (default) leaves such layers out of both sums; ``"zero"`` counts them as 0 in the
-    numerator and keeps their weight in the denominator. A layer whose sums are empty
-    (no other layer has features) gets 0.
+    * ``gardinazzi`` (the ancestor's pruning code): ``r(i) = mean_j PS(i,j) / beta(j)``
+      over every j, j = i included, no distance weight (``alpha`` unused);
+    * ``ilp`` (the ancestor's figures): ``sum_j w PS(i,j) / beta(i) / sum_j w``;
+    * ``topovlm_reconstruction`` (this project's reading of TopoVLM):
+      ``sum_{j != i} w PS(i,j) / beta(j) / sum_{j != i} w``.
+
+    A representation j with ``beta(j) = 0`` has no features (its terms are 0/0, and
+    then ``PS(i, j) = 0`` for every i). ``empty="skip"`` leaves such j out of both sums;
+    ``"zero"`` counts their terms as 0 and keeps their weight; ``"nan"`` is the
+    ancestor's code, which has no guard: a 0/0 term makes the score NaN. Under
+    ``skip`` and ``zero`` an empty representation's own score is 0, as is one whose
+    sums are empty.
     """
+    if formula not in FORMULAS:
+        raise ValueError(f"formula must be one of {FORMULAS}, got {formula!r}")
     if empty not in EMPTY_POLICIES:
         raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}")
-    ps = persistence_similarity(bars, num_layers).astype(np.float64)
+    ps = np.asarray(ps, dtype=np.float64)
+    n = ps.shape[0]
     beta = np.diag(ps).copy()
-    idx = np.arange(num_layers)
-    w = np.abs(idx[:, None] - idx[None, :]).astype(np.float64) ** float(alpha)
-    np.fill_diagonal(w, 0.0)
     has = beta > 0
-    ratio = np.divide(ps, beta[None, :], out=np.zeros_like(ps), where=has[None, :])
-    den_w = w * has[None, :] if empty == "skip" else w
+    idx = np.arange(n)
+    if formula == "gardinazzi":
+        w = np.ones((n, n))
+    else:
+        # numpy gives 0 ** 0 = 1: with alpha = 0 the ilp sum keeps its j = i term, as written
+        w = np.abs(idx[:, None] - idx[None, :]).astype(np.float64) ** float(alpha)
+        if formula == "topovlm_reconstruction":
+            np.fill_diagonal(w, 0.0)
+    norm = beta[:, None] if formula == "ilp" else beta[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = ps / np.broadcast_to(norm, ps.shape)
+    defined = np.isfinite(ratio)
+    if empty == "nan":
+        num = (w * ratio).sum(axis=1)  # NaN wherever a 0/0 term has weight
+        den = w.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return num / den
+    ratio = np.where(defined, ratio, 0.0)
+    keep = np.broadcast_to(has[None, :], ps.shape) if empty == "skip" else np.ones_like(ps, dtype=bool)
     num = (w * ratio).sum(axis=1)
-    den = den_w.sum(axis=1)
-    return np.divide(num, den, out=np.zeros(num_layers), where=den > 0)
+    den = (w * keep).sum(axis=1)
+    out = np.divide(num, den, out=np.zeros(n), where=den > 0)
+    return np.where(has, out, 0.0)
+
+
+def consistency(bars: np.ndarray, num_layers: int, alpha: float = 1.0, empty: str = "skip",
+                formula: str = "topovlm_reconstruction") -> np.ndarray:
+    """:func:`consistency_from_ps` of the persistence similarity of ``bars``."""
+    return consistency_from_ps(persistence_similarity(bars, num_layers), formula, alpha, empty)
 
 
 def combine_dimensions(per_dim: Mapping[int, np.ndarray], weights: Mapping[int, float]) -> np.ndarray:

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from topovlm.topo.complexes import complex_size, flag_complex, knn_edges
-from topovlm.topo.consistency import betti_curve, combine_dimensions, consistency
+from topovlm.topo.consistency import FORMULAS, combine_dimensions
 from topovlm.topo.epi import effective_persistence_image, topological_activity
+from topovlm.topo.ranking import score_bars
 from topovlm.topo.zigzag import build_zigzag, snap_bars, zigzag_bars
 
 
@@ -25,7 +26,9 @@ class TopologyConfig:
     max_dim: int = 1
     variant: str = "intersection"
     alpha: float = 1.0
-    dim_weights: dict[int, float] = field(default_factory=lambda: {0: 1.0, 1: 1.0, 2: 1.0})
+    formula: str = "topovlm_reconstruction"
+    # H1 only, the ancestor's score; H0 and H2 are computed and reported
+    dim_weights: dict[int, float] = field(default_factory=lambda: {0: 0.0, 1: 1.0, 2: 0.0})
     empty: str = "skip"
     epi_sigma: float = 1.0
     epi_power: float = 1.0
@@ -38,6 +41,8 @@ class TopologyConfig:
             raise ValueError("max_dim must be 0, 1 or 2")
         if self.k < 1:
             raise ValueError("k must be >= 1")
+        if self.formula not in FORMULAS:
+            raise ValueError(f"formula must be one of {FORMULAS}, got {self.formula!r}")
 
 
 @dataclass
@@ -93,10 +98,9 @@ def compute_topology(clouds: np.ndarray, cfg: TopologyConfig | None = None) -> T
     t2 = time.perf_counter()
 
     bars = {p: snap_bars(raw[p]) for p in dims}
-    betti = {p: betti_curve(bars[p], num_layers) for p in dims}
-    cons = {p: consistency(bars[p], num_layers, cfg.alpha, cfg.empty) for p in dims}
     weights = {p: float(cfg.dim_weights.get(p, 0.0)) for p in dims}
-    combined = combine_dimensions(cons, weights)
+    scored = score_bars(bars, num_layers, cfg.formula, cfg.alpha, weights, cfg.empty)
+    betti, cons, combined = scored.betti, scored.consistency, scored.combined
     epi = {p: effective_persistence_image(bars[p], num_layers, cfg.epi_sigma, cfg.epi_power) for p in dims}
     activity = {p: topological_activity(epi[p]) for p in dims}
     activity_combined = combine_dimensions(activity, weights)

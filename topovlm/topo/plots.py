@@ -26,6 +26,11 @@ def _num_layers(section: Mapping[str, Any]) -> int:
     return len(section["consistency_combined"])
 
 
+def _xlabel(section: Mapping[str, Any]) -> str:
+    final = section.get("final_norm_index")
+    return "layer" if final is None else f"representation ({final} = final norm)"
+
+
 def plot_barcodes(section: Mapping[str, Any], path: Path) -> Path:
     plt = _plt()
     dims = section["dims"]
@@ -37,7 +42,7 @@ def plot_barcodes(section: Mapping[str, Any], path: Path) -> Path:
         for row, (b, d) in enumerate(bars[order]):
             ax.plot([b - 0.5, d - 0.5], [row, row], color=COLOURS.get(dim, "k"), lw=1.2)
         ax.set_xlim(-0.5, num_layers - 0.5)
-        ax.set_xlabel("layer")
+        ax.set_xlabel(_xlabel(section))
         ax.set_ylabel("bar")
         ax.set_title(f"{dim.upper()} zigzag barcode ({len(bars)} bars)")
     fig.tight_layout()
@@ -77,7 +82,7 @@ def plot_betti(section: Mapping[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for dim in section["dims"]:
         ax.plot(section["betti"][dim], marker="o", ms=3, label=f"beta_{dim[1:]}", color=COLOURS.get(dim))
-    ax.set_xlabel("layer")
+    ax.set_xlabel(_xlabel(section))
     ax.set_ylabel("Betti number")
     ax.set_title("Betti curves (bars alive per layer)")
     ax.legend()
@@ -101,7 +106,7 @@ def plot_consistency(section: Mapping[str, Any], path: Path) -> Path:
         sel = np.asarray(adaptive["layers"])
         ax.scatter(sel, combined[sel], s=80, facecolors="none", edgecolors="tab:orange", lw=2,
                    label=f"S >= {adaptive['eps']} max ({adaptive['count']} layers)", zorder=5)
-    ax.set_xlabel("layer")
+    ax.set_xlabel(_xlabel(section))
     ax.set_ylabel("inter-layer consistency")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Consistency (higher = more redundant)")
@@ -120,7 +125,7 @@ def plot_activity(section: Mapping[str, Any], path: Path) -> Path:
         ax.plot(layers, section["activity_by_dim"][dim], lw=1, alpha=0.7, label=dim.upper(),
                 color=COLOURS.get(dim))
     ax.plot(layers, section["activity"], lw=2, color="k", label="combined")
-    ax.set_xlabel("layer")
+    ax.set_xlabel(_xlabel(section))
     ax.set_ylabel("topological activity")
     ax.set_title("Topological activity (EPI summed over persistence)")
     ax.legend(fontsize=8)

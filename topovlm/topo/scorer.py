@@ -1,32 +1,46 @@
-"""``scorer=topo``: TopoVLM-style inter-layer topological consistency.
+"""``scorer=topo`` and ``scorer=topo_llm``: inter-layer topological consistency.
 
-Layers whose topology (zigzag H0/H1 bars of k-NN flag complexes over the calibration
-samples' pooled states) is carried on by the other layers are redundant and removed
-first. See ``conf/scorer/topo.yaml`` for every hyperparameter and the README's
-"Method: topo" section for the construction.
+Layers whose topology (zigzag bars of k-NN flag complexes over the calibration samples'
+pooled states) is carried on by the other layers are redundant and removed first.
+
+* ``topo``: TopoVLM (arXiv 2604.16502) as reported, its gaps filled with the ancestor's
+  choices (``conf/scorer/topo.yaml``);
+* ``topo_llm``: the ancestor, Gardinazzi et al. (ICML 2025, arXiv 2410.11042), as its
+  public code does it (``conf/scorer/topo_llm.yaml``).
+
+Both rank bars through :meth:`TopoScorer.rank_bars`, which ``topovlm topo-score`` also
+uses on barcodes read from a file. ``docs/topo.md`` compares the two step by step.
 """
 from __future__ import annotations
 
+import inspect
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from topovlm.registry import register_scorer
-from topovlm.scoring import LayerScorer, ScoreResult, ScoringContext
-from topovlm.topo.clouds import NORMALISATIONS, TOPO_POOLINGS, layer_clouds
+from topovlm.scoring import CaptureSpec, LayerScorer, ScoreResult, ScoringContext
+from topovlm.topo.clouds import ACTIVATIONS, NORMALISATIONS, TOPO_POOLINGS, layer_clouds
 from topovlm.topo.complexes import FLAG_BACKENDS, SYMMETRISATIONS
-from topovlm.topo.consistency import EMPTY_POLICIES
-from topovlm.topo.pipeline import TopologyConfig, TopologyResult, compute_topology
+from topovlm.topo.consistency import EMPTY_POLICIES, FORMULAS, combine_dimensions
+from topovlm.topo.epi import effective_persistence_image, topological_activity
+from topovlm.topo.pipeline import TopologyConfig, compute_topology
+from topovlm.topo.ranking import decide, empty_layer_warnings, score_bars, tie_warning
 from topovlm.topo.zigzag import METHODS, VARIANTS
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from topovlm.capture import Capture
 
-#: H1 (and H2) only by default, as in the ancestor: H0 of a union k-NN graph is usually a
-#: single bar across all layers, i.e. S_0 = 1 everywhere, which adds nothing to the
-#: ranking but lifts every layer towards eps * max in the adaptive rule.
-DEFAULT_DIM_WEIGHTS = {"h0": 1.0, "h1": 1.0, "h2": 1.0}
+log = logging.getLogger(__name__)
+
+#: H1 only: the ancestor prunes on H1 and TopoVLM does not say how it combines dimensions.
+#: H0 (and H2 with max_dim=2) are still computed and reported.
+DEFAULT_DIM_WEIGHTS = {"h0": 0.0, "h1": 1.0, "h2": 0.0}
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> Any:
@@ -48,29 +62,32 @@ def parse_dim_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
     return out
 
 
-def adaptive_decision(redundancy: np.ndarray, eps: float) -> dict[str, Any]:
-    """Layers with ``redundancy >= eps * max`` (the shared threshold policy, nothing protected).
+@dataclass
+class Ranking:
+    """What :meth:`TopoScorer.rank_bars` makes of a barcode over R representations."""
 
-    A vector with no positive value (no layer carries any other layer's features) selects
-    nothing.
-    """
-    from topovlm.selection import select_threshold
-
-    r = np.asarray(redundancy, dtype=np.float64)
-    finite = r[np.isfinite(r)]
-    layers = select_threshold(r, eps, set()) if finite.size and finite.max() > 0 else []
-    top = float(finite.max()) if finite.size else float("nan")
-    low = float(finite.min()) if finite.size else float("nan")
-    cut = eps * top if low >= 0 else low + eps * (top - low)
-    return {"eps": float(eps), "threshold": cut, "layers": [int(i) for i in layers], "count": len(layers)}
+    betti: dict[int, np.ndarray]
+    consistency: dict[int, np.ndarray]
+    combined: np.ndarray  # (R,)
+    activity: dict[int, np.ndarray]
+    activity_combined: np.ndarray  # (R,)
+    redundancy: np.ndarray  # (R,): combined minus the EPI term
+    removable: list[int]  # representations a policy may remove (the final norm's never)
+    adaptive: dict[str, Any]  # redundancy >= eps * max over the removable ones
+    warnings: list[dict[str, Any]]
 
 
 @register_scorer("topo")
 class TopoScorer(LayerScorer):
-    """Zigzag persistent homology over per-layer point clouds (TopoVLM, arXiv 2604.16502)."""
+    """TopoVLM (arXiv 2604.16502) as reported; where it is silent, the ancestor's choices."""
+
+    #: TopoVLM and the ancestor both decide adaptively: every layer with S >= eps * max S
+    default_policy = "threshold"
 
     def __init__(
         self,
+        activations: str = "post_attention_norm",
+        include_final_norm: bool = True,
         pooling: str = "last",
         center: bool = False,
         normalize: str = "none",
@@ -81,6 +98,7 @@ class TopoScorer(LayerScorer):
         metric: str = "euclidean",
         max_dim: int = 1,
         zigzag: str = "intersection",
+        formula: str = "topovlm_reconstruction",
         alpha: float = 1.0,
         dim_weights: Mapping[str, float] | None = None,
         empty_layers: str = "skip",
@@ -92,6 +110,8 @@ class TopoScorer(LayerScorer):
         flag_backend: str = "numpy",
         zigzag_method: str = "fast",
     ) -> None:
+        self.activations = _choice("activations", activations, ACTIVATIONS)
+        self.include_final_norm = bool(include_final_norm)
         self.pooling = _choice("pooling", pooling, TOPO_POOLINGS)
         self.center = bool(center)
         self.normalize = _choice("normalize", normalize, NORMALISATIONS)
@@ -104,6 +124,7 @@ class TopoScorer(LayerScorer):
         self.metric = str(metric)
         self.max_dim = int(_choice("max_dim", int(max_dim), (0, 1, 2)))
         self.zigzag = _choice("zigzag", zigzag, VARIANTS)
+        self.formula = _choice("formula", formula, FORMULAS)
         self.alpha = float(alpha)
         self.dim_weights = parse_dim_weights(dim_weights)
         if not any(self.dim_weights.get(f"h{p}", 0.0) > 0 for p in range(self.max_dim + 1)):
@@ -114,66 +135,139 @@ class TopoScorer(LayerScorer):
         self.epi_power = float(epi_power)
         self.epi_mix = float(epi_mix)
         self.eps = float(eps)
+        if not 0.0 < self.eps <= 1.0:
+            raise ValueError(f"eps={self.eps} must be in (0, 1]")
         self.max_zigzag_simplices = None if max_zigzag_simplices is None else int(max_zigzag_simplices)
         self.flag_backend = _choice("flag_backend", flag_backend, FLAG_BACKENDS)
         self.zigzag_method = _choice("zigzag_method", zigzag_method, METHODS)
 
+    # ------------------------------------------------------------------ checks before the capture
+    def check_config(self, cfg: "DictConfig") -> None:
+        """Fail before the model loads when the run cannot give a meaningful score; under the
+        threshold policy, record the decision with the run's ``selection.eps``."""
+        from omegaconf import OmegaConf
+
+        n = int(OmegaConf.select(cfg, "calibration.n"))
+        points = min(n, self.num_points) if self.num_points else n
+        if self.k >= points - 1:
+            subset = f", scorer.num_points={self.num_points}" if self.num_points else ""
+            raise ValueError(
+                f"topo.k: scorer.k={self.k} >= N - 1 = {points - 1} (calibration.n={n}{subset}): every point "
+                "would be a neighbour of every other, the k-NN graph complete in every layer and every score "
+                "equal, so layers would be removed by index; lower scorer.k or raise calibration.n")
+        # the threshold policy removes with selection.eps: the recorded adaptive set must use the same
+        policy = OmegaConf.select(cfg, "selection.policy", default="auto")
+        sel_eps = OmegaConf.select(cfg, "selection.eps", default=None)
+        if (policy == "threshold" or policy == "auto" and self.default_policy == "threshold") \
+                and sel_eps is not None and float(sel_eps) != self.eps:
+            log.warning("topo: scorer.eps=%s replaced by selection.eps=%s, the threshold this run removes with",
+                        self.eps, sel_eps)
+            self.eps = float(sel_eps)
+
+    def capture_spec(self) -> CaptureSpec:
+        return CaptureSpec(norms=self.activations == "post_attention_norm" or self.include_final_norm)
+
     def config(self) -> TopologyConfig:
         return TopologyConfig(
             k=self.k, symmetrize=self.symmetrize, metric=self.metric, max_dim=self.max_dim,
-            variant=self.zigzag, alpha=self.alpha,
-            dim_weights={int(key[1:]): w for key, w in self.dim_weights.items()},
-            empty=self.empty_layers, epi_sigma=self.epi_sigma, epi_power=self.epi_power,
-            flag_backend=self.flag_backend, zigzag_method=self.zigzag_method,
+            variant=self.zigzag, alpha=self.alpha, formula=self.formula,
+            dim_weights=self._weights(), empty=self.empty_layers, epi_sigma=self.epi_sigma,
+            epi_power=self.epi_power, flag_backend=self.flag_backend, zigzag_method=self.zigzag_method,
             max_zigzag_simplices=self.max_zigzag_simplices,
         )
 
+    def _weights(self) -> dict[int, float]:
+        return {int(key[1:]): w for key, w in self.dim_weights.items()}
+
+    # ------------------------------------------------------------------ bars -> scores (shared)
+    def rank_bars(self, bars: Mapping[int, np.ndarray], num_reps: int, final_norm: bool,
+                  hint: str = "") -> Ranking:
+        """Scores, EPI activity, warnings and the adaptive decision of layer bars ``[B, D)``
+        over ``num_reps`` representations; with ``final_norm`` the last one is the final
+        norm's and is never removable. The scorer and ``topovlm topo-score`` both call this."""
+        weights = self._weights()
+        scored = score_bars(bars, num_reps, self.formula, self.alpha, weights, self.empty_layers)
+        dims = sorted(bars)
+        activity = {p: topological_activity(effective_persistence_image(bars[p], num_reps, self.epi_sigma,
+                                                                          self.epi_power)) for p in dims}
+        activity_combined = combine_dimensions(activity, {p: weights.get(p, 0.0) for p in dims})
+        redundancy = scored.combined.copy()
+        if self.epi_mix:
+            # [project] EPI enters the decision by lowering the redundancy of topologically active layers
+            top = float(np.max(activity_combined)) if activity_combined.size else 0.0
+            redundancy = redundancy - self.epi_mix * (activity_combined / top if top > 0 else activity_combined)
+        removable = list(range(num_reps - 1 if final_norm else num_reps))
+        warnings = empty_layer_warnings(scored.betti, weights, hint)
+        tie = tie_warning(redundancy, removable)
+        if tie is not None:
+            warnings.append(tie)
+        adaptive = decide(redundancy, removable, eps=self.eps)
+        return Ranking(betti=scored.betti, consistency=scored.consistency, combined=scored.combined,
+                       activity=activity, activity_combined=activity_combined, redundancy=redundancy,
+                       removable=removable, adaptive=adaptive, warnings=warnings)
+
+    # ------------------------------------------------------------------ the scorer
     def score(self, capture: "Capture", ctx: ScoringContext) -> ScoreResult:
         lc = layer_clouds(capture, self.pooling, center=self.center, normalize=self.normalize,
-                          pca_dim=self.pca_dim, num_points=self.num_points, seed=ctx.seed)
+                          pca_dim=self.pca_dim, num_points=self.num_points, seed=ctx.seed,
+                          activations=self.activations, include_final_norm=self.include_final_norm)
+        if self.k >= lc.num_points - 1:
+            raise ValueError(f"topo.k: scorer.k={self.k} >= N - 1 = {lc.num_points - 1} usable calibration "
+                             "samples: the k-NN graph would be complete; lower scorer.k or raise calibration.n")
         topo = compute_topology(lc.clouds, self.config())
-        scores = topo.combined
-        redundancy = scores.copy()
-        if self.epi_mix:
-            act = topo.activity_combined
-            top = float(np.max(act)) if act.size else 0.0
-            redundancy = scores - self.epi_mix * (act / top if top > 0 else act)
-        section = self._section(topo, redundancy, lc.sample_ids, lc.dropped_ids)
+        hint = f"raise calibration.n (N = {lc.num_points}) or change scorer.k (k = {self.k}; the ancestor used 4-5)"
+        ranking = self.rank_bars(topo.bars, lc.num_layers, self.include_final_norm, hint)
+        for w in ranking.warnings:
+            log.warning("topo: %s", w["message"])
+        num_layers = capture.num_layers
+        section = self._section(ranking, topo.bars, lc.sample_ids, lc.dropped_ids, topo)
         arrays = {
             "clouds": lc.clouds.astype(np.float32),
-            "epi": np.stack([topo.epi[p] for p in sorted(topo.epi)]).astype(np.float32),
+            "epi": np.stack([effective_persistence_image(topo.bars[p], lc.num_layers, self.epi_sigma,
+                                                         self.epi_power) for p in sorted(topo.bars)]).astype(np.float32),
         }
-        return ScoreResult(scores=scores, redundancy=redundancy, extra={"topology": section}, arrays=arrays)
+        return ScoreResult(scores=ranking.combined[:num_layers], redundancy=ranking.redundancy[:num_layers],
+                           extra={"topology": section}, arrays=arrays)
 
-    def _section(self, topo: TopologyResult, redundancy: np.ndarray, ids: list[str],
-                 dropped: list[str]) -> dict[str, Any]:
-        dims = sorted(topo.bars)
+    def _section(self, ranking: Ranking, bars: Mapping[int, np.ndarray], ids: list[str], dropped: list[str],
+                 topo: Any = None) -> dict[str, Any]:
+        dims = sorted(bars)
 
         def per_dim(values: Mapping[int, np.ndarray], cast=float) -> dict[str, list]:
             return {f"h{p}": [cast(v) for v in values[p]] for p in dims}
 
-        return {
+        num_reps = len(ranking.combined)
+        section: dict[str, Any] = {
+            "activations": self.activations,
             "pooling": self.pooling,
-            "num_points": topo.num_points,
+            "representations": num_reps,
+            "final_norm_index": num_reps - 1 if self.include_final_norm else None,
+            "formula": self.formula,
+            "num_points": len(ids),
             "dropped_samples": list(dropped),
             "sample_order": "sorted by sample id (clouds.npz rows)",
             "dims": [f"h{p}" for p in dims],
             "dim_weights": {f"h{p}": self.dim_weights.get(f"h{p}", 0.0) for p in dims},
-            "consistency": per_dim(topo.consistency),
-            "consistency_combined": [float(v) for v in topo.combined],
-            "betti": per_dim(topo.betti, int),
-            "activity": [float(v) for v in topo.activity_combined],
-            "activity_by_dim": per_dim(topo.activity),
-            "bars": {f"h{p}": topo.bars[p].astype(int).tolist() for p in dims},
-            "bars_note": "[birth_layer, death_layer): alive on layers birth..death-1; death = L: never dies",
-            "adaptive": adaptive_decision(redundancy, self.eps),
+            "consistency": per_dim(ranking.consistency),
+            "consistency_combined": [float(v) for v in ranking.combined],
+            "redundancy": [float(v) for v in ranking.redundancy],
+            "betti": per_dim(ranking.betti, int),
+            "activity": [float(v) for v in ranking.activity_combined],
+            "activity_by_dim": per_dim(ranking.activity),
+            "bars": {f"h{p}": np.asarray(bars[p]).astype(int).tolist() for p in dims},
+            "bars_note": "[birth, death) in representations: alive on birth..death-1; death = R: never dies",
+            "adaptive": ranking.adaptive,
+            "warnings": ranking.warnings,
             "epi": {"sigma": self.epi_sigma, "power": self.epi_power, "mix": self.epi_mix},
-            "zigzag": {"variant": self.zigzag, "simplices": int(topo.sizes["zigzag_simplices"]),
-                       "events": int(topo.sizes["zigzag_events"]),
-                       "edges_per_layer": [int(v) for v in topo.sizes["edges_per_layer"]],
-                       "simplices_per_layer": [int(v) for v in topo.sizes["simplices_per_layer"]]},
-            "timings_s": {key: round(float(v), 4) for key, v in topo.timings.items()},
         }
+        if topo is not None:
+            section["zigzag"] = {
+                "variant": self.zigzag, "simplices": int(topo.sizes["zigzag_simplices"]),
+                "events": int(topo.sizes["zigzag_events"]),
+                "edges_per_layer": [int(v) for v in topo.sizes["edges_per_layer"]],
+                "simplices_per_layer": [int(v) for v in topo.sizes["simplices_per_layer"]]}
+            section["timings_s"] = {key: round(float(v), 4) for key, v in topo.timings.items()}
+        return section
 
     def write_diagnostics(self, result: ScoreResult, out_dir: Path) -> list[Path]:
         from topovlm.topo.plots import write_topology_plots
@@ -182,3 +276,26 @@ class TopoScorer(LayerScorer):
         if not section:
             return []
         return write_topology_plots(section, result.arrays.get("epi"), Path(out_dir))
+
+
+#: where the ancestor's public code differs from ``scorer=topo`` (everything else is shared)
+ANCESTOR_DEFAULTS: dict[str, Any] = {
+    "k": 5,  # its published barcodes (k = 4 in some splits)
+    "formula": "gardinazzi",  # mean over all j, j = i included, of PS_1(i,j) / beta_1(j)
+    "epi_sigma": 0.0,  # its persistence image: an unsmoothed count histogram
+    "epi_power": 0.0,
+}
+
+
+@register_scorer("topo_llm")
+class TopoLLMScorer(TopoScorer):
+    """The ancestor, Gardinazzi et al. (ICML 2025, arXiv 2410.11042), as its public code does it."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**{**ANCESTOR_DEFAULTS, **params})
+
+
+# the subclass takes the same keywords with the ancestor's defaults: say so to inspect (error messages)
+_base_signature = inspect.signature(TopoScorer.__init__)
+TopoLLMScorer.__init__.__signature__ = _base_signature.replace(parameters=[  # type: ignore[attr-defined]
+    p.replace(default=ANCESTOR_DEFAULTS.get(p.name, p.default)) for p in _base_signature.parameters.values()])

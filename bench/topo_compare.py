@@ -1,0 +1,119 @@
+"""Report of the topo presets' comparison on the embedded default (after its sweeps ran).
+
+    bash bench/results/topo_compare_2026-12-01.sh ROOT     # the sweeps (one model process at a time)
+    .venv/bin/python bench/topo_compare.py ROOT [--out bench/results/topo_compare_<date>.md]
+
+Writes the sweeps' summary tables, the per-representation beta_0 / beta_1 / S_0 / S_1 curves
+of every topo-family job, the warnings they raised, and the effect of ``epi_mix`` on the
+ranking (recomputed from each run's own bars with the scorer's ranking code).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from topovlm.summary import build_summary  # noqa: E402
+
+EPI_MIXES = (0.0, 0.25, 0.5, 1.0)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
+
+
+def topo_jobs(root: Path) -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(root.rglob("results.json")):
+        r = json.loads(path.read_text())
+        if "topology" in r:
+            out.append((str(path.parent.relative_to(root)), r))
+    return out
+
+
+def curves(name: str, r: dict) -> list[str]:
+    t = r["topology"]
+    removed = set(r["removed_layers"])
+    adaptive = set(t["adaptive"]["layers"])
+    cal = r["config"]["calibration"]["n"]
+    sc = r["config"]["scorer"]
+    lines = [f"### {name}: {r['scorer']} (k = {sc['k']}, formula = {sc['formula']}, activations = "
+             f"{sc['activations']}, N = {cal}, epi_mix = {sc['epi_mix']}), sparsity {r['sparsity']:g}, "
+             f"policy {r['selection_policy']}", "",
+             f"accuracy {r['metrics']['accuracy']:.3f} (unpruned {r['reference_metrics']['accuracy']:.3f}); "
+             f"removed {sorted(removed)}; adaptive set (S >= {t['adaptive']['eps']} max) {sorted(adaptive)}; "
+             f"scoring {r['timings']['score']:.2f} s (zigzag {t['zigzag']['simplices']} simplices)", ""]
+    for w in t.get("warnings", []):
+        lines.append(f"warning: {w['message']}")
+    lines += ["", "| rep | beta_0 | beta_1 | S_0 | S_1 | score | removed |", "|---|---|---|---|---|---|---|"]
+    final = t.get("final_norm_index")
+    for i in range(t["representations"]):
+        tag = "final norm" if i == final else ("yes" if i in removed else "")
+        lines.append(f"| {i} | {t['betti']['h0'][i]} | {t['betti']['h1'][i]} | {t['consistency']['h0'][i]:.3f} | "
+                     f"{t['consistency']['h1'][i]:.3f} | {t['consistency_combined'][i]:.3f} | {tag} |")
+    return lines + [""]
+
+
+def epi_effect(name: str, r: dict) -> list[str]:
+    """Top-k and adaptive sets at several epi_mix values, from the run's own bars."""
+    from topovlm.runner import build_scorer
+
+    t = r["topology"]
+    params = dict(r["config"]["scorer"])
+    bars = {int(k[1:]): np.asarray(v, dtype=np.int64).reshape(-1, 2) for k, v in t["bars"].items()}
+    reps = t["representations"]
+    num_layers = r["num_layers"]
+    k = round(0.3 * num_layers)
+    lines = [f"{name} ({r['scorer']}, N = {r['config']['calibration']['n']}): top-{k} (30%) and adaptive set", "",
+             "| epi_mix | top-k | adaptive |", "|---|---|---|"]
+    for mix in EPI_MIXES:
+        scorer = build_scorer({**params, "epi_mix": mix})
+        ranking = scorer.rank_bars(bars, reps, t.get("final_norm_index") is not None)
+        red = ranking.redundancy[:num_layers]
+        order = sorted(range(1, num_layers), key=lambda i: (-red[i], i))  # layer 0 protected, as in the runs
+        lines.append(f"| {mix:g} | {sorted(order[:k])} | {ranking.adaptive['layers']} |")
+    return lines + [""]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    dirs = sorted(p for p in args.root.iterdir() if p.is_dir())
+    summary = build_summary(dirs, out_dir=args.root, plots=False)
+    jobs = topo_jobs(args.root)
+    date = dt.date.today().isoformat()
+    lines = [f"# topo presets on the embedded default ({date})", "",
+             f"Machine: {machine()}.", "",
+             f"Commands: `bash bench/results/topo_compare_2026-12-01.sh {args.root}` then "
+             f"`.venv/bin/python bench/topo_compare.py {args.root}`.", "",
+             summary.full_markdown(), "", "## Effect of epi_mix on the ranking", ""]
+    seen = set()
+    for name, r in jobs:
+        key = (r["scorer"], r["config"]["calibration"]["n"], r["config"]["scorer"]["activations"])
+        if r["config"]["scorer"]["epi_mix"] == 0 and key not in seen:
+            seen.add(key)
+            lines += epi_effect(name, r)
+    lines += ["## Per-representation curves (diagnostics)", ""]
+    for name, r in jobs:
+        lines += curves(name, r)
+    out = args.out or ROOT / "bench" / "results" / f"topo_compare_{date}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
