@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -27,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from topovlm.identity import digest
 from topovlm.scoring import POOLINGS, CaptureSpec, StatRequest
+from topovlm.storage import atomic_write, discard, entry_lock, remove_stale_tmp
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
@@ -304,12 +305,28 @@ def _use_eager_attention(adapter: "ModelAdapter") -> Callable[[], None]:
 
 # ---------------------------------------------------------------- disk cache
 
+# config fields that say where a model was read from, not what it is
+_LOCATION_KEYS = ("_name_or_path", "_commit_hash", "transformers_version")
+
+
+def _without_location(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _without_location(v) for k, v in d.items() if k not in _LOCATION_KEYS}
+    if isinstance(d, list):
+        return [_without_location(v) for v in d]
+    return d
+
 
 def model_fingerprint(adapter: "ModelAdapter") -> str:
-    """Identity of the weights and architecture, cheap even for 7B models (strided samples)."""
+    """Identity of the weights and architecture, cheap even for 7B models (strided samples).
+
+    The config enters without the fields that name where it was loaded from
+    (``_name_or_path`` etc.), so one model read from two mount points has one fingerprint.
+    """
     h = hashlib.sha256()
     h.update(type(adapter.model).__name__.encode())
-    h.update(adapter.model.config.to_json_string(use_diff=False).encode())
+    config = _without_location(adapter.model.config.to_dict())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, p in adapter.model.named_parameters():
             flat = p.detach().reshape(-1)
@@ -320,35 +337,76 @@ def model_fingerprint(adapter: "ModelAdapter") -> str:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(obj)
 
 
 def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, save)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 class CaptureCache:
-    """On-disk cache of captures: ``<root>/<key>/pooled.npz`` + one ``.npy`` per statistic.
+    """On-disk cache of captures: ``<root>/<key>/pooled.npz`` + ``meta.json`` + one ``.npy``
+    per statistic.
 
-    ``key`` identifies (model weights, calibration set, N, seed); statistics missing from
-    the cache are computed together in one forward pass and added.
+    ``key`` identifies everything a capture depends on (see :meth:`key`); statistics missing
+    from the cache are computed together in one forward pass and added. One process at a
+    time fills an entry (a lock next to it); an unreadable or inconsistent file is logged
+    with its path, discarded and recomputed; temporary files of killed writers are removed.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.forward_passes = 0  # how many calibration passes this cache object triggered
+        self.last_hit = False  # whether the last get() ran no forward pass
 
     @staticmethod
-    def key(model_id: str, calibration_id: str) -> str:
-        return _digest({"model": model_id, "calibration": calibration_id})
+    def key(model_id: str, calibration_id: str, **identity: Any) -> str:
+        """``identity``: anything else the arrays depend on (batch size, code, versions)."""
+        return digest({"model": model_id, "calibration": calibration_id, **identity})
+
+    def _load(self, folder: Path, spec: CaptureSpec) -> tuple[Capture | None, list[StatRequest]]:
+        """What the entry holds (None if its base is missing or corrupt) and the missing statistics."""
+        meta_file, pooled_file = folder / "meta.json", folder / "pooled.npz"
+        if not (meta_file.is_file() and pooled_file.is_file()):
+            if folder.is_dir() and any(folder.iterdir()):  # statistics without their base are unusable
+                shutil.rmtree(folder, ignore_errors=True)
+            return None, list(spec.stats)
+        try:
+            meta = json.loads(meta_file.read_text())
+            n_layers, n = int(meta["num_layers"]), len(meta["sample_ids"])
+            with np.load(pooled_file) as z:
+                pooled = {k: z[k] for k in z.files}
+            bad = [p for p in POOLINGS if p not in pooled or pooled[p].shape[:2] != (n_layers + 1, n)]
+            if bad:
+                raise ValueError(f"pooled arrays {bad} missing or not ({n_layers + 1}, {n}, d)")
+        except Exception as err:  # noqa: BLE001 - JSONDecodeError, BadZipFile, EOFError, KeyError, ...
+            discard(folder, f"{type(err).__name__}: {err} (in {meta_file.name} / {pooled_file.name})")
+            return None, list(spec.stats)
+        stats, missing = {}, []
+        for r in spec.stats:
+            f = folder / f"stat-{digest(r.key)}.npy"
+            if not f.is_file():
+                missing.append(r)
+                continue
+            try:
+                arr = np.load(f)
+                if arr.shape[:2] != (n_layers, n):
+                    raise ValueError(f"shape {arr.shape}, expected ({n_layers}, {n}, ...)")
+                stats[r.key] = arr
+            except Exception as err:  # noqa: BLE001
+                discard(f, err)
+                missing.append(r)
+        return Capture(n_layers, meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"]), missing
 
     def get(
         self,
@@ -359,23 +417,24 @@ class CaptureCache:
         batch_size: int = 16,
     ) -> Capture:
         folder = self.root / key
-        meta_file = folder / "meta.json"
-        stat_files = {r.key: folder / f"stat-{_digest(r.key)}.npy" for r in spec.stats}
-        have_base = meta_file.is_file() and (folder / "pooled.npz").is_file()
-        missing = [r for r in spec.stats if not stat_files[r.key].is_file()]
-        if not have_base or missing:
-            todo = CaptureSpec(tuple(missing)) if have_base else spec
+        with entry_lock(folder, "capture"):
+            remove_stale_tmp(folder)
+            cached, missing = self._load(folder, spec)
+            self.last_hit = cached is not None and not missing
+            if self.last_hit:
+                return cached
+            todo = CaptureSpec(tuple(missing)) if cached is not None else spec
             self.forward_passes += 1
             fresh = run_capture(adapter_fn(), samples_fn(), todo, batch_size)
-            for k, arr in fresh.stats.items():
-                _atomic_save(stat_files[k], lambda p, a=arr: np.save(open(p, "wb"), a))
-            if not have_base:
-                _atomic_save(folder / "pooled.npz", lambda p: np.savez(open(p, "wb"), **fresh.pooled))
+            folder.mkdir(parents=True, exist_ok=True)
+            for r in todo.stats:
+                atomic_write(folder / f"stat-{digest(r.key)}.npy", lambda p, a=fresh.stats[r.key]: _save_npy(p, a))
+            if cached is None:
+                atomic_write(folder / "pooled.npz", lambda p: _save_npz(p, fresh.pooled))
                 meta = {"num_layers": fresh.num_layers, "sample_ids": fresh.sample_ids,
                         "domains": fresh.domains, "meta": fresh.meta}
-                _atomic_save(meta_file, lambda p: p.write_text(json.dumps(meta)))
-        meta = json.loads(meta_file.read_text())
-        with np.load(folder / "pooled.npz") as z:
-            pooled = {k: z[k] for k in z.files}
-        stats = {k: np.load(f) for k, f in stat_files.items()}
-        return Capture(meta["num_layers"], meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"])
+                atomic_write(folder / "meta.json", lambda p: p.write_text(json.dumps(meta)))  # last: the entry exists
+                return Capture(fresh.num_layers, fresh.sample_ids, fresh.domains, fresh.pooled,
+                               {r.key: fresh.stats[r.key] for r in spec.stats}, fresh.meta)
+            cached.stats.update(fresh.stats)
+            return cached

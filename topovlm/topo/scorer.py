@@ -49,19 +49,18 @@ def parse_dim_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
 
 
 def adaptive_decision(redundancy: np.ndarray, eps: float) -> dict[str, Any]:
-    """Layers with ``redundancy >= eps * max`` (the shared threshold policy, nothing protected).
+    """Layers the shared threshold policy selects (``topovlm.selection``), nothing protected.
 
     A vector with no positive value (no layer carries any other layer's features) selects
     nothing.
     """
-    from topovlm.selection import select_threshold
+    from topovlm.selection import select_threshold, threshold_cut
 
     r = np.asarray(redundancy, dtype=np.float64)
     finite = r[np.isfinite(r)]
     layers = select_threshold(r, eps, set()) if finite.size and finite.max() > 0 else []
-    top = float(finite.max()) if finite.size else float("nan")
-    low = float(finite.min()) if finite.size else float("nan")
-    cut = eps * top if low >= 0 else low + eps * (top - low)
+    cut = threshold_cut(r, eps, set())
+    cut = float("nan") if cut is None else cut
     return {"eps": float(eps), "threshold": cut, "layers": [int(i) for i in layers], "count": len(layers)}
 
 
