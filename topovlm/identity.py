@@ -115,8 +115,13 @@ def _closure(start: str, roots: tuple[str, ...]) -> dict[str, Path]:
 
 def code_files(obj: Any) -> dict[str, Path]:
     """Module name -> source file of everything :func:`code_digest` hashes for ``obj``."""
-    modules = [obj.__name__] if isinstance(obj, type(sys)) else [
-        c.__module__ for c in getattr(obj, "__mro__", [type(obj)]) if c.__module__ not in ("builtins", "abc")]
+    if isinstance(obj, str):  # a module name: hashed without importing it
+        modules = [obj]
+    elif isinstance(obj, type(sys)):
+        modules = [obj.__name__]
+    else:
+        modules = [
+            c.__module__ for c in getattr(obj, "__mro__", [type(obj)]) if c.__module__ not in ("builtins", "abc")]
     files: dict[str, Path] = {}
     for m in dict.fromkeys(modules):
         files.update(_closure(m, tuple(dict.fromkeys((m.split(".")[0], *PROJECT_PACKAGES)))))
@@ -124,7 +129,7 @@ def code_files(obj: Any) -> dict[str, Path]:
 
 
 def code_digest(*objs: Any) -> str:
-    """Digest of the source of the modules defining ``objs`` (classes, instances or modules)."""
+    """Digest of the source of the modules defining ``objs`` (classes, instances, modules or module names)."""
     files: dict[str, Path] = {}
     for obj in objs:
         files.update(code_files(obj))

@@ -106,6 +106,14 @@ class LayerScorer(abc.ABC):
     #: scores can be cached and reused across sparsities (False for e.g. stateful scorers)
     cacheable: ClassVar[bool] = True
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Config-only checks of a whole job that involve this scorer (e.g. a parameter
+        against ``calibration.n``). ``topovlm.config.validate`` calls it for every job at
+        sweep start, before any model loads; raise ``ValueError`` naming the keys and
+        the allowed values. ``cfg`` is the job's full resolved config (``cfg.scorer`` its
+        own keys). Checks of one parameter alone belong in ``__init__``."""
+
     def capture_spec(self) -> CaptureSpec:
         """Token-level statistics this scorer needs beyond the pooled states."""
         return CaptureSpec()

@@ -19,8 +19,9 @@ Scoring and selection are independent: any scorer works with any policy.
 * protected layers (``protect``, default the first) are never removed by any policy.
 
 ``k = floor(sparsity * L + 0.5)`` (half rounds up: 0.15 x 30 = 4.5 -> 5). Every policy
-needs a finite redundancy for every layer: a NaN or infinity raises
-:class:`SelectionError` naming the scorer and the layers.
+needs a redundancy for every layer: a NaN or +inf raises :class:`SelectionError` naming
+the scorer and the layers; -inf is allowed and means "remove last" (``tail`` uses it
+for the final layer; the threshold rule never selects it nor counts it in the range).
 ``spacing_above`` switches any policy to ``spacing`` when sparsity exceeds it.
 """
 from __future__ import annotations
@@ -53,10 +54,12 @@ def num_to_remove(sparsity: float, num_layers: int) -> int:
 
 
 def check_finite(redundancy: np.ndarray, scorer: str = "the scorer") -> None:
-    bad = [int(i) for i in np.flatnonzero(~np.isfinite(np.asarray(redundancy, dtype=np.float64)))]
+    """NaN or +inf redundancy is an error; -inf is a scorer's explicit "remove last"."""
+    r = np.asarray(redundancy, dtype=np.float64)
+    bad = [int(i) for i in np.flatnonzero(np.isnan(r) | (r == np.inf))]
     if bad:
         raise SelectionError(
-            f"scorer {scorer} gave non-finite redundancy for layers {bad} of {len(redundancy)} "
+            f"scorer {scorer} gave non-finite redundancy for layers {bad} of {len(r)} "
             "(e.g. a statistic over tokens the calibration set does not have); no layer was selected")
 
 

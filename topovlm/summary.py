@@ -34,7 +34,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from topovlm.results import RESULTS_FILE
+from topovlm.results import FAILED_FILE, RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,35 @@ def load_jobs(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
     jobs = list(by_key.values())
     _assign_labels(jobs)
     return jobs
+
+
+def load_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The failure records (``failed.json``) of job dirs under ``dirs`` that hold no result."""
+    out = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            continue
+        for path in sorted(d.rglob(FAILED_FILE)):
+            rel = path.relative_to(d).parts
+            if any(p.startswith(".") or p in _NOT_JOB_DIRS for p in rel[:-1]) or (path.parent / RESULTS_FILE).is_file():
+                continue
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                rec = {"error_type": type(err).__name__, "error": f"unreadable failure record: {err}"}
+            out.append({**rec, "out_dir": str(path.parent)})
+    return out
+
+
+def failures_markdown(failures: list[dict[str, Any]]) -> str:
+    if not failures:
+        return "_None: every job finished._"
+    lines = ["| job | scorer | sparsity | stage | error |", "|---|---|---|---|---|"]
+    for f in failures:
+        msg = f"{f.get('error_type')}: {f.get('error')}".replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {Path(f['out_dir']).name} | {f.get('scorer')} | {f.get('sparsity')} | {f.get('stage')} | {msg} |")
+    return "\n".join(lines)
 
 
 def _seed_of(job: dict[str, Any]) -> tuple:
@@ -443,6 +472,7 @@ class Summary:
     files: dict[str, Path] = field(default_factory=dict)   # name -> path of what was written
     plots: list[Path] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # failed.json records
 
     @property
     def headline(self) -> str | None:
@@ -460,6 +490,8 @@ class Summary:
         parts += [a.markdown() for a in self.agreements if a.markdown()]
         parts.append(f"Per-domain tables: {self.files.get('markdown')}; one row per job: {self.files.get('csv')}"
                      + (f"; plots: {self.out_dir / PLOTS_DIR}" if self.plots else ""))
+        if self.failures:
+            parts.append(f"### Failed jobs: {len(self.failures)}\n\n" + failures_markdown(self.failures))
         return "\n\n".join(parts)
 
     def full_markdown(self) -> str:
@@ -475,6 +507,7 @@ class Summary:
             parts += ag
         if self.plots:
             parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(self.out_dir)})" for p in self.plots))
+        parts.append(f"## Failures\n\n{failures_markdown(self.failures)}")
         return "\n\n".join(parts) + "\n"
 
 
@@ -522,7 +555,8 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
         out_dir = dirs[0] if dirs[0].is_dir() else dirs[0].parent
     out_dir = Path(out_dir)
     jobs = load_jobs(dirs)
-    if not jobs:
+    failures = load_failures(dirs)
+    if not jobs and not failures:
         raise FileNotFoundError(f"no complete {RESULTS_FILE} under {', '.join(map(str, dirs))}")
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = []
@@ -533,14 +567,14 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
         for m in ordered_metrics(members, headlines[(model, task)]):
             tables.append(metric_table(jobs, model, task, m))
     agreements = [agreement(jobs, m) for m in sorted({j["model"] for j in jobs})]
-    summary = Summary(jobs, out_dir, headlines, tables, agreements, sources=dirs)
+    summary = Summary(jobs, out_dir, headlines, tables, agreements, sources=dirs, failures=failures)
 
     columns, rows = csv_rows(jobs, ordered_metrics(jobs, list(headlines.values())))
     summary.files["csv"] = _write_csv(out_dir / SUMMARY_CSV, columns, rows)
     ag_rows = [r for a in agreements for r in a.rows()]
     summary.files["agreement"] = _write_csv(out_dir / AGREEMENT_CSV, ["model", "kind", "sparsity", "scorer_a", "scorer_b",
                                                                       "value", "std", "n"], ag_rows)
-    if plots:
+    if plots and jobs:
         summary.plots = write_plots(summary, out_dir / PLOTS_DIR)
     summary.files["markdown"] = out_dir / SUMMARY_MD
     _write_text(out_dir / SUMMARY_MD, summary.full_markdown())
