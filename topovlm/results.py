@@ -146,7 +146,7 @@ def link_outputs(src: Path, dst: Path) -> list[str]:
         return []
     linked = []
     for entry in sorted(src.iterdir()):
-        if entry.name in _BOOKKEEPING or entry.name.startswith(".") or entry.suffix == ".log":
+        if entry.name in _BOOKKEEPING or entry.name.startswith(".") or entry.suffix in (".log", ".lock"):
             continue
         target = dst / entry.name
         if target.is_symlink() or target.is_file():

@@ -310,7 +310,8 @@ def record(job: Job, results: dict[str, Any], images: list[Path], *, resumed: bo
     """W&B first, then results.json (its presence means complete), the index, the table."""
     results["wandb"] = log_run(job, results, images, resumed=resumed)
     write_json_atomic(job.out_dir / RESULTS_FILE, results)
-    _register_completed(job.cache, job.key, results)
+    if not resumed:  # the index names the job that computed the result, never a copy
+        _register_completed(job.cache, job.key, results)
     rebuild_table(job.table_dir)
     return results
 
@@ -417,24 +418,25 @@ def compute(job: Job, samples: list, timer: Timer) -> dict[str, Any]:
 
 def _completed(cache_root: Path, key: str, out_dir: Path | None = None,
                needs_model: bool = False) -> dict[str, Any] | None:
-    """A finished job with the same identity, if its results.json still exists: the one the
-    index under the cache names, else one already in this job's own output dir (a re-run of
-    the same sweep with a fresh cache); the latter is indexed for the next time. With
-    ``needs_model`` (save_model=true) only a job that saved its pruned model counts."""
+    """A finished job with the same identity, if its results.json still exists: one already
+    in this job's own output dir (a re-run of the same sweep), else the one the index under
+    the cache names (the job that computed it). With ``needs_model`` (save_model=true)
+    only a job that saved its pruned model counts."""
     index_file = cache_root / "completed" / f"{key}.json"
     remove_stale_tmp(index_file)
     found = None
-    index = read_json(index_file, required=("results",))
-    if index is not None:
-        results = load_results(Path(index["results"]))
-        if _is_result_of(results, key):
-            found = results
-    if found is None and out_dir is not None:
+    if out_dir is not None:
         results = load_results(out_dir / RESULTS_FILE)
         if _is_result_of(results, key):
             results["out_dir"] = str(out_dir)
-            _register_completed(cache_root, key, results)
             found = results
+    index = read_json(index_file, required=("results",))
+    if found is None and index is not None:
+        results = load_results(Path(index["results"]))
+        if _is_result_of(results, key):
+            found = results
+    if found is not None and index is None and not found.get("resumed_from"):
+        _register_completed(cache_root, key, found)  # e.g. a fresh cache: index it for the next time
     if found is not None and needs_model and not (Path(found["out_dir"]) / "pruned_model").is_dir():
         return None  # the finished job did not save its pruned model; this one must
     return found
