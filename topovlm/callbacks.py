@@ -22,7 +22,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-log = logging.getLogger("topovlm.summary")
+log = logging.getLogger("topovlm.sweep")
 
 # the launching process's verdict, read by launch.py after Hydra returns
 _EXIT_STATUS = {"code": 0}
