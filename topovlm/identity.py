@@ -97,6 +97,19 @@ def _followed(name: str, roots: tuple[str, ...]) -> bool:
     return name.split(".")[0] in roots and name not in _NOT_FOLLOWED
 
 
+@lru_cache(maxsize=4096)
+def _parsed(path: str, mtime_ns: int, size: int, module: str) -> tuple[str, tuple[str, ...]]:
+    """(sha256 of the source, the modules it imports); cached while the file is unchanged."""
+    data = Path(path).read_bytes()
+    tree = ast.parse(data, filename=path)
+    return hashlib.sha256(data).hexdigest(), tuple(_imports(tree, module, Path(path).name == "__init__.py"))
+
+
+def _stat_key(path: Path, module: str) -> tuple[str, int, int, str]:
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size, module
+
+
 def _closure(start: str, roots: tuple[str, ...]) -> dict[str, Path]:
     files: dict[str, Path] = {}
     todo = [start]
@@ -108,8 +121,7 @@ def _closure(start: str, roots: tuple[str, ...]) -> dict[str, Path]:
         if path is None:
             continue
         files[name] = path
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-        todo.extend(n for n in _imports(tree, name, path.name == "__init__.py") if n not in files)
+        todo.extend(n for n in _parsed(*_stat_key(path, name))[1] if n not in files)
     return files
 
 
@@ -135,5 +147,5 @@ def code_digest(*objs: Any) -> str:
         files.update(code_files(obj))
     h = hashlib.sha256()
     for name in sorted(files):
-        h.update(name.encode() + b"\0" + hashlib.sha256(files[name].read_bytes()).digest())
+        h.update(name.encode() + b"\0" + _parsed(*_stat_key(files[name], name))[0].encode())
     return h.hexdigest()[:16]
