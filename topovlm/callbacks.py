@@ -32,25 +32,28 @@ def exit_status() -> int:
     return _EXIT_STATUS["code"]
 
 
-def sweep_overrides(config: DictConfig) -> list[list[str]]:
+def sweep_overrides(config: DictConfig, arguments: list[str] | None = None) -> list[list[str]]:
     """The override lists of every job of the sweep, as Hydra's basic sweeper expands them
-    (``hydra.sweeper.params`` first, then the command line)."""
+    (``hydra.sweeper.params`` first, then the command line, ``arguments`` by default
+    ``hydra.overrides.task``)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    if arguments is None:
+        arguments = list(config.hydra.overrides.task)
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(arguments)
     overrides = OverridesParser.create().parse_overrides(arguments)
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-def job_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
+def job_configs(config: DictConfig, arguments: list[str] | None = None) -> list[tuple[list[str], DictConfig]]:
     """Every job's composed config (without its ``hydra`` node), as the launcher will see it."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader()
     out = []
-    for overrides in sweep_overrides(config):
+    for overrides in sweep_overrides(config, arguments):
         cfg = loader.load_sweep_config(config, overrides)
         with open_dict(cfg):
             cfg.pop("hydra", None)
@@ -58,11 +61,11 @@ def job_configs(config: DictConfig) -> list[tuple[list[str], DictConfig]]:
     return out
 
 
-def preflight(config: DictConfig) -> tuple[int, list[tuple[list[str], str]]]:
+def preflight(config: DictConfig, arguments: list[str] | None = None) -> tuple[int, list[tuple[list[str], str]]]:
     """Validate every job's config; (number of jobs, [(overrides, message) of bad jobs])."""
     from topovlm.config import ConfigError, validate
 
-    jobs = job_configs(config)
+    jobs = job_configs(config, arguments)
     bad = []
     for overrides, cfg in jobs:
         try:
