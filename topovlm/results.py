@@ -30,7 +30,7 @@ RESULTS_FILE = "results.json"
 FAILED_FILE = "failed.json"
 SWEEP_TABLE = "results.jsonl"
 # what a job dir holds besides its outputs: never linked into a job resumed from it
-_BOOKKEEPING = (RESULTS_FILE, FAILED_FILE, SWEEP_TABLE, "wandb", ".hydra", "pruned_model")
+_BOOKKEEPING = (RESULTS_FILE, FAILED_FILE, SWEEP_TABLE, "wandb", ".hydra")
 _ROW_KEYS = ("model", "task", "scorer", "sparsity", "seed", "num_layers", "num_layers_kept", "removed_layers",
              "selection_policy", "out_dir")
 

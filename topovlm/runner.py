@@ -34,7 +34,7 @@ from topovlm.results import (RESULTS_FILE, clear_job_dir, link_outputs, load_res
                              write_json_atomic)
 from topovlm.scoring import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
-from topovlm.storage import atomic_write_bytes, discard, entry_lock, read_json, remove_stale_tmp
+from topovlm.storage import atomic_write, atomic_write_bytes, discard, entry_lock, read_json, remove_stale_tmp
 from topovlm.tracking import WandbRun, set_aside_incomplete_runs
 
 __all__ = ["run_job", "job_key", "build_scorer", "Job"]
@@ -280,11 +280,16 @@ def prune(job: Job, adapter: Any, removed: list[int], samples: list) -> tuple[li
     return kept, job.scorer.after_pruning(adapter, removed, samples, ctx)
 
 
+def _savez(path: Path, name: str, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{name: arr})
+
+
 def write_outputs(job: Job, result: ScoreResult, adapter: Any) -> list[Path]:
     """Diagnostics and arrays next to the run (and the pruned model when asked); the images."""
     images = job.scorer.write_diagnostics(result, job.out_dir)
     for name, arr in result.arrays.items():
-        np.savez_compressed(job.out_dir / f"{name}.npz", **{name: arr})
+        atomic_write(job.out_dir / f"{name}.npz", lambda p, n=name, a=arr: _savez(p, n, a))
     if job.cfg.save_model:
         adapter.save_pretrained(job.out_dir / "pruned_model")
     return images

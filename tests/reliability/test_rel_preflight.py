@@ -63,6 +63,7 @@ def _readme_commands() -> list[list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_readme_commands_pass_the_preflight_as_written():
     """Every ``python launch.py`` command of the README: every job of its sweep composes
     and validates (what the sweep-start preflight runs), as written."""
