@@ -94,3 +94,23 @@ def test_identical_jobs_at_once_compute_once_and_two_shells_share_one_sweep(tmp_
     table = rows(sweep)
     assert len(table) == 2 and all(r["status"] == "ok" for r in table)
     assert len([p for p in (tmp_path / "cache" / "captures").iterdir() if p.is_dir()]) == 1
+
+
+def test_force_reruns_and_a_truncated_result_never_duplicate_a_row(tmp_path):
+    """In-process: the same one-job sweep rerun, forced twice, and recovered from a truncated
+    results.json keeps exactly one row."""
+    from tests.conftest import compose
+    from topovlm.runner import run_job
+
+    ov = ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "logger=none",
+          "scorer=tail", "sparsity=0.25", "reference=false", "++efficiency.enabled=false",
+          f"cache_dir={tmp_path / 'cache'}"]
+    sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "0_tail_s0.25"
+    for extra in ([], ["+force=true"], ["+force=true"], []):
+        run_job(compose([*ov, *extra]), job, sweep_dir=sweep)
+        assert len(rows(sweep)) == 1
+    text = (job / "results.json").read_text()
+    (job / "results.json").write_text(text[: len(text) // 2])  # a torn copy (e.g. by hand)
+    run_job(compose(ov), job, sweep_dir=sweep)
+    assert len(rows(sweep)) == 1 and rows(sweep)[0]["status"] == "ok"
+    assert json.loads((job / "results.json").read_text())["removed_layers"] == [8, 9, 10]

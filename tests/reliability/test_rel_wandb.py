@@ -55,6 +55,19 @@ def test_run_names_are_unique_in_a_group():
 
 
 def test_a_resumed_job_has_a_run_in_the_new_sweeps_group_and_the_outputs(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        _resumed(tmp_path)
+    finally:
+        os.umask(old)
+    # every file of both jobs, W&B's included, is readable by the group
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert files and not [p for p in files if p.stat().st_mode & 0o044 != 0o044]
+
+
+def _resumed(tmp_path):
     ov = ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "scorer=topo",
           "scorer.k=3", "sparsity=0.25", "reference=false", "++efficiency.enabled=false", "logger=wandb",
           f"cache_dir={tmp_path / 'cache'}"]
