@@ -152,9 +152,11 @@ class SummaryCallback(Callback):
         settings = OmegaConf.select(config, "logger.wandb")
         if settings is None:
             return
+        from topovlm.tracking import set_aside_incomplete_runs
         from topovlm.wandb_summary import log_summary_run, sweep_group
 
         settings = OmegaConf.to_container(settings, resolve=True)
+        set_aside_incomplete_runs(sweep_dir)  # earlier (killed or superseded) summary runs leave the sync glob
         run_dir = log_summary_run(summary, settings, group=settings.get("group") or sweep_group(sweep_dir))
         if run_dir is not None:
             log.info("W&B summary run: %s", run_dir)

@@ -193,5 +193,6 @@ def set_aside_incomplete_runs(job_dir: Path, keep: str | None = None) -> list[Pa
         if moved and p.is_symlink() and not p.exists():
             p.unlink()
     if moved:
-        log.warning("W&B: %d run(s) of an incomplete job set aside in %s", len(moved), wandb_dir / INCOMPLETE)
+        log.warning("W&B: %d run(s) not of a complete job (or superseded) set aside in %s",
+                    len(moved), wandb_dir / INCOMPLETE)
     return moved
