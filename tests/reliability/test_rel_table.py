@@ -60,6 +60,7 @@ def test_kill_9_at_each_phase_then_rerun(tmp_path):
     again = launch(args)
     assert again.returncode == 0 and len(rows(sweep)) == 3
     assert log_of(again).count("already complete") == 3
+    assert len(list(sweep.glob("wandb/offline-run-*"))) == 1  # one summary run: the latest
 
 
 def _wait_until_locked(lock_dir: Path, timeout: float = 120) -> Path:
