@@ -48,17 +48,25 @@ def sweep_overrides(config: DictConfig, arguments: list[str] | None = None) -> l
 
 
 def job_configs(config: DictConfig, arguments: list[str] | None = None) -> list[tuple[list[str], DictConfig]]:
-    """Every job's composed config (without its ``hydra`` node), as the launcher will see it."""
+    """Every job's composed config (without its ``hydra`` node), as the launcher will see it.
+    A job whose config does not compose raises :class:`CompositionError` naming it."""
     from hydra.core.global_hydra import GlobalHydra
 
     loader = GlobalHydra.instance().config_loader()
     out = []
     for overrides in sweep_overrides(config, arguments):
-        cfg = loader.load_sweep_config(config, overrides)
+        try:
+            cfg = loader.load_sweep_config(config, overrides)
+        except Exception as err:  # noqa: BLE001 - Hydra's composition errors
+            raise CompositionError(f"{' '.join(overrides)}\n    -> {err}") from None
         with open_dict(cfg):
             cfg.pop("hydra", None)
         out.append((overrides, cfg))
     return out
+
+
+class CompositionError(ValueError):
+    """A job's config does not compose (Hydra would stop the sweep at that job's batch)."""
 
 
 def preflight(config: DictConfig, arguments: list[str] | None = None) -> tuple[int, list[tuple[list[str], str]]]:
@@ -88,7 +96,11 @@ class SweepGuard(Callback):
         if OmegaConf.select(config, "hydra.sweeper._target_", default="").split(".")[-1] != "BasicSweeper":
             log.warning("preflight skipped: it expands the sweep like Hydra's basic sweeper only")
             return
-        self.expected, bad = preflight(config)
+        try:
+            self.expected, bad = preflight(config)
+        except CompositionError as err:
+            print(f"config error: a job of this sweep does not compose, nothing was run:\n  {err}", file=sys.stderr)
+            sys.exit(2)
         if not bad:
             log.info("preflight: the config of all %d jobs is valid", self.expected)
             return

@@ -81,9 +81,9 @@ def job_key(cfg: DictConfig) -> str:
 def keyed_on(identity: dict[str, Any]) -> str:
     """A one-line account of a cache key's content, for the log line of a hit."""
     def short(v: Any) -> str:
-        if isinstance(v, dict) and len(json_str := str(v)) > 60:
-            return f"<{len(v)} keys, {digest(v)}>"
-        return str(v) if not isinstance(v, dict) else json_str
+        text = str(v)
+        return f"<{len(v)} keys, {digest(v)}>" if isinstance(v, dict) and len(text) > 60 else text
+
     return ", ".join(f"{k}={short(v)}" for k, v in identity.items())
 
 

@@ -49,3 +49,12 @@ def test_abort_on_bad_config_stops_before_anything_runs(tmp_path):
     assert "config error in 1 of 2 jobs" in proc.stderr and "sparsity=1.5 must be in [0, 1)" in proc.stderr
     assert not any(p.is_dir() for p in sweep.glob("*")) if sweep.exists() else True
     assert not (tmp_path / "cache").exists()  # no model was loaded, nothing was cached
+
+
+def test_a_sweep_value_that_does_not_compose_stops_it_at_the_start(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = launch(["-m", *fast(tmp_path), "scorer=tail,nope", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 2, log_of(proc)[-3000:]
+    assert "a job of this sweep does not compose, nothing was run" in proc.stderr
+    assert "scorer=nope" in proc.stderr and "Could not find 'scorer/nope'" in proc.stderr
+    assert not sweep.exists() and not (tmp_path / "cache").exists()
