@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlparse
@@ -47,11 +48,21 @@ def _server_reachable(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
     url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
     parsed = urlparse(url)
     host, port = parsed.hostname or "api.wandb.ai", parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True, url
-    except OSError as err:
-        return False, f"{url} ({err})"
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:  # in a thread: name resolution has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(err)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not outcome:
+        return False, f"{url} (no answer within {timeout:g} s)"
+    return (True, url) if outcome[0] is None else (False, f"{url} ({outcome[0]})")
 
 
 def _writable_dir(path: Path) -> bool:
