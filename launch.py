@@ -1,4 +1,9 @@
-"""Score, prune and evaluate: ``python launch.py -m scorer=topo,cosine sparsity=0.1,0.2,0.3``."""
+"""Score, prune and evaluate: ``python launch.py -m scorer=topo,cosine sparsity=0.1,0.2,0.3``.
+
+A multirun exits 1 when any of its jobs failed (each is a failed row of results.jsonl
+and of the summary's failures section); the other jobs still ran.
+"""
+import sys
 import warnings
 
 import hydra
@@ -20,3 +25,6 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+    from topovlm.callbacks import exit_status
+
+    sys.exit(exit_status())

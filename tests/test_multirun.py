@@ -44,7 +44,7 @@ def test_every_job_writes_complete_results(sweep):
 
 def test_sweep_calibrates_once_and_scores_once_per_scorer(sweep):
     tmp, _, results = sweep
-    assert len(list((tmp / "cache" / "captures").iterdir())) == 1
+    assert len([p for p in (tmp / "cache" / "captures").iterdir() if p.is_dir()]) == 1
     by_scorer = {}
     for r in results:
         by_scorer.setdefault(r["scorer"], []).append(r)

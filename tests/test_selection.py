@@ -20,6 +20,9 @@ def test_topk_protects_the_first_layer_by_default():
 
 def test_k_is_rounded_fraction_of_layers():
     assert num_to_remove(0.1, 30) == 3 and num_to_remove(0.3, 30) == 9 and num_to_remove(0.0, 30) == 0
+    # floor(s * L + 0.5): halves round up, never to even (round() gave 4 and 8 here)
+    assert num_to_remove(0.15, 30) == 5 and num_to_remove(0.25, 30) == 8 and num_to_remove(0.05, 30) == 2
+    assert num_to_remove(0.25, 10) == 3 and num_to_remove(0.35, 10) == 4
     assert select_layers(R, 0.0, SelectionConfig())[0] == []
 
 
@@ -30,7 +33,24 @@ def test_block_without_block_cost_maximises_summed_redundancy():
 
 def test_threshold_is_adaptive():
     removed, policy = select_layers(R, 0.0, SelectionConfig(policy="threshold", eps=0.8, protect=[]))
-    assert policy == "threshold" and removed == [0, 3, 6]  # >= 0.8 * 0.95
+    assert policy == "threshold" and removed == [0, 3, 6]  # >= 0.1 + 0.8 * (0.95 - 0.1) = 0.78
+
+
+def test_threshold_means_the_same_whatever_the_sign_or_offset():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        r = rng.normal(size=12)
+        for eps in (0.3, 0.6, 0.9):
+            cfg = SelectionConfig(policy="threshold", eps=eps)
+            base = select_layers(r, 0.0, cfg)[0]
+            for a, b in ((1.0, -5.0), (3.0, 100.0), (0.01, 0.0), (1.0, -r.max() - 1)):  # all negative too
+                assert select_layers(a * r + b, 0.0, cfg)[0] == base
+    # a shortgpt-like profile (redundancy = -BI, every value negative): eps keeps its meaning,
+    # the top of the range of the unprotected layers; layer 0's outlier (protected) does not stretch it
+    bi = np.array([5.0, 0.30, 0.10, 0.02, 0.03, 0.01, 0.20, 0.40])
+    removed = select_layers(-bi, 0.0, SelectionConfig(policy="threshold", eps=0.9))[0]
+    assert removed == [3, 4, 5]  # -BI >= -0.4 + 0.9 * 0.39 = -0.049
+    assert select_layers(-bi, 0.0, SelectionConfig(policy="threshold", eps=1.0))[0] == [5]
 
 
 def test_threshold_on_flat_scores_removes_nothing():
@@ -38,9 +58,16 @@ def test_threshold_on_flat_scores_removes_nothing():
         assert select_layers(flat, 0.0, SelectionConfig(policy="threshold", protect=[]))[0] == []
 
 
-def test_nan_scores_are_removed_last():
-    r = np.array([0.1, np.nan, 0.5, 0.4])
-    assert select_layers(r, 0.5, SelectionConfig(protect=[]))[0] == [2, 3]
+@pytest.mark.parametrize("policy", ["topk", "block", "threshold", "spacing"])
+def test_non_finite_redundancy_raises_naming_scorer_and_layers(policy):
+    r = np.array([0.1, np.nan, 0.5, np.inf, 0.3, -np.inf])
+    with pytest.raises(SelectionError, match=r"scorer shortgpt gave non-finite redundancy for layers \[1, 3\] of 6"):
+        select_layers(r, 0.3, SelectionConfig(policy=policy), scorer="shortgpt")
+    with pytest.raises(SelectionError, match=r"layers \[0, 1, 2, 3, 4, 5\]"):
+        select_layers(np.full(6, np.nan), 0.3, SelectionConfig(policy=policy), scorer="shortgpt")
+    # -inf is a scorer's explicit "remove last" (the tail baseline's final layer)
+    removed, _ = select_layers(np.array([0.0, 1.0, 2.0, 3.0, -np.inf]), 0.4, SelectionConfig(policy=policy))
+    assert 4 not in removed
 
 
 def test_unknown_policy_and_impossible_budget():
@@ -48,3 +75,15 @@ def test_unknown_policy_and_impossible_budget():
         select_layers(R, 0.25, SelectionConfig(policy="best"))
     with pytest.raises(SelectionError, match="protected"):
         select_layers(R, 0.9, SelectionConfig(protect=[0, 1, 2]))
+
+
+def test_budget_check_needs_only_the_config():
+    from topovlm.selection import check_budget
+
+    check_budget(0.3, 30, SelectionConfig())
+    with pytest.raises(SelectionError, match="at least one must stay"):
+        check_budget(0.99, 30, SelectionConfig(protect=[]))
+    with pytest.raises(SelectionError, match="protects all 4 layers"):
+        check_budget(0.25, 4, SelectionConfig(protect=[0, 1, 2, 3]))
+    with pytest.raises(SelectionError, match="at most"):
+        check_budget(0.6, 10, SelectionConfig(policy="spacing", min_gap=3))

@@ -165,7 +165,7 @@ def test_samples_artifact_in_the_offline_wandb_run(tmp_path: Path):
 
 
 def test_perplexity_jobs_write_per_sample_losses(tmp_path: Path):
-    _run(tmp_path, "ppl", "model=tiny_llama", "task=text_ppl", "task.limit=6", "calibration.dataset.source=text",
+    _run(tmp_path, "ppl", "model=tiny_llama", "task=text_ppl", "task.limit=6", "calibration=text", "calibration.n=8",
          "scorer=cosine", "sparsity=0.25")
     saved = json.loads((tmp_path / "ppl" / "results.json").read_text())
     recs = read_jsonl(tmp_path / "ppl" / SAMPLES_FILE)

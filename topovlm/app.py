@@ -1,28 +1,49 @@
-"""The Hydra entry point's body: job bookkeeping around :func:`topovlm.runner.run_job`."""
+"""The Hydra entry point's body: the job wrapper around :func:`topovlm.runner.run_job`.
+
+Like lightning-hydra-template's ``task_wrapper``: whatever a job raises is logged and
+written to ``<job dir>/failed.json`` (error class, message, the stage, the traceback),
+the sweep table is rebuilt, and, inside a multirun, the exception goes no further, so
+the other jobs run and the summary is written (``topovlm.callbacks`` then makes the
+process exit non-zero). A single run keeps its exit codes: 2 for bad config (nothing
+left behind), the exception's own for a runtime failure.
+"""
 from __future__ import annotations
 
 import logging
 import shutil
 import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from topovlm.config import ConfigError
 
 log = logging.getLogger("topovlm")
 
 
-def _job_dirs() -> tuple[Path, Path | None, str]:
+@dataclass
+class JobInfo:
+    out_dir: Path
+    sweep_dir: Path | None  # None: a single run
+    group: str
+    run_name_parts: dict[str, Any]
+
+
+def _job_info() -> JobInfo:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    overrides = list(hc.overrides.task)
     if hc.mode == RunMode.MULTIRUN:
         sweep = Path(hc.sweep.dir)
-        return out_dir, sweep, f"sweep-{sweep.parent.name}_{sweep.name}"
-    return out_dir, None, f"run-{out_dir.parent.name}_{out_dir.name}"
+        return JobInfo(out_dir, sweep, f"sweep-{sweep.parent.name}_{sweep.name}",
+                       {"overrides": overrides, "job_num": hc.job.num})
+    return JobInfo(out_dir, None, f"run-{out_dir.parent.name}_{out_dir.name}", {"overrides": overrides})
 
 
 def _remove_if_empty(out_dir: Path) -> None:
@@ -32,19 +53,64 @@ def _remove_if_empty(out_dir: Path) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def _select(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key)
+    except Exception:  # noqa: BLE001 - an interpolation that cannot resolve
+        return None
+
+
+def failure_record(cfg: DictConfig, out_dir: Path, err: BaseException) -> dict[str, Any]:
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001
+        config = OmegaConf.to_container(cfg, resolve=False)
+    return {
+        "status": "failed", "error_type": type(err).__name__, "error": str(err),
+        "stage": getattr(err, "topovlm_stage", None),
+        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+        "model": _select(cfg, "model.name"), "task": _select(cfg, "task.name"), "scorer": _select(cfg, "scorer.name"),
+        "sparsity": _select(cfg, "sparsity"), "seed": _select(cfg, "seed"), "out_dir": str(out_dir), "config": config,
+    }
+
+
+def record_failure(cfg: DictConfig, info: JobInfo, err: BaseException) -> Path:
+    from topovlm.results import rebuild_table, write_failure
+
+    path = write_failure(info.out_dir, failure_record(cfg, info.out_dir, err))
+    rebuild_table(info.sweep_dir or info.out_dir)
+    return path
+
+
 def main(cfg: DictConfig) -> float | None:
     from topovlm.runner import run_job
+    from topovlm.tracking import run_name
 
-    out_dir, sweep_dir, group = _job_dirs()
+    info = _job_info()
+    name = run_name(str(_select(cfg, "scorer.name")), float(cfg.sparsity), seed=_select(cfg, "seed"),
+                    task=_select(cfg, "task.name"), model=_select(cfg, "model.name"), **info.run_name_parts)
     try:
-        results = run_job(cfg, out_dir, sweep_dir=sweep_dir, group=group)
-    except ConfigError as err:
-        _remove_if_empty(out_dir)
-        print(f"config error: {err}", file=sys.stderr)
-        sys.exit(2)
+        results = run_job(cfg, info.out_dir, sweep_dir=info.sweep_dir, group=info.group, run_name=name)
+    except Exception as err:  # noqa: BLE001 - one job's failure is recorded, never the sweep's end
+        stage = getattr(err, "topovlm_stage", "?")
+        if info.sweep_dir is None and isinstance(err, ConfigError):
+            if stage == "validate":  # nothing was started: nothing is left behind
+                _remove_if_empty(info.out_dir)
+            else:
+                record_failure(cfg, info, err)
+            print(f"config error: {err}", file=sys.stderr)
+            sys.exit(2)
+        path = record_failure(cfg, info, err)
+        if isinstance(err, ConfigError):
+            log.error("job failed (config, stage %s): %s -> %s", stage, err, path)
+        else:
+            log.exception("job failed (stage %s): %s: %s -> %s", stage, type(err).__name__, err, path)
+        if info.sweep_dir is None:
+            raise
+        return None
     metrics = results["metrics"]
     headline = next((k for k in ("accuracy", "perplexity") if k in metrics), None)
     value = metrics.get(headline) if headline else None
     log.info("%s sparsity=%g removed=%s %s=%s -> %s", results["scorer"], results["sparsity"],
-             results["removed_layers"], headline, value, out_dir / "results.json")
+             results["removed_layers"], headline, value, info.out_dir / "results.json")
     return value

@@ -1,20 +1,136 @@
-"""Hydra callbacks: the sweep summary when a multirun ends.
+"""Hydra callbacks of a multirun, run in the launching process (basic, joblib, submitit).
 
-Registered in ``conf/config.yaml`` under ``hydra.callbacks.summary``; switch it off with
-``hydra.callbacks.summary.enabled=false``. It runs in the launching process, after every
-launcher (basic, joblib, submitit) has collected its jobs, and reads their
-``results.json`` files from the sweep directory, so it needs no state from the jobs.
+Registered in ``conf/config.yaml`` under ``hydra.callbacks``:
+
+* ``guard`` (:class:`SweepGuard`): at sweep start, composes every job's config and runs
+  :func:`topovlm.config.validate` on each, before any model loads, and reports every bad
+  job at once (``abort_on_bad_config=true`` stops the sweep there, exit 2; by default
+  the sweep runs and each bad job becomes a failed row). At sweep end it rebuilds the
+  sweep table from the job dirs, sets aside W&B runs of incomplete jobs, and makes the
+  process exit 1 (see ``launch.py``) if any job failed or left no record.
+* ``summary`` (:class:`SummaryCallback`): summary.csv, summary.md (with a failures
+  section), agreement.csv, plots/, the Markdown table on the terminal and a W&B summary
+  run; switch it off with ``hydra.callbacks.summary.enabled=false``.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-log = logging.getLogger("topovlm.summary")
+log = logging.getLogger("topovlm.sweep")
+
+# the launching process's verdict, read by launch.py after Hydra returns
+_EXIT_STATUS = {"code": 0}
+
+
+def exit_status() -> int:
+    return _EXIT_STATUS["code"]
+
+
+def sweep_overrides(config: DictConfig, arguments: list[str] | None = None) -> list[list[str]]:
+    """The override lists of every job of the sweep, as Hydra's basic sweeper expands them
+    (``hydra.sweeper.params`` first, then the command line, ``arguments`` by default
+    ``hydra.overrides.task``)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    if arguments is None:
+        arguments = list(config.hydra.overrides.task)
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(arguments)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def job_configs(config: DictConfig, arguments: list[str] | None = None) -> list[tuple[list[str], DictConfig]]:
+    """Every job's composed config (without its ``hydra`` node), as the launcher will see it.
+    A job whose config does not compose raises :class:`CompositionError` naming it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    out = []
+    for overrides in sweep_overrides(config, arguments):
+        try:
+            cfg = loader.load_sweep_config(config, overrides)
+        except Exception as err:  # noqa: BLE001 - Hydra's composition errors
+            raise CompositionError(f"{' '.join(overrides)}\n    -> {err}") from None
+        with open_dict(cfg):
+            cfg.pop("hydra", None)
+        out.append((overrides, cfg))
+    return out
+
+
+class CompositionError(ValueError):
+    """A job's config does not compose (Hydra would stop the sweep at that job's batch)."""
+
+
+def preflight(config: DictConfig, arguments: list[str] | None = None) -> tuple[int, list[tuple[list[str], str]]]:
+    """Validate every job's config; (number of jobs, [(overrides, message) of bad jobs])."""
+    from topovlm.config import ConfigError, validate
+
+    jobs = job_configs(config, arguments)
+    bad = []
+    for overrides, cfg in jobs:
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            bad.append((overrides, str(err)))
+    return len(jobs), bad
+
+
+class SweepGuard(Callback):
+    def __init__(self, preflight: bool = True, abort_on_bad_config: bool = False) -> None:
+        self.preflight = preflight
+        self.abort_on_bad_config = abort_on_bad_config
+        self.expected: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _EXIT_STATUS["code"] = 0
+        if not self.preflight:
+            return
+        if OmegaConf.select(config, "hydra.sweeper._target_", default="").split(".")[-1] != "BasicSweeper":
+            log.warning("preflight skipped: it expands the sweep like Hydra's basic sweeper only")
+            return
+        try:
+            self.expected, bad = preflight(config)
+        except CompositionError as err:
+            print(f"config error: a job of this sweep does not compose, nothing was run:\n  {err}", file=sys.stderr)
+            sys.exit(2)
+        if not bad:
+            log.info("preflight: the config of all %d jobs is valid", self.expected)
+            return
+        lines = "\n".join(f"  {' '.join(o)}\n    -> {msg}" for o, msg in bad)
+        log.error("preflight: %d of %d jobs have a bad config (checked before any model loads):\n%s\n%s",
+                  len(bad), self.expected, lines,
+                  "stopping (abort_on_bad_config=true)" if self.abort_on_bad_config
+                  else "they will be recorded as failed jobs; the others run")
+        if self.abort_on_bad_config:
+            print(f"config error in {len(bad)} of {self.expected} jobs:\n{lines}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from topovlm.results import RESULTS_FILE, load_results, rebuild_table
+        from topovlm.tracking import set_aside_incomplete_runs
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        for d in [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if sweep_dir.is_dir() else []:
+            res = load_results(d / RESULTS_FILE)
+            set_aside_incomplete_runs(d, keep=((res or {}).get("wandb") or {}).get("run_dir") if res else None)
+        rows = rebuild_table(sweep_dir)
+        failed = [r for r in rows if r.get("status") == "failed"]
+        missing = (self.expected - len(rows)) if self.expected is not None else 0
+        if failed or missing > 0:
+            _EXIT_STATUS["code"] = 1
+            lines = [f"  {r['out_dir']}: [{r.get('stage')}] {r.get('error_type')}: {r.get('error')}" for r in failed]
+            if missing > 0:
+                lines.append(f"  {missing} job(s) left no result and no failure record (killed?)")
+            print(f"\n{len(failed)} of {len(rows) + max(missing, 0)} jobs failed "
+                  f"({sweep_dir / 'results.jsonl'}):\n" + "\n".join(lines), file=sys.stderr, flush=True)
 
 
 class SummaryCallback(Callback):
@@ -43,14 +159,16 @@ class SummaryCallback(Callback):
             log.exception("sweep summary failed; rebuild it with `topovlm summarize %s`", sweep_dir)
             return
         print("\n" + summary.terminal_markdown() + "\n", flush=True)
-        if not self.wandb:
+        if not self.wandb or not summary.jobs:
             return
         settings = OmegaConf.select(config, "logger.wandb")
         if settings is None:
             return
+        from topovlm.tracking import set_aside_incomplete_runs
         from topovlm.wandb_summary import log_summary_run, sweep_group
 
         settings = OmegaConf.to_container(settings, resolve=True)
+        set_aside_incomplete_runs(sweep_dir)  # earlier (killed or superseded) summary runs leave the sync glob
         run_dir = log_summary_run(summary, settings, group=settings.get("group") or sweep_group(sweep_dir))
         if run_dir is not None:
             log.info("W&B summary run: %s", run_dir)

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -30,7 +29,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from topovlm.registry import Registry
+from topovlm.identity import digest
 from topovlm.scoring import POOLINGS, CaptureSpec, StatRequest
+from topovlm.storage import atomic_write, discard, entry_lock, remove_stale_tmp
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
@@ -195,13 +196,12 @@ class Capture:
 
 
 def pool_states(h: torch.Tensor, masks: TokenMasks) -> dict[str, torch.Tensor]:
-    """Every pooling of ``h`` (B, T, d) as float32 CPU tensors (B, d); the masks and the last-token
-    index are moved to ``h``'s device, which may differ from the inputs' under a device map."""
+    """Every pooling of ``h`` (B, T, d) as float32 CPU tensors (B, d), with ``masks`` on
+    ``h``'s device (which may differ from the inputs' under a device map: ``masks.on``)."""
     h = h.float()
-    valid, vision = masks.valid.to(h.device), masks.vision.to(h.device)
     rows = torch.arange(h.shape[0], device=h.device)
-    out = {"last": h[rows, masks.last_index.to(h.device)].cpu()}
-    for name, mask in (("text_mean", valid & ~vision), ("vision_mean", vision)):
+    out = {"last": h[rows, masks.last_index].cpu()}
+    for name, mask in (("text_mean", masks.text), ("vision_mean", masks.vision)):
         w = mask.to(h.dtype).unsqueeze(-1)
         count = w.sum(dim=1)
         mean = (h * w).sum(dim=1) / count.clamp_min(1.0)
@@ -227,23 +227,15 @@ class _Recorder:
 
     def _pool(self, boundary: int, h: torch.Tensor) -> None:
         assert self.masks is not None
-        m = self.masks.on(h.device)  # the layer's device, not the inputs'
-        h = h.float()
-        rows = torch.arange(h.shape[0], device=h.device)
-        self.pooled["last"][boundary].append(h[rows, m.last_index].cpu())
-        for name, mask in (("text_mean", m.text), ("vision_mean", m.vision)):
-            w = mask.to(h.dtype).unsqueeze(-1)
-            count = w.sum(dim=1)
-            mean = (h * w).sum(dim=1) / count.clamp_min(1.0)
-            mean = torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
-            self.pooled[name][boundary].append(mean.cpu())
+        for name, value in pool_states(h, self.masks.on(h.device)).items():  # the layer's device
+            self.pooled[name][boundary].append(value)
 
     def _norm_hook(self, index: int) -> Callable[..., None]:
         """Pools a norm's output into ``norms[.][index]`` (index L: the final norm)."""
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
             assert self.masks is not None
             h = output[0] if isinstance(output, (tuple, list)) else output
-            for name, value in pool_states(h, self.masks).items():
+            for name, value in pool_states(h, self.masks.on(h.device)).items():
                 self.norms[name][index].append(value)
 
         return hook
@@ -407,12 +399,28 @@ def _use_eager_attention(adapter: "ModelAdapter") -> Callable[[], None]:
 
 # ---------------------------------------------------------------- disk cache
 
+# config fields that say where a model was read from, not what it is
+_LOCATION_KEYS = ("_name_or_path", "_commit_hash", "transformers_version")
+
+
+def _without_location(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _without_location(v) for k, v in d.items() if k not in _LOCATION_KEYS}
+    if isinstance(d, list):
+        return [_without_location(v) for v in d]
+    return d
+
 
 def model_fingerprint(adapter: "ModelAdapter") -> str:
-    """Identity of the weights and architecture, cheap even for 7B models (strided samples)."""
+    """Identity of the weights and architecture, cheap even for 7B models (strided samples).
+
+    The config enters without the fields that name where it was loaded from
+    (``_name_or_path`` etc.), so one model read from two mount points has one fingerprint.
+    """
     h = hashlib.sha256()
     h.update(type(adapter.model).__name__.encode())
-    h.update(adapter.model.config.to_json_string(use_diff=False).encode())
+    config = _without_location(adapter.model.config.to_dict())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     with torch.no_grad():
         for name, p in adapter.model.named_parameters():
             flat = p.detach().reshape(-1)
@@ -423,35 +431,92 @@ def model_fingerprint(adapter: "ModelAdapter") -> str:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(obj)
 
 
 def _atomic_save(path: Path, save: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, save)
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 class CaptureCache:
-    """On-disk cache of captures: ``<root>/<key>/pooled.npz`` + one ``.npy`` per statistic.
+    """On-disk cache of captures: ``<root>/<key>/pooled.npz`` + ``meta.json`` + one ``.npy``
+    per statistic.
 
-    ``key`` identifies (model weights, calibration set, N, seed); statistics missing from
-    the cache are computed together in one forward pass and added.
+    ``key`` identifies everything a capture depends on (see :meth:`key`); statistics missing
+    from the cache are computed together in one forward pass and added. One process at a
+    time fills an entry (a lock next to it); an unreadable or inconsistent file is logged
+    with its path, discarded and recomputed; temporary files of killed writers are removed.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.forward_passes = 0  # how many calibration passes this cache object triggered
+        self.last_hit = False  # whether the last get() ran no forward pass
 
     @staticmethod
-    def key(model_id: str, calibration_id: str) -> str:
-        return _digest({"model": model_id, "calibration": calibration_id})
+    def key(model_id: str, calibration_id: str, **identity: Any) -> str:
+        """``identity``: anything else the arrays depend on (batch size, code, versions)."""
+        return digest({"model": model_id, "calibration": calibration_id, **identity})
+
+    def _load(self, folder: Path, spec: CaptureSpec) -> tuple[Capture | None, list[StatRequest], bool]:
+        """What the entry holds (None if its base is missing or corrupt), the missing statistics
+        and whether the norm outputs are asked for but missing."""
+        meta_file, pooled_file = folder / "meta.json", folder / "pooled.npz"
+        if not (meta_file.is_file() and pooled_file.is_file()):
+            if folder.is_dir() and any(folder.iterdir()):  # statistics without their base are unusable
+                shutil.rmtree(folder, ignore_errors=True)
+            return None, list(spec.stats), spec.norms
+        try:
+            meta = json.loads(meta_file.read_text())
+            n_layers, n = int(meta["num_layers"]), len(meta["sample_ids"])
+            with np.load(pooled_file) as z:
+                pooled = {k: z[k] for k in z.files}
+            bad = [p for p in POOLINGS if p not in pooled or pooled[p].shape[:2] != (n_layers + 1, n)]
+            if bad:
+                raise ValueError(f"pooled arrays {bad} missing or not ({n_layers + 1}, {n}, d)")
+        except Exception as err:  # noqa: BLE001 - JSONDecodeError, BadZipFile, EOFError, KeyError, ...
+            discard(folder, f"{type(err).__name__}: {err} (in {meta_file.name} / {pooled_file.name})")
+            return None, list(spec.stats), spec.norms
+        stats, missing = {}, []
+        for r in spec.stats:
+            f = folder / f"stat-{digest(r.key)}.npy"
+            if not f.is_file():
+                missing.append(r)
+                continue
+            try:
+                arr = np.load(f)
+                if arr.shape[:2] != (n_layers, n):
+                    raise ValueError(f"shape {arr.shape}, expected ({n_layers}, {n}, ...)")
+                stats[r.key] = arr
+            except Exception as err:  # noqa: BLE001
+                discard(f, err)
+                missing.append(r)
+        norms: dict[str, np.ndarray] = {}
+        need_norms = False
+        norms_file = folder / "norms.npz"
+        if spec.norms and not norms_file.is_file():
+            need_norms = True
+        elif spec.norms:
+            try:
+                with np.load(norms_file) as z:
+                    norms = {k: z[k] for k in z.files}
+                if any(v.shape[:2] != (n_layers + 1, n) for v in norms.values()):
+                    raise ValueError(f"norm arrays not ({n_layers + 1}, {n}, d)")
+            except Exception as err:  # noqa: BLE001
+                discard(norms_file, err)
+                norms, need_norms = {}, True
+        capture = Capture(n_layers, meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"], norms=norms)
+        return capture, missing, need_norms
 
     def get(
         self,
@@ -462,32 +527,28 @@ class CaptureCache:
         batch_size: int = 16,
     ) -> Capture:
         folder = self.root / key
-        meta_file = folder / "meta.json"
-        stat_files = {r.key: folder / f"stat-{_digest(r.key)}.npy" for r in spec.stats}
-        have_base = meta_file.is_file() and (folder / "pooled.npz").is_file()
-        missing = [r for r in spec.stats if not stat_files[r.key].is_file()]
-        norms_file = folder / "norms.npz"  # its own file: an older capture without it needs a pass for just that
-        need_norms = spec.norms and not norms_file.is_file()
-        if not have_base or missing or need_norms:
-            todo = CaptureSpec(tuple(missing), norms=need_norms) if have_base else spec
+        with entry_lock(folder, "capture"):
+            remove_stale_tmp(folder)
+            cached, missing, need_norms = self._load(folder, spec)
+            self.last_hit = cached is not None and not missing and not need_norms
+            if self.last_hit:
+                return cached
+            todo = CaptureSpec(tuple(missing), norms=need_norms) if cached is not None else spec
             self.forward_passes += 1
             fresh = run_capture(adapter_fn(), samples_fn(), todo, batch_size)
-            for k, arr in fresh.stats.items():
-                _atomic_save(stat_files[k], lambda p, a=arr: np.save(open(p, "wb"), a))
-            if fresh.norms:
-                _atomic_save(norms_file, lambda p: np.savez(open(p, "wb"), **fresh.norms))
-            if not have_base:
-                _atomic_save(folder / "pooled.npz", lambda p: np.savez(open(p, "wb"), **fresh.pooled))
+            folder.mkdir(parents=True, exist_ok=True)
+            for r in todo.stats:
+                atomic_write(folder / f"stat-{digest(r.key)}.npy", lambda p, a=fresh.stats[r.key]: _save_npy(p, a))
+            if fresh.norms:  # its own file: an older entry without it needs a pass for just that
+                atomic_write(folder / "norms.npz", lambda p: _save_npz(p, fresh.norms))
+            if cached is None:
+                atomic_write(folder / "pooled.npz", lambda p: _save_npz(p, fresh.pooled))
                 meta = {"num_layers": fresh.num_layers, "sample_ids": fresh.sample_ids,
                         "domains": fresh.domains, "meta": fresh.meta}
-                _atomic_save(meta_file, lambda p: p.write_text(json.dumps(meta)))
-        meta = json.loads(meta_file.read_text())
-        with np.load(folder / "pooled.npz") as z:
-            pooled = {k: z[k] for k in z.files}
-        stats = {k: np.load(f) for k, f in stat_files.items()}
-        norms: dict[str, np.ndarray] = {}
-        if spec.norms:
-            with np.load(norms_file) as z:
-                norms = {k: z[k] for k in z.files}
-        return Capture(meta["num_layers"], meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"],
-                       norms=norms)
+                atomic_write(folder / "meta.json", lambda p: p.write_text(json.dumps(meta)))  # last: the entry exists
+                return Capture(fresh.num_layers, fresh.sample_ids, fresh.domains, fresh.pooled,
+                               {r.key: fresh.stats[r.key] for r in spec.stats}, fresh.meta, norms=fresh.norms)
+            cached.stats.update(fresh.stats)
+            if fresh.norms:
+                cached.norms = fresh.norms
+            return cached

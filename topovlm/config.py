@@ -10,10 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from typing import TYPE_CHECKING
+
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from topovlm.selection import POLICIES, SelectionConfig
+
+if TYPE_CHECKING:
+    from topovlm.scoring import LayerScorer
 
 MODEL_SOURCES = ("pretrained", "embedded", "tiny")
 DTYPES = ("float32", "float16", "bfloat16", "auto")
@@ -80,6 +85,7 @@ class WandbConfig:
     group: Optional[str] = None  # default: the sweep id
     tags: list[str] = field(default_factory=list)
     dir: Optional[str] = None  # default: the job's output dir
+    init_timeout: float = 10.0  # seconds wandb.init may take online before the job logs offline
 
 
 @dataclass
@@ -128,13 +134,112 @@ def _allowed(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None
         raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
 
 
-def validate(cfg: DictConfig, inputs: bool = True) -> None:
-    """Check values before anything expensive happens; ``inputs``: also that the model and
-    the datasets the job reads are available (:mod:`topovlm.preflight`)."""
+def _at_least(key: str, value: Any, low: int) -> None:
+    if value is not None and int(value) < low:
+        raise ConfigError(f"{key}={value} must be >= {low}")
+
+
+def build_scorer(scorer_cfg: DictConfig | dict) -> "LayerScorer":
+    """Scorer from its config: ``name`` (registry) or ``_target_``, other keys = hyperparameters.
+
+    With both, they must agree: the class ``_target_`` names must be registered under
+    ``name`` (``scorer=cosine scorer.name=tail`` is an error, not a cosine scorer).
+    """
+    import inspect
+
+    from topovlm.registry import available_scorers, get_scorer_class
+    from topovlm.scoring import LayerScorer
+
+    params = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
+    name = params.pop("name", None)
+    target = params.pop("_target_", None)
+    if target:
+        import hydra.utils
+
+        try:
+            cls = hydra.utils.get_class(target)
+        except Exception as err:  # noqa: BLE001 - ImportError, AttributeError, ValueError from _locate
+            raise ConfigError(f"scorer._target_={target!r} cannot be imported ({err}); "
+                              "is its package on PYTHONPATH?") from None
+        if not (isinstance(cls, type) and issubclass(cls, LayerScorer)):
+            raise ConfigError(f"scorer._target_={target!r} is not a LayerScorer subclass")
+        if name and cls.name and cls.name != name:
+            known = available_scorers()
+            if name not in known:
+                raise ConfigError(f"scorer={name!r} is not allowed; allowed values: {', '.join(known)} "
+                                  f"(scorer._target_={target!r} is registered as {cls.name!r})")
+            raise ConfigError(f"scorer.name={name!r} does not match scorer._target_={target!r}, which is registered "
+                              f"as {cls.name!r}; give the scorer's own name or drop one of the two")
+    else:
+        _allowed("scorer", name, available_scorers())
+        cls = get_scorer_class(name)
+    label = name or cls.name or target
+    try:
+        return cls(**params)
+    except TypeError as err:
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+        raise ConfigError(f"scorer={label}: {err}; its parameters are: {', '.join(allowed) or '(none)'}") from None
+    except ValueError as err:
+        raise ConfigError(f"scorer={label}: {err}") from None
+
+
+def config_num_layers(model: Any) -> int | None:
+    """The decoder depth from the model's config alone (no weights), None when not cheaply known."""
+    import inspect
+    import json
+    from pathlib import Path
+
+    if model.source == "tiny":
+        from topovlm.adapters.tiny import TINY_BUILDERS
+
+        builder = TINY_BUILDERS.get(model.family)
+        default = inspect.signature(builder).parameters["num_layers"].default if builder else None
+        return int((model.tiny or {}).get("num_layers", default))
+    file = None
+    if model.source == "embedded":
+        from topovlm.default_model import default_cache_dir
+        from topovlm.default_model.build import weights_digest
+
+        file = default_cache_dir() / f"default-vlm-{weights_digest()[:12]}" / "config.json"
+    elif model.path and (Path(model.path) / "config.json").is_file():
+        file = Path(model.path) / "config.json"
+    elif model.path:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(model.path, "config.json", revision=model.revision)
+            file = Path(found) if isinstance(found, str) else None
+        except Exception:  # noqa: BLE001 - not cached: known after loading
+            file = None
+    if file is None or not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    for section in (data.get("text_config") or {}, data):
+        if isinstance(section, dict) and section.get("num_hidden_layers"):
+            return int(section["num_hidden_layers"])
+    return None
+
+
+def _writable(key: str, value: Any) -> None:
+    """``value`` is a directory this process can create or write into."""
+    import os
+    from pathlib import Path
+
+    path = Path(str(value)).expanduser()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={value}: {probe} is not a writable directory")
+
+
+def _check_values(cfg: DictConfig) -> None:
     from topovlm.adapters.families import ADAPTERS
     from topovlm.data.sources import SOURCES
     from topovlm.evaluation import EVALUATORS
-    from topovlm.registry import available_scorers
 
     if not 0.0 <= float(cfg.sparsity) < 1.0:
         raise ConfigError(f"sparsity={cfg.sparsity} must be in [0, 1)")
@@ -144,18 +249,63 @@ def validate(cfg: DictConfig, inputs: bool = True) -> None:
     if cfg.model.source == "pretrained" and not cfg.model.path:
         raise ConfigError("model.path must name a hub id or local directory when model.source=pretrained")
     _allowed("task.evaluator", cfg.task.evaluator, sorted(EVALUATORS))
-    _allowed("task.dataset.source", cfg.task.dataset.source, sorted(SOURCES))
-    _allowed("calibration.dataset.source", cfg.calibration.dataset.source, sorted(SOURCES))
-    if cfg.calibration.n < 1:
-        raise ConfigError(f"calibration.n={cfg.calibration.n} must be >= 1")
+    for key in ("task.dataset", "calibration.dataset"):
+        ds = OmegaConf.select(cfg, key)
+        _allowed(f"{key}.source", ds.source, sorted(SOURCES))
+        if ds.source == "shapes":
+            from topovlm.data.shapes import SPLITS, VERSIONS
+
+            _allowed(f"{key}.split", ds.split, SPLITS)
+            _allowed(f"{key}.version", ds.version, sorted(VERSIONS))
+        _at_least(f"{key}.n", ds.n, 1)
+    _at_least("calibration.n", cfg.calibration.n, 1)
+    _at_least("calibration.batch_size", cfg.calibration.batch_size, 1)
+    _at_least("task.batch_size", cfg.task.batch_size, 1)
+    _at_least("task.limit", cfg.task.limit, 1)
+    _at_least("num_threads", cfg.num_threads, 1)
     _allowed("selection.policy", cfg.selection.policy, POLICIES)
     if not 0.0 < float(cfg.selection.eps) <= 1.0:
         raise ConfigError(f"selection.eps={cfg.selection.eps} must be in (0, 1]")
     if cfg.selection.min_gap < 1:
         raise ConfigError(f"selection.min_gap={cfg.selection.min_gap} must be >= 1")
-    scorer_name = OmegaConf.select(cfg, "scorer.name")
-    _allowed("scorer", scorer_name, available_scorers())
     _allowed("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
+
+
+def _check_scorer(cfg: DictConfig) -> "LayerScorer":
+    scorer = build_scorer(cfg.scorer)
+    try:
+        scorer.check_config(cfg)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        raise ConfigError(f"scorer={scorer.name}: {err}") from None
+    return scorer
+
+
+def _check_budget(cfg: DictConfig, scorer: "LayerScorer") -> None:
+    from topovlm.selection import SelectionError, check_budget
+
+    num_layers = config_num_layers(cfg.model)
+    if num_layers is None:
+        return  # checked again once the model is loaded, before anything is computed
+    selection = SelectionConfig(**OmegaConf.to_container(cfg.selection, resolve=True))
+    try:
+        check_budget(float(cfg.sparsity), num_layers, selection, scorer.default_policy)
+    except SelectionError as err:
+        raise ConfigError(f"sparsity={cfg.sparsity:g}, selection.policy={cfg.selection.policy} "
+                          f"(scorer {scorer.name}: {scorer.default_policy}) on {cfg.model.name} "
+                          f"({num_layers} layers): {err}") from None
+
+
+def validate(cfg: DictConfig, inputs: bool = True) -> None:
+    """Every check the config alone allows, before anything expensive happens; the sweep
+    runs it for every job at its start (``topovlm.callbacks.SweepGuard``). Raises
+    :class:`ConfigError` naming the key and what is allowed. ``inputs``: also check that
+    the model and the datasets the job reads are available (:mod:`topovlm.preflight`)."""
+    _check_values(cfg)
+    scorer = _check_scorer(cfg)
+    _check_budget(cfg, scorer)
+    _writable("cache_dir", cfg.cache_dir)
     if inputs:
         from topovlm.preflight import check_inputs
 

@@ -1,39 +1,137 @@
-"""One job of a sweep: load, calibrate, score, select, prune, evaluate, record.
+"""One job of a sweep, as a pipeline of small stages (:func:`run_job` reads on one screen):
 
-Hydra's default launcher runs every job of a multirun in this one process, so the job
-always closes its W&B run and frees the model, even when it raises.
+    prepare (validate) -> claim -> calibration samples -> load -> score (capture, cached)
+    -> select -> reference -> prune -> evaluate -> record
+
+Every stage takes what it needs explicitly and returns what it made. What a job is
+(config, identity, scorer, where it writes) is fixed once in :class:`Job`. Caches are
+keyed by :mod:`topovlm.identity` (code, versions, config values) and every hit is
+logged with what it was keyed on. Identical jobs running at once are serialised by a
+lock on their identity: the second waits and reuses the first one's result.
 """
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import pickle
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import topovlm.capture as capture_module
 from topovlm import samples as job_samples
-from topovlm.capture import CaptureCache, _atomic_save, _digest, model_fingerprint
-from topovlm.config import ConfigError, validate
+from topovlm.capture import CaptureCache, model_fingerprint
+from topovlm.config import ConfigError, build_scorer, validate
 from topovlm.data.sources import dataset_id, load_samples
-from topovlm.efficiency import EfficiencySettings, JobEfficiency, flat_numeric
-from topovlm.pruning import remove_layers
-from topovlm.registry import get_scorer_class
-from topovlm.results import RESULTS_FILE, SWEEP_TABLE, append_row, load_results, versions, write_json_atomic
+from topovlm.identity import code_digest, digest, library_versions, samples_digest
+from topovlm.results import (RESULTS_FILE, clear_job_dir, link_outputs, load_results, rebuild_table, versions,
+                             write_json_atomic)
 from topovlm.scoring import LayerScorer, ScoreResult, ScoringContext
-from topovlm.selection import SelectionConfig, select_layers
-from topovlm.tracking import WandbRun
+from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
+from topovlm.storage import atomic_write, atomic_write_bytes, discard, entry_lock, read_json, remove_stale_tmp
+from topovlm.tracking import WandbRun, set_aside_incomplete_runs
+
+__all__ = ["run_job", "job_key", "build_scorer", "Job"]
 
 log = logging.getLogger(__name__)
 # keys that change how a job is logged or stored, not what it computes
-_NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads")
+NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads")
+EVALUATOR_MODULES = {"vqa": "topovlm.evaluation.vqa", "perplexity": "topovlm.evaluation.perplexity",
+                     "lmms": "topovlm.evaluation.lmms"}
+
+
+# ------------------------------------------------------------------------------ identity
+
+def code_identity(cfg: DictConfig, scorer: LayerScorer | None = None) -> dict[str, str]:
+    """Digests of the code that computes this job's numbers."""
+    from topovlm.adapters.families import ADAPTERS
+
+    scorer = scorer or build_scorer(cfg.scorer)
+    evaluator = EVALUATOR_MODULES.get(cfg.task.evaluator, f"topovlm.evaluation.{cfg.task.evaluator}")
+    return {"scorer": code_digest(type(scorer)), "evaluator": code_digest(evaluator),
+            "capture": code_digest(capture_module, ADAPTERS[cfg.model.family]),
+            "selection": code_digest("topovlm.selection", "topovlm.pruning")}
+
+
+def job_identity(cfg: DictConfig, scorer: LayerScorer | None = None) -> dict[str, Any]:
+    """What a completed job's result depends on: the resolved config minus logging and
+    storage switches, the code, the library versions, and the embedded model's weights."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for k in NOT_IDENTITY:
+        data.pop(k, None)
+    if cfg.model.source == "embedded":
+        from topovlm.default_model.build import weights_digest
+
+        data["weights"] = weights_digest()
+    data["code"] = code_identity(cfg, scorer)
+    data["versions"] = library_versions()
+    return data
+
+
+def job_key(cfg: DictConfig) -> str:
+    return digest(job_identity(cfg))
+
+
+def keyed_on(identity: dict[str, Any]) -> str:
+    """A one-line account of a cache key's content, for the log line of a hit."""
+    def short(v: Any) -> str:
+        text = str(v)
+        return f"<{len(v)} keys, {digest(v)}>" if isinstance(v, dict) and len(text) > 60 else text
+
+    return ", ".join(f"{k}={short(v)}" for k, v in identity.items())
+
+
+# ------------------------------------------------------------------------------ the job
+
+@dataclass
+class Job:
+    """What a job is, fixed before anything runs."""
+
+    cfg: DictConfig
+    out_dir: Path
+    table_dir: Path  # where results.jsonl lives: the sweep dir (or the run's own dir)
+    group: str  # W&B group
+    run_name: str
+    key: str
+    identity: dict[str, Any]
+    scorer: LayerScorer
+    selection: SelectionConfig
+    config: dict[str, Any]  # the resolved config, as recorded
+    force: bool
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cfg.cache_dir)
+
+
+@dataclass
+class Timer:
+    """Wall time per stage; ``stage`` is the one running (named in a failure record)."""
+
+    timings: dict[str, float] = field(default_factory=dict)
+    stage: str = "validate"
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        self.stage, start = stage, time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class Ranking:
+    result: ScoreResult
+    from_cache: bool
+    cache: dict[str, Any]  # keys and hits, for results.json
 
 
 def seed_everything(seed: int) -> None:
@@ -42,250 +140,334 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_scorer(scorer_cfg: DictConfig | dict) -> LayerScorer:
-    """Scorer from its config: ``name`` (registry) or ``_target_``, other keys = hyperparameters."""
-    params = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
-    name = params.pop("name", None)
-    target = params.pop("_target_", None)
-    if target:
-        import hydra.utils
+# ------------------------------------------------------------------------------ stages
 
-        cls = hydra.utils.get_class(target)
-    else:
-        try:
-            cls = get_scorer_class(name)
-        except KeyError as err:
-            raise ConfigError(f"scorer={name!r}: {err.args[0]}") from None
-    try:
-        return cls(**params)
-    except TypeError as err:
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-        raise ConfigError(f"scorer={name}: {err}; its parameters are: {', '.join(allowed) or '(none)'}") from None
-    except ValueError as err:
-        raise ConfigError(f"scorer={name}: {err}") from None
-
-
-def job_key(cfg: DictConfig) -> str:
-    """Identity of a job's result: the resolved config minus logging/storage switches, plus
-    the identity of the weights where it is cheap to know (the embedded model's committed file)."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    for k in _NOT_IDENTITY:
-        data.pop(k, None)
-    if cfg.model.source == "embedded":
-        from topovlm.default_model.build import weights_digest
-
-        data["weights"] = weights_digest()
-    return _digest(data)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], phase: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
-
-
-def _score_cached(scorer: LayerScorer, capture_fn: Any, cache_root: Path, capture_key: str,
-                  ctx: ScoringContext) -> tuple[ScoreResult, bool]:
-    """A sweep over sparsities scores once: the ranking is cached per (capture, scorer, seed)."""
-    path = cache_root / "scores" / capture_key / f"{scorer.name}-{_digest([scorer.params(), ctx.seed])}.pkl"
-    if scorer.cacheable and path.is_file():
-        with open(path, "rb") as f:
-            return pickle.load(f), True
-    result = scorer.score(capture_fn(), ctx)
-    if scorer.cacheable:
-        _atomic_save(path, lambda p: p.write_bytes(pickle.dumps(result)))
-    return result, False
-
-
-def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, group: str = "local") -> dict[str, Any]:
-    """Run one (model, scorer, sparsity, task) job; return the results dict (also in results.json)."""
+def prepare(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None, group: str, run_name: str | None) -> Job:
+    """validate: every config-only check, then the job's identity."""
     validate(cfg)
     scorer = build_scorer(cfg.scorer)
     try:
-        scorer.check_config(cfg)  # before the model loads: a doomed run fails in a second
+        scorer.check_config(cfg)  # this instance too: a scorer may adopt run settings (topo: selection.eps)
     except ValueError as err:
         raise ConfigError(f"scorer={scorer.name}: {err}") from None
-    selection = SelectionConfig(**OmegaConf.to_container(cfg.selection, resolve=True))
+    identity = job_identity(cfg, scorer)
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = job_key(cfg)
-    cache_root = Path(cfg.cache_dir)
+    return Job(cfg=cfg, out_dir=out_dir, table_dir=sweep_dir or out_dir,
+               group=OmegaConf.select(cfg, "logger.wandb.group") or group,
+               run_name=run_name or f"{scorer.name}-s{cfg.sparsity:g}", key=digest(identity), identity=identity,
+               scorer=scorer, selection=SelectionConfig(**OmegaConf.to_container(cfg.selection, resolve=True)),
+               config=OmegaConf.to_container(cfg, resolve=True),
+               force=bool(OmegaConf.select(cfg, "force", default=False)))
 
-    force = bool(OmegaConf.select(cfg, "force", default=False))
-    done = None if force else _completed(cache_root, key, out_dir)
-    if done is not None and cfg.save_model and not (Path(done["out_dir"]) / "pruned_model").is_dir():
-        done = None  # the finished job did not save its pruned model; this one must
-    if done is not None:
-        log.info("job %s already complete (%s); skipping (+force=true recomputes)", key, done.get("out_dir"))
-        if Path(done["out_dir"]).resolve() == out_dir.resolve():
-            return done  # re-run of the same sweep dir: its results.json and table row are already there
-        done = {**done, "resumed_from": done.get("out_dir"), "out_dir": str(out_dir)}
-        write_json_atomic(out_dir / RESULTS_FILE, done)
-        _append_sweep_row(sweep_dir or out_dir, done)
-        return done
-    # a results.json left here by an earlier job (another config, or +force=true) must not
-    # outlive this one: until this job writes its own, the dir holds nothing that looks complete
-    (out_dir / RESULTS_FILE).unlink(missing_ok=True)
 
+def calibration_samples(job: Job) -> list:
+    """The calibration set; a source smaller than ``calibration.n`` is an error."""
+    cal = job.cfg.calibration
+    samples = load_samples(cal.dataset, n=cal.n, seed=cal.seed)
+    if len(samples) < cal.n:
+        raise ConfigError(f"calibration.n={cal.n}, but calibration.dataset (source={cal.dataset.source}, "
+                          f"split={cal.dataset.split}, path={cal.dataset.path}) holds only {len(samples)} samples; "
+                          f"set calibration.n<={len(samples)} or use a larger source")
+    return samples
+
+
+def load_model(job: Job) -> Any:
+    """load: the adapter, seeded, on the configured threads; the budget checked against its depth."""
     from topovlm.adapters.loading import load_adapter
+
+    seed_everything(job.cfg.seed)
+    if job.cfg.num_threads:
+        torch.set_num_threads(int(job.cfg.num_threads))
+    adapter = load_adapter(job.cfg.model)
+    try:
+        check_budget(float(job.cfg.sparsity), adapter.num_layers, job.selection, job.scorer.default_policy)
+    except SelectionError as err:
+        raise ConfigError(f"sparsity={job.cfg.sparsity:g} on {adapter.num_layers} layers: {err}") from None
+    return adapter
+
+
+def _load_ranking(path: Path, num_layers: int) -> ScoreResult | None:
+    if not path.is_file():
+        return None
+    try:
+        result = pickle.loads(path.read_bytes())
+        if not isinstance(result, ScoreResult) or len(result.scores) != num_layers:
+            raise ValueError(f"not a ScoreResult of {num_layers} layers")
+        return result
+    except Exception as err:  # noqa: BLE001 - UnpicklingError, EOFError, AttributeError, ...
+        discard(path, err)
+        return None
+
+
+def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer) -> Ranking:
+    """capture + score: the ranking from its cache, else from the (cached) capture."""
+    cal, scorer, n_layers = job.cfg.calibration, job.scorer, adapter.num_layers
+    capture_id = {"model": fingerprint, "calibration": dataset_id(cal.dataset, cal.n, cal.seed).split(":")[0],
+                  "samples": samples_digest(samples), "batch_size": int(cal.batch_size),
+                  "code": job.identity["code"]["capture"],
+                  "versions": library_versions()}
+    capture_key = digest(capture_id)
+    captures = CaptureCache(job.cache / "captures")
+    ctx = ScoringContext(seed=job.cfg.seed, num_layers=n_layers, out_dir=job.out_dir)
+
+    def capture() -> Any:
+        with timer("capture"):
+            cap = captures.get(capture_key, lambda: adapter, lambda: samples, scorer.capture_spec(), cal.batch_size)
+        if captures.last_hit:
+            log.info("cache hit: capture %s (keyed on %s)", captures.root / capture_key, keyed_on(capture_id))
+        return cap
+
+    ranking_id = {"capture": capture_key, "scorer": scorer.name, "params": scorer.params(), "seed": job.cfg.seed,
+                  "code": job.identity["code"]["scorer"]}
+    path = job.cache / "scores" / capture_key / f"{scorer.name}-{digest(ranking_id)}.pkl"
+    with timer("score"):
+        result = None
+        if scorer.cacheable:
+            with entry_lock(path, "ranking"):
+                remove_stale_tmp(path)
+                result = None if job.force else _load_ranking(path, n_layers)
+                if result is not None:
+                    log.info("cache hit: ranking %s (keyed on %s)", path, keyed_on(ranking_id))
+                    from_cache = True
+                else:
+                    result, from_cache = scorer.score(capture(), ctx), False
+                    atomic_write_bytes(path, pickle.dumps(result))
+        else:
+            result, from_cache = scorer.score(capture(), ctx), False
+    timer.timings["score"] -= timer.timings.get("capture", 0.0)
+    if len(result.scores) != n_layers:
+        raise RuntimeError(f"scorer {scorer.name} returned {len(result.scores)} scores for {n_layers} layers")
+    return Ranking(result, from_cache, {"capture": {"key": capture_key, "hit": captures.last_hit or from_cache},
+                                        "ranking": {"key": path.stem, "hit": from_cache}})
+
+
+def select(job: Job, ranking: Ranking) -> tuple[list[int], str]:
+    r = ranking.result
+    return select_layers(r.redundancy, float(job.cfg.sparsity), job.selection, job.scorer.default_policy,
+                         r.block_cost, scorer=job.scorer.name)
+
+
+def reference_entry(job: Job, fingerprint: str) -> tuple[Path, dict[str, Any]]:
+    ref_id = {"model": fingerprint, "task": job.config["task"], "seed": job.cfg.seed,
+              "code": job.identity["code"]["evaluator"], "versions": library_versions()}
+    return job.cache / "reference" / f"{job.cfg.model.name}-{digest(ref_id)}.json", ref_id
+
+
+def reference(job: Job, evaluator: Any, adapter: Any, fingerprint: str) -> dict[str, Any] | None:
+    """The unpruned model's metrics (and per-sample records, beside them) on this task and
+    seed: cached, else evaluated (``reference=true``)."""
+    path, ref_id = reference_entry(job, fingerprint)
+    with entry_lock(path, "reference"):
+        remove_stale_tmp(path)
+        cached = None if job.force else read_json(path, required=("metrics",))
+        # a cached reference without its records is evaluated once more (samples.jsonl needs them)
+        records_missing = job_samples.load_reference(path) is None and \
+            job_samples.evaluator_records(evaluator, job.cfg.task.name) is not None
+        if cached is not None and not (records_missing and job.cfg.reference):
+            log.info("cache hit: reference %s (keyed on %s)", path, keyed_on(ref_id))
+            return cached["metrics"]
+        if not job.cfg.reference:
+            return None if cached is None else cached["metrics"]
+        metrics = evaluator.evaluate(adapter)
+        write_json_atomic(path, {"metrics": metrics, "identity": ref_id})
+        job_samples.save_reference(path, evaluator, job.cfg.task.name)
+        return metrics
+
+
+def store_reference(job: Job, fingerprint: str, metrics: dict[str, Any], evaluator: Any) -> None:
+    """An unpruned job's own metrics (and records) are the reference of its model, task and seed."""
+    path, ref_id = reference_entry(job, fingerprint)
+    with entry_lock(path, "reference"):
+        write_json_atomic(path, {"metrics": metrics, "identity": ref_id})
+        job_samples.save_reference(path, evaluator, job.cfg.task.name)
+
+
+def prune(job: Job, adapter: Any, removed: list[int], samples: list) -> tuple[list[int], dict[str, Any]]:
+    from topovlm.pruning import remove_layers
+
+    if not removed:
+        return list(range(adapter.num_layers)), {}
+    kept = remove_layers(adapter, removed)
+    ctx = ScoringContext(seed=job.cfg.seed, num_layers=len(kept) + len(removed), out_dir=job.out_dir)
+    return kept, job.scorer.after_pruning(adapter, removed, samples, ctx)
+
+
+def _savez(path: Path, name: str, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **{name: arr})
+
+
+def write_outputs(job: Job, result: ScoreResult, adapter: Any) -> list[Path]:
+    """Diagnostics and arrays next to the run (and the pruned model when asked); the images."""
+    images = job.scorer.write_diagnostics(result, job.out_dir)
+    for name, arr in result.arrays.items():
+        atomic_write(job.out_dir / f"{name}.npz", lambda p, n=name, a=arr: _savez(p, n, a))
+    return images
+
+
+def log_run(job: Job, results: dict[str, Any], images: list[Path], *, resumed: bool = False) -> dict[str, Any] | None:
+    """The job's W&B run, opened and finished here (a killed job leaves no finished run)."""
+    from topovlm.efficiency import flat_numeric
+
+    metrics = results["metrics"]
+    with WandbRun(job.cfg.logger.wandb, name=job.run_name, group=job.group, job_type=job.scorer.name,
+                  config=job.config, out_dir=job.out_dir, tags=("resumed",) if resumed else ()) as wb:
+        wb.log({"sparsity": float(job.cfg.sparsity), **{f"metrics/{k}": v for k, v in metrics.items()},
+                "num_layers_kept": results["num_layers_kept"],
+                **{f"efficiency/{k}": v for k, v in flat_numeric(results.get("efficiency") or {}).items()}})
+        wb.config_update({"protocol": results.get("protocol"), "resumed_from": results.get("resumed_from")})
+        wb.log_images(images)
+        wb.summary({"removed_layers": results["removed_layers"], "selection_policy": results["selection_policy"]})
+        samples_file = job.out_dir / job_samples.SAMPLES_FILE
+        if wb.run is not None and samples_file.is_file():
+            job_samples.log_samples_artifact(wb.run, samples_file, f"samples-{job.run_name}-{job.key[:8]}")
+        return wb.info()
+
+
+def record(job: Job, results: dict[str, Any], images: list[Path], *, resumed: bool = False) -> dict[str, Any]:
+    """W&B first, then results.json (its presence means complete), the index, the table."""
+    results["wandb"] = log_run(job, results, images, resumed=resumed)
+    write_json_atomic(job.out_dir / RESULTS_FILE, results)
+    if not resumed:  # the index names the job that computed the result, never a copy
+        _register_completed(job.cache, job.key, results)
+    rebuild_table(job.table_dir)
+    return results
+
+
+def reuse(job: Job, done: dict[str, Any]) -> dict[str, Any]:
+    """A finished job with this identity exists: this dir gets its result and outputs."""
+    src = Path(done["out_dir"])
+    if src.resolve() == job.out_dir.resolve():
+        log.info("job %s already complete (%s); skipping (+force=true recomputes); keyed on %s",
+                 job.key, src, keyed_on(job.identity))
+        rebuild_table(job.table_dir)
+        return done
+    log.info("job %s already complete (%s); reusing its result and outputs (+force=true recomputes); "
+             "keyed on %s", job.key, src, keyed_on(job.identity))
+    clear_job_dir(job.out_dir)
+    set_aside_incomplete_runs(job.out_dir)
+    linked = link_outputs(src, job.out_dir)
+    results = {**done, "resumed_from": str(src), "out_dir": str(job.out_dir), "linked_outputs": linked,
+               "wandb_group": job.group}
+    images = [job.out_dir / name for name in linked if name.endswith(".png")]
+    return record(job, results, images, resumed=True)
+
+
+# ------------------------------------------------------------------------------ run_job
+
+def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, group: str = "local",
+            run_name: str | None = None) -> dict[str, Any]:
+    """Run one (model, scorer, sparsity, task) job; return the results dict (also in results.json).
+    An exception carries ``topovlm_stage``: the stage it was raised in."""
+    timer = Timer()
+    try:
+        job = prepare(cfg, Path(out_dir), sweep_dir, group, run_name)
+        with entry_lock(job.cache / "completed" / f"{job.key}.json", "identical job"):  # claim
+            done = None if job.force else _completed(job.cache, job.key, job.out_dir, job.cfg.save_model)
+            if done is not None:
+                with timer("reuse"):
+                    return reuse(job, done)
+            clear_job_dir(job.out_dir)
+            set_aside_incomplete_runs(job.out_dir)
+            with timer("calibration_samples"):
+                samples = calibration_samples(job)
+            return compute(job, samples, timer)
+    except Exception as err:
+        err.topovlm_stage = timer.stage  # type: ignore[attr-defined]
+        raise
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def compute(job: Job, samples: list, timer: Timer) -> dict[str, Any]:
+    """load -> score -> select -> reference -> prune -> evaluate -> record."""
+    from topovlm.efficiency import EfficiencySettings, JobEfficiency
     from topovlm.evaluation import build_evaluator
 
+    cfg = job.cfg
     evaluator = build_evaluator(cfg.task)
-    seed_everything(cfg.seed)
-    if cfg.num_threads:
-        torch.set_num_threads(int(cfg.num_threads))
-    timings: dict[str, float] = {}
-    name = f"{scorer.name}-s{cfg.sparsity:g}"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    adapter = None
-    with WandbRun(cfg.logger.wandb, name=name, group=group, job_type=scorer.name, config=config, out_dir=out_dir) as wb:
-        try:
-            # efficiency: the job's peak-memory window starts before loading; the unpruned model's
-            # numbers are measured before pruning (cached per model and machine under cache_dir)
-            eff = JobEfficiency(EfficiencySettings.from_cfg(OmegaConf.select(cfg, "efficiency", default=None),
-                                                            cfg.model.source), cache_root, cfg.model.name, cfg.model.device)
-            with _timed(timings, "load_model"):
-                adapter = load_adapter(cfg.model)
-            num_layers = adapter.num_layers
-            eff.model_key = f"{cfg.model.name}-{model_fingerprint(adapter)}"
-            with _timed(timings, "efficiency"):
-                eff.measure_baseline(adapter)
-            cal = cfg.calibration
-            samples_fn = lambda: load_samples(cal.dataset, n=cal.n, seed=cal.seed)  # noqa: E731
-            capture_key = CaptureCache.key(model_fingerprint(adapter), dataset_id(cal.dataset, cal.n, cal.seed))
-            cache = CaptureCache(cache_root / "captures")
-            ctx = ScoringContext(seed=cfg.seed, num_layers=num_layers, out_dir=out_dir)
+    eff = JobEfficiency(EfficiencySettings.from_cfg(OmegaConf.select(cfg, "efficiency", default=None), cfg.model.source),
+                        job.cache, cfg.model.name, cfg.model.device)  # the job's peak-memory window starts here
+    with timer("load_model"):
+        adapter = load_model(job)
+    num_layers, fingerprint = adapter.num_layers, model_fingerprint(adapter)
+    eff.model_key = f"{cfg.model.name}-{fingerprint}"
+    with timer("efficiency"):
+        eff.measure_baseline(adapter)  # the unpruned model's numbers, before pruning
+    ranking = score(job, adapter, fingerprint, samples, timer)
+    with timer("select"):
+        removed, policy = select(job, ranking)
+    ref = None
+    if removed:
+        with timer("reference_evaluate"):
+            ref = reference(job, evaluator, adapter, fingerprint)
+    with timer("prune"):
+        kept, edit = prune(job, adapter, removed, samples)
+    with timer("evaluate"):
+        metrics = evaluator.evaluate(adapter)
+    if not removed:
+        ref = metrics
+        store_reference(job, fingerprint, metrics, evaluator)
+    with timer("samples"):  # samples.jsonl, each record joined with the unpruned model's
+        job_samples.write_job_samples(job.out_dir, evaluator, cfg.task.name, reference_entry(job, fingerprint)[0],
+                                      unpruned=not removed)
+    with timer("efficiency"):
+        efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timer.timings.get("evaluate"),
+                                original_layers=num_layers)
+    with timer("diagnostics"):
+        images = write_outputs(job, ranking.result, adapter)
+    r = ranking.result
+    results: dict[str, Any] = {
+        "model": cfg.model.name, "task": cfg.task.name, "scorer": job.scorer.name, "sparsity": float(cfg.sparsity),
+        "seed": int(cfg.seed), "num_layers": num_layers, "num_layers_kept": len(kept), "removed_layers": removed,
+        "kept_layers": kept, "selection_policy": policy, "scores": r.scores, "redundancy": r.redundancy,
+        "metrics": metrics, "reference_metrics": ref,  # the unpruned model's, same task and seed
+        "efficiency": efficiency, "timings": timer.timings, "scores_from_cache": ranking.from_cache,
+        "after_pruning": edit, "protocol": {**evaluator.protocol(), "model_inputs": adapter.protocol()},
+        "config": job.config, "versions": versions(),
+        "effective": {"calibration.n": len(samples), "calibration.batch_size": int(cfg.calibration.batch_size),
+                      "task.num_samples": metrics.get("num_samples")},
+        "identity": {"code": job.identity["code"], "model_fingerprint": fingerprint, **ranking.cache},
+        "diagnostics": [p.name for p in images], "job_key": job.key, "out_dir": str(job.out_dir),
+        "wandb_group": job.group, **r.extra,
+    }
+    if cfg.save_model:
+        from topovlm.export import write_checkpoint
 
-            def capture_fn() -> Any:
-                with _timed(timings, "capture"):
-                    return cache.get(capture_key, lambda: adapter, samples_fn, scorer.capture_spec(), cal.batch_size)
-
-            with _timed(timings, "score"):
-                result, from_cache = _score_cached(scorer, capture_fn, cache_root, capture_key, ctx)
-            if len(result.scores) != num_layers:
-                raise RuntimeError(f"scorer {scorer.name} returned {len(result.scores)} scores for {num_layers} layers")
-            timings["score"] -= timings.get("capture", 0.0)
-
-            with _timed(timings, "select_prune"):
-                removed, policy = select_layers(result.redundancy, cfg.sparsity, selection,
-                                                scorer.default_policy, result.block_cost)
-                if cfg.sparsity == 0 and policy != "threshold":
-                    removed = []
-            reference_file = cache_root / "reference" / f"{eff.model_key}-{_digest([config['task'], cfg.seed])}.json"
-            reference = load_results(reference_file)
-            # --- per-sample records (topovlm/samples.py): the unpruned model's records are cached
-            # beside its metrics; a cached reference without them is evaluated once more ---------
-            if removed and cfg.reference and job_samples.load_reference(reference_file) is None \
-                    and getattr(evaluator, "sample_records", None) is not None:
-                with _timed(timings, "reference_evaluate"):
-                    reference = evaluator.evaluate(adapter)
-                write_json_atomic(reference_file, reference)
-                job_samples.save_reference(reference_file, evaluator, cfg.task.name)
-            # --- end per-sample records ------------------------------------------------------
-            if removed and reference is None and cfg.reference:
-                with _timed(timings, "reference_evaluate"):  # the unpruned model, once per model/task/seed
-                    reference = evaluator.evaluate(adapter)
-                write_json_atomic(reference_file, reference)
-            with _timed(timings, "select_prune"):
-                kept = remove_layers(adapter, removed) if removed else list(range(num_layers))
-            edit: dict[str, Any] = {}
-            if removed:
-                with _timed(timings, "after_pruning"):
-                    edit = scorer.after_pruning(adapter, removed, samples_fn(), ctx)
-
-            with _timed(timings, "evaluate"):
-                metrics = evaluator.evaluate(adapter)
-            # --- per-sample records (topovlm/samples.py): samples.jsonl, joined with the reference -
-            job_samples.write_job_samples(out_dir, evaluator, cfg.task.name, reference_file, unpruned=not removed,
-                                          wandb_run=wb.run, artifact_name=f"samples-{name}-{key[:8]}")
-            # --- end per-sample records ------------------------------------------------------
-            if not removed:
-                reference = metrics
-                write_json_atomic(reference_file, metrics)
-            with _timed(timings, "efficiency"):
-                efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timings.get("evaluate"),
-                                        original_layers=num_layers)
-            protocol = {**evaluator.protocol(), "model_inputs": adapter.protocol()}  # lmms-eval parity
-
-            with _timed(timings, "diagnostics"):
-                images = scorer.write_diagnostics(result, out_dir)
-                for arr_name, arr in result.arrays.items():
-                    np.savez_compressed(out_dir / f"{arr_name}.npz", **{arr_name: arr})
-                if cfg.save_model:
-                    adapter.save_pretrained(out_dir / "pruned_model")
-
-            results: dict[str, Any] = {
-                "model": cfg.model.name,
-                "task": cfg.task.name,
-                "scorer": scorer.name,
-                "sparsity": float(cfg.sparsity),
-                "seed": int(cfg.seed),
-                "num_layers": num_layers,
-                "num_layers_kept": len(kept),
-                "removed_layers": removed,
-                "kept_layers": kept,
-                "selection_policy": policy,
-                "scores": result.scores,
-                "redundancy": result.redundancy,
-                "metrics": metrics,
-                "reference_metrics": reference,  # the unpruned model's, same task and seed
-                "efficiency": efficiency,
-                "timings": timings,
-                "scores_from_cache": from_cache,
-                "after_pruning": edit,
-                "protocol": protocol,
-                "config": config,
-                "versions": versions(),
-                "job_key": key,
-                "out_dir": str(out_dir),
-                "wandb_group": cfg.logger.wandb.group or group,
-                **result.extra,
-            }
-            wb.log({"sparsity": float(cfg.sparsity), **{f"metrics/{k}": v for k, v in metrics.items()},
-                    "num_layers_kept": len(kept), **{f"efficiency/{k}": v for k, v in flat_numeric(efficiency).items()}})
-            if wb.run is not None:  # the evaluation protocol belongs with the run's config
-                try:
-                    wb.run.config.update({"protocol": protocol}, allow_val_change=True)
-                except Exception as err:  # noqa: BLE001 - logging must not break a job
-                    log.warning("W&B config update failed: %s", err)
-            wb.log_images(images)
-            wb.summary({"removed_layers": removed, "selection_policy": policy})
-            write_json_atomic(out_dir / RESULTS_FILE, results)  # last: its presence means complete
-            _register_completed(cache_root, key, results)
-            _append_sweep_row(sweep_dir or out_dir, results)
-            return results
-        finally:
-            adapter = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        with timer("save_model"):  # a Hugging Face directory with provenance and a model card
+            write_checkpoint(adapter, job.out_dir / "pruned_model", results)
+    with timer("record"):
+        return record(job, results, images)
 
 
-def _append_sweep_row(sweep_dir: Path, results: dict[str, Any]) -> None:
-    row = {k: results.get(k) for k in ("model", "task", "scorer", "sparsity", "seed", "num_layers",
-                                        "num_layers_kept", "removed_layers", "selection_policy", "out_dir")}
-    row.update({f"metrics/{k}": v for k, v in results.get("metrics", {}).items()})
-    append_row(sweep_dir / SWEEP_TABLE, row)
+# ------------------------------------------------------------------------------ completed jobs
 
-
-def _completed(cache_root: Path, key: str, out_dir: Path | None = None) -> dict[str, Any] | None:
-    """A finished job with the same identity, if its results.json still exists: the one the
-    index under the cache names, else one already in this job's own output dir (a re-run of
-    the same sweep with a fresh cache); the latter is indexed for the next time."""
-    index = load_results(cache_root / "completed" / f"{key}.json")
-    if index is not None and index.get("results"):
-        results = load_results(Path(index["results"]))
-        if _is_result_of(results, key):
-            return results
+def _completed(cache_root: Path, key: str, out_dir: Path | None = None,
+               needs_model: bool = False) -> dict[str, Any] | None:
+    """A finished job with the same identity, if its results.json still exists: one already
+    in this job's own output dir (a re-run of the same sweep), else the one the index under
+    the cache names (the job that computed it). With ``needs_model`` (save_model=true)
+    only a job that saved its pruned model counts."""
+    index_file = cache_root / "completed" / f"{key}.json"
+    remove_stale_tmp(index_file)
+    found = None
     if out_dir is not None:
         results = load_results(out_dir / RESULTS_FILE)
         if _is_result_of(results, key):
             results["out_dir"] = str(out_dir)
-            _register_completed(cache_root, key, results)
-            return results
-    return None
+            found = results
+    index = read_json(index_file, required=("results",))
+    if found is None and index is not None:
+        results = load_results(Path(index["results"]))
+        if _is_result_of(results, key):
+            found = results
+    if found is not None and index is None and not found.get("resumed_from"):
+        _register_completed(cache_root, key, found)  # e.g. a fresh cache: index it for the next time
+    if found is not None and needs_model and not (Path(found["out_dir"]) / "pruned_model").is_dir():
+        return None  # the finished job did not save its pruned model; this one must
+    return found
 
 
 def _is_result_of(results: dict[str, Any] | None, key: str) -> bool:

@@ -109,13 +109,17 @@ class LayerScorer(abc.ABC):
     #: scores can be cached and reused across sparsities (False for e.g. stateful scorers)
     cacheable: ClassVar[bool] = True
 
+
     def capture_spec(self) -> CaptureSpec:
         """Token-level statistics this scorer needs beyond the pooled states."""
         return CaptureSpec()
 
     def check_config(self, cfg: Any) -> None:
-        """Optional checks against the whole run config (e.g. calibration size), before the
-        model loads; raise ``ValueError`` naming the keys to change."""
+        """Config-only checks of a whole job that involve this scorer (e.g. a parameter
+        against ``calibration.n``). ``topovlm.config.validate`` calls it for every job at
+        sweep start, before any model loads; raise ``ValueError`` naming the keys and
+        the allowed values. ``cfg`` is the job's full resolved config (``cfg.scorer`` its
+        own keys). Checks of one parameter alone belong in ``__init__``."""
 
     @abc.abstractmethod
     def score(self, capture: "Capture", ctx: ScoringContext) -> ScoreResult:

@@ -6,15 +6,27 @@ Scoring and selection are independent: any scorer works with any policy.
 * ``block``      the contiguous block of k layers with the lowest block cost
                  (``ScoreResult.block_cost`` if the scorer gives one, else minus the
                  summed redundancy);
-* ``threshold``  adaptive: every layer with redundancy >= eps * max (k is ignored);
+* ``threshold``  adaptive (k is ignored): every unprotected layer whose redundancy is at
+                 least ``lo + eps * (hi - lo)``, with ``lo`` / ``hi`` the lowest / highest
+                 redundancy of the unprotected layers; nothing when they are all equal.
+                 ``eps`` is a fraction of the range, so the rule means the same whatever
+                 the sign, offset or scale of a scorer's values (``r -> a*r + b``, a > 0,
+                 selects the same layers): eps = 1 removes the top layer(s) only, eps -> 0
+                 every unprotected layer;
 * ``spacing``    top-k subject to a minimum gap between removed layers
                  (``min_gap``), or evenly spaced layers (``even: true``, which must
                  also respect ``min_gap``); an infeasible budget raises SelectionError;
 * protected layers (``protect``, default the first) are never removed by any policy.
+
+``k = floor(sparsity * L + 0.5)`` (half rounds up: 0.15 x 30 = 4.5 -> 5). Every policy
+needs a redundancy for every layer: a NaN or +inf raises :class:`SelectionError` naming
+the scorer and the layers; -inf is allowed and means "remove last" (``tail`` uses it
+for the final layer; the threshold rule never selects it nor counts it in the range).
 ``spacing_above`` switches any policy to ``spacing`` when sparsity exceeds it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,14 +42,25 @@ class SelectionError(ValueError):
 class SelectionConfig:
     policy: str = "auto"  # auto = the scorer's default_policy
     protect: list[int] = field(default_factory=lambda: [0])  # negative indices count from the end
-    eps: float = 0.9  # threshold policy: remove layers with redundancy >= eps * max
+    eps: float = 0.9  # threshold policy: remove layers with redundancy >= lo + eps * (hi - lo)
     min_gap: int = 2  # spacing policy: removed layers are at least this far apart
     even: bool = False  # spacing policy: evenly spaced instead of top-k with a gap
     spacing_above: float | None = None  # use the spacing policy when sparsity > this
 
 
 def num_to_remove(sparsity: float, num_layers: int) -> int:
-    return int(round(sparsity * num_layers))
+    """``floor(sparsity * L + 0.5)``; the 1e-9 absorbs binary fractions (0.15 * 30 = 4.4999...)."""
+    return int(math.floor(sparsity * num_layers + 0.5 + 1e-9))
+
+
+def check_finite(redundancy: np.ndarray, scorer: str = "the scorer") -> None:
+    """NaN or +inf redundancy is an error; -inf is a scorer's explicit "remove last"."""
+    r = np.asarray(redundancy, dtype=np.float64)
+    bad = [int(i) for i in np.flatnonzero(np.isnan(r) | (r == np.inf))]
+    if bad:
+        raise SelectionError(
+            f"scorer {scorer} gave non-finite redundancy for layers {bad} of {len(r)} "
+            "(e.g. a statistic over tokens the calibration set does not have); no layer was selected")
 
 
 def _protected(protect: list[int], n: int) -> set[int]:
@@ -84,18 +107,24 @@ def select_block(redundancy: np.ndarray, k: int, protected: set[int], block_cost
     return list(range(best, best + k))
 
 
+def threshold_cut(redundancy: np.ndarray, eps: float, protected: set[int]) -> float | None:
+    """``lo + eps * (hi - lo)`` over the unprotected layers; None when nothing stands out."""
+    r = np.asarray(redundancy, dtype=np.float64)
+    values = [r[i] for i in range(len(r)) if i not in protected and np.isfinite(r[i])]
+    if not values:
+        return None
+    lo, hi = float(min(values)), float(max(values))
+    if hi == lo:
+        return None
+    return lo + eps * (hi - lo)
+
+
 def select_threshold(redundancy: np.ndarray, eps: float, protected: set[int]) -> list[int]:
-    r = np.nan_to_num(redundancy, nan=-np.inf)
-    top = np.max(r)
-    if not np.isfinite(top):
+    cut = threshold_cut(redundancy, eps, protected)
+    if cut is None:
         return []
-    # scale-free threshold for scores that may be negative: eps of the way from min to max
-    finite = r[np.isfinite(r)]
-    low = float(finite.min())
-    if top <= 0 and low >= 0 or top == low:  # nothing stands out (e.g. all zero): remove nothing
-        return []
-    cut = eps * top if low >= 0 else low + eps * (top - low)
-    return sorted(i for i in range(len(r)) if r[i] >= cut and i not in protected)
+    r = np.asarray(redundancy, dtype=np.float64)
+    return sorted(i for i in range(len(r)) if i not in protected and np.isfinite(r[i]) and r[i] >= cut)
 
 
 def select_spaced(redundancy: np.ndarray, k: int, protected: set[int], min_gap: int, even: bool) -> list[int]:
@@ -185,9 +214,11 @@ def select_layers(
     cfg: SelectionConfig,
     default_policy: str = "topk",
     block_cost: np.ndarray | None = None,
+    scorer: str = "the scorer",
 ) -> tuple[list[int], str]:
     """Layers to remove (original indices, sorted) and the policy that chose them."""
     redundancy = np.asarray(redundancy, dtype=np.float64)
+    check_finite(redundancy, scorer)
     n = len(redundancy)
     k = num_to_remove(sparsity, n)
     policy = default_policy if cfg.policy == "auto" else cfg.policy
@@ -205,3 +236,16 @@ def select_layers(
     if policy == "block":
         return select_block(redundancy, k, protected, block_cost), policy
     return select_spaced(redundancy, k, protected, cfg.min_gap, cfg.even), policy
+
+
+def check_budget(sparsity: float, num_layers: int, cfg: SelectionConfig, default_policy: str = "topk") -> None:
+    """Raise :class:`SelectionError` if no redundancy profile can meet the budget (config only:
+    the number of layers, ``protect``, the policy and its constraints)."""
+    policy = default_policy if cfg.policy == "auto" else cfg.policy
+    protected = _protected(list(cfg.protect), num_layers)
+    if len(protected) >= num_layers and (policy == "threshold" or num_to_remove(sparsity, num_layers) > 0):
+        raise SelectionError(f"selection.protect={list(cfg.protect)} protects all {num_layers} layers: nothing can be removed")
+    k = num_to_remove(sparsity, num_layers)
+    if k >= num_layers:
+        raise SelectionError(f"sparsity={sparsity:g} removes k={k} of {num_layers} layers: at least one must stay")
+    select_layers(np.zeros(num_layers), sparsity, cfg, default_policy)

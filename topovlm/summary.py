@@ -34,7 +34,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from topovlm.results import RESULTS_FILE
+from topovlm.results import FAILED_FILE, RESULTS_FILE
 
 if TYPE_CHECKING:
     from topovlm.stats import DrawVariance, Interval, PairedTest, Regime, RemovalStability
@@ -113,6 +113,35 @@ def load_jobs(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
     jobs = list(by_key.values())
     _assign_labels(jobs)
     return jobs
+
+
+def load_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """The failure records (``failed.json``) of job dirs under ``dirs`` that hold no result."""
+    out = []
+    for d in dirs:
+        d = Path(d)
+        if not d.is_dir():
+            continue
+        for path in sorted(d.rglob(FAILED_FILE)):
+            rel = path.relative_to(d).parts
+            if any(p.startswith(".") or p in _NOT_JOB_DIRS for p in rel[:-1]) or (path.parent / RESULTS_FILE).is_file():
+                continue
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                rec = {"error_type": type(err).__name__, "error": f"unreadable failure record: {err}"}
+            out.append({**rec, "out_dir": str(path.parent)})
+    return out
+
+
+def failures_markdown(failures: list[dict[str, Any]]) -> str:
+    if not failures:
+        return "_None: every job finished._"
+    lines = ["| job | scorer | sparsity | stage | error |", "|---|---|---|---|---|"]
+    for f in failures:
+        msg = f"{f.get('error_type')}: {f.get('error')}".replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {Path(f['out_dir']).name} | {f.get('scorer')} | {f.get('sparsity')} | {f.get('stage')} | {msg} |")
+    return "\n".join(lines)
 
 
 def _seed_of(job: dict[str, Any]) -> tuple:
@@ -1019,6 +1048,7 @@ class Summary:
     plots: list[Path] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
     stats: Statistics | None = None     # intervals, paired verdicts, draws, regimes, cost
+    failures: list[dict[str, Any]] = field(default_factory=list)  # failed.json records
 
     @property
     def headline(self) -> str | None:
@@ -1038,6 +1068,8 @@ class Summary:
         parts += [a.markdown() for a in self.agreements if a.markdown()]
         parts.append(f"Per-domain tables: {self.files.get('markdown')}; one row per job: {self.files.get('csv')}"
                      + (f"; plots: {self.out_dir / PLOTS_DIR}" if self.plots else ""))
+        if self.failures:
+            parts.append(f"### Failed jobs: {len(self.failures)}\n\n" + failures_markdown(self.failures))
         return "\n\n".join(parts)
 
     def full_markdown(self) -> str:
@@ -1054,6 +1086,7 @@ class Summary:
             parts += ag
         if self.plots:
             parts.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(self.out_dir)})" for p in self.plots))
+        parts.append(f"## Failures\n\n{failures_markdown(self.failures)}")
         return "\n\n".join(parts) + "\n"
 
 
@@ -1101,7 +1134,8 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
         out_dir = dirs[0] if dirs[0].is_dir() else dirs[0].parent
     out_dir = Path(out_dir)
     jobs = load_jobs(dirs)
-    if not jobs:
+    failures = load_failures(dirs)
+    if not jobs and not failures:
         raise FileNotFoundError(f"no complete {RESULTS_FILE} under {', '.join(map(str, dirs))}")
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = []
@@ -1112,7 +1146,7 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
         for m in ordered_metrics(members, headlines[(model, task)]):
             tables.append(metric_table(jobs, model, task, m))
     agreements = [agreement(jobs, m) for m in sorted({j["model"] for j in jobs})]
-    summary = Summary(jobs, out_dir, headlines, tables, agreements, sources=dirs)
+    summary = Summary(jobs, out_dir, headlines, tables, agreements, sources=dirs, failures=failures)
     summary.stats = build_statistics(jobs, tables, headlines)
     write_statistics_csvs(summary, out_dir)
 
@@ -1121,7 +1155,7 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
     ag_rows = [r for a in agreements for r in a.rows()]
     summary.files["agreement"] = _write_csv(out_dir / AGREEMENT_CSV, ["model", "kind", "sparsity", "scorer_a", "scorer_b",
                                                                       "value", "std", "n"], ag_rows)
-    if plots:
+    if plots and jobs:
         summary.plots = write_plots(summary, out_dir / PLOTS_DIR)
     summary.files["markdown"] = out_dir / SUMMARY_MD
     _write_text(out_dir / SUMMARY_MD, summary.full_markdown())
@@ -1129,21 +1163,22 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    from topovlm.storage import atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    tmp.replace(path)
-    return path
+    from topovlm.storage import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+
+    return atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- plots

@@ -52,6 +52,14 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
     settings = dict(settings) if settings is not None else {}
     if not settings.get("enabled", True) or settings.get("mode", "offline") == "disabled":
         return None
+    mode = settings.get("mode") or "offline"
+    if mode == "online":  # the same quick probe as the jobs' runs: never a long stall
+        from topovlm.tracking import _server_reachable
+
+        reachable, where = _server_reachable()
+        if not reachable:
+            log.warning("W&B server unreachable: %s; the summary run is logged offline", where)
+            mode = "offline"
     try:
         import wandb
 
@@ -59,7 +67,7 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
         run = wandb.init(
             project=settings.get("project") or "topovlm",
             entity=settings.get("entity"),
-            mode=settings.get("mode") or "offline",
+            mode=mode,
             group=_group(summary, settings, group),
             job_type="summary",
             name="summary",

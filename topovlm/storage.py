@@ -1,0 +1,127 @@
+"""Files that are never seen half-written, locks for entries shared by jobs, and healing.
+
+* :func:`atomic_write` writes to a hidden temporary file next to the target
+  (``.<name>.<random>.tmp``), flushes it to disk and renames it into place: a reader sees
+  the old file or the new one, never a part. Files get the mode an ordinary ``open``
+  would give (``0o666`` less the umask), not ``mkstemp``'s ``0o600``, so a cache shared by
+  a group (umask 002) stays readable by it.
+* :func:`entry_lock` is a ``filelock`` lock next to an entry. Whoever computes an entry
+  holds its lock, so a second job wanting the same entry waits and then reads it; and
+  any temporary file of that entry found while holding the lock is left over from a
+  killed writer, which :func:`remove_stale_tmp` deletes.
+* :func:`discard` logs a corrupt entry with its path and removes it, so it is recomputed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from filelock import FileLock
+
+log = logging.getLogger("topovlm.cache")
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def tmp_pattern(path: Path) -> str:
+    return f".{path.name}.*.tmp"
+
+
+def atomic_write(path: Path, save: Callable[[Path], None]) -> Path:
+    """Write ``path`` through ``save(tmp)`` and an atomic rename; nothing is left on failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, _file_mode())
+        save(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def lock_path(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".lock")
+
+
+@contextmanager
+def entry_lock(path: Path, what: str = "entry") -> Iterator[None]:
+    """Hold the lock of a cache entry (or job); log when another process holds it."""
+    lock = FileLock(str(lock_path(path)), mode=_file_mode())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except Exception:  # noqa: BLE001 - filelock.Timeout: someone else computes it
+        log.info("waiting for %s %s: another process holds %s", what, path, lock.lock_file)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Delete temporary files of ``path`` (call while holding its :func:`entry_lock`)."""
+    path = Path(path)
+    stale = list(path.parent.glob(tmp_pattern(path))) if path.parent.is_dir() else []
+    if path.is_dir():
+        stale += list(path.glob(".*.tmp"))
+    for p in stale:
+        log.warning("removing stale temporary file %s (a killed write)", p)
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def discard(path: Path, err: BaseException | str) -> None:
+    """Log an unreadable cache entry with its path and remove it (it is recomputed)."""
+    path = Path(path)
+    log.warning("corrupt cache entry %s (%s: %s); discarded, recomputing", path,
+                type(err).__name__ if isinstance(err, BaseException) else "invalid", err)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def read_json(path: Path, *, required: tuple[str, ...] = (), heal: bool = True) -> dict[str, Any] | None:
+    """A JSON object, or None when missing; unreadable, non-object or lacking ``required``
+    keys counts as corrupt: logged and (``heal``) removed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        if heal:
+            discard(path, err)
+        return None
+    missing = [k for k in required if not (isinstance(data, dict) and data.get(k) not in (None, {}, []))]
+    if not isinstance(data, dict) or missing:
+        if heal:
+            discard(path, f"missing {', '.join(missing) or 'a JSON object'}")
+        return None
+    return data
