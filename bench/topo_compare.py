@@ -53,7 +53,9 @@ def curves(name: str, r: dict) -> list[str]:
              f"policy {r['selection_policy']}", "",
              f"accuracy {r['metrics']['accuracy']:.3f} (unpruned {r['reference_metrics']['accuracy']:.3f}); "
              f"removed {sorted(removed)}; adaptive set (S >= {t['adaptive']['eps']} max) {sorted(adaptive)}; "
-             f"scoring {r['timings']['score']:.2f} s (zigzag {t['zigzag']['simplices']} simplices)", ""]
+             f"scoring {t['timings_s']['total']:.2f} s in the zigzag pipeline"
+             f"{' (scores from the cache of an earlier job)' if r.get('scores_from_cache') else ''}, "
+             f"{t['zigzag']['simplices']} zigzag simplices", ""]
     for w in t.get("warnings", []):
         lines.append(f"warning: {w['message']}")
     lines += ["", "| rep | beta_0 | beta_1 | S_0 | S_1 | score | removed |", "|---|---|---|---|---|---|---|"]
