@@ -116,6 +116,9 @@ def main() -> int:
     lines += ["## Effect of the formula on the same bars", ""]
     for name, r in distinct:
         lines += variants(name, r, "formula", FORMULAS)
+    lines += ["## The ancestor's two thresholds (p = 0.8, 0.9)", ""]
+    for name, r in distinct:
+        lines += variants(name, r, "eps", (0.8, 0.9))
     lines += ["## Per-representation curves (diagnostics)", ""]
     for name, r in jobs:
         lines += curves(name, r)
