@@ -4,8 +4,8 @@
     .venv/bin/python bench/topo_compare.py ROOT [--out bench/results/topo_compare_<date>.md]
 
 Writes the sweeps' summary tables, the per-representation beta_0 / beta_1 / S_0 / S_1 curves
-of every topo-family job, the warnings they raised, and the effect of ``epi_mix`` on the
-ranking (recomputed from each run's own bars with the scorer's ranking code).
+of every topo-family job, the warnings they raised, and the effect of ``epi_mix`` and of the
+formula on the ranking (recomputed from each run's own bars with the scorer's ranking code).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from topovlm.summary import build_summary  # noqa: E402
+from topovlm.topo.consistency import FORMULAS  # noqa: E402
 
 EPI_MIXES = (0.0, 0.25, 0.5, 1.0)
 
@@ -53,7 +54,9 @@ def curves(name: str, r: dict) -> list[str]:
              f"policy {r['selection_policy']}", "",
              f"accuracy {r['metrics']['accuracy']:.3f} (unpruned {r['reference_metrics']['accuracy']:.3f}); "
              f"removed {sorted(removed)}; adaptive set (S >= {t['adaptive']['eps']} max) {sorted(adaptive)}; "
-             f"scoring {r['timings']['score']:.2f} s (zigzag {t['zigzag']['simplices']} simplices)", ""]
+             f"scoring {t['timings_s']['total']:.2f} s in the zigzag pipeline"
+             f"{' (scores from the cache of an earlier job)' if r.get('scores_from_cache') else ''}, "
+             f"{t['zigzag']['simplices']} zigzag simplices", ""]
     for w in t.get("warnings", []):
         lines.append(f"warning: {w['message']}")
     lines += ["", "| rep | beta_0 | beta_1 | S_0 | S_1 | score | removed |", "|---|---|---|---|---|---|---|"]
@@ -65,8 +68,9 @@ def curves(name: str, r: dict) -> list[str]:
     return lines + [""]
 
 
-def epi_effect(name: str, r: dict) -> list[str]:
-    """Top-k and adaptive sets at several epi_mix values, from the run's own bars."""
+def variants(name: str, r: dict, key: str, values: tuple) -> list[str]:
+    """Top-k and adaptive sets with one scorer setting varied, from the run's own bars
+    (the scorer's ranking code: no model, no new zigzag)."""
     from topovlm.runner import build_scorer
 
     t = r["topology"]
@@ -75,14 +79,14 @@ def epi_effect(name: str, r: dict) -> list[str]:
     reps = t["representations"]
     num_layers = r["num_layers"]
     k = round(0.3 * num_layers)
-    lines = [f"{name} ({r['scorer']}, N = {r['config']['calibration']['n']}): top-{k} (30%) and adaptive set", "",
-             "| epi_mix | top-k | adaptive |", "|---|---|---|"]
-    for mix in EPI_MIXES:
-        scorer = build_scorer({**params, "epi_mix": mix})
+    lines = [f"{name} ({r['scorer']}, k = {params['k']}, N = {r['config']['calibration']['n']}): "
+             f"top-{k} (30%) and adaptive set", "", f"| {key} | top-k | adaptive |", "|---|---|---|"]
+    for value in values:
+        scorer = build_scorer({**params, key: value})
         ranking = scorer.rank_bars(bars, reps, t.get("final_norm_index") is not None)
         red = ranking.redundancy[:num_layers]
         order = sorted(range(1, num_layers), key=lambda i: (-red[i], i))  # layer 0 protected, as in the runs
-        lines.append(f"| {mix:g} | {sorted(order[:k])} | {ranking.adaptive['layers']} |")
+        lines.append(f"| {value} | {sorted(order[:k])} | {ranking.adaptive['layers']} |")
     return lines + [""]
 
 
@@ -99,13 +103,22 @@ def main() -> int:
              f"Machine: {machine()}.", "",
              f"Commands: `bash bench/results/topo_compare_2026-12-01.sh {args.root}` then "
              f"`.venv/bin/python bench/topo_compare.py {args.root}`.", "",
-             summary.full_markdown(), "", "## Effect of epi_mix on the ranking", ""]
-    seen = set()
+             summary.full_markdown(), ""]
+    distinct, seen = [], set()
     for name, r in jobs:
         key = (r["scorer"], r["config"]["calibration"]["n"], r["config"]["scorer"]["activations"])
         if r["config"]["scorer"]["epi_mix"] == 0 and key not in seen:
             seen.add(key)
-            lines += epi_effect(name, r)
+            distinct.append((name, r))
+    lines += ["## Effect of epi_mix on the ranking", ""]
+    for name, r in distinct:
+        lines += variants(name, r, "epi_mix", EPI_MIXES)
+    lines += ["## Effect of the formula on the same bars", ""]
+    for name, r in distinct:
+        lines += variants(name, r, "formula", FORMULAS)
+    lines += ["## The ancestor's two thresholds (p = 0.8, 0.9)", ""]
+    for name, r in distinct:
+        lines += variants(name, r, "eps", (0.8, 0.9))
     lines += ["## Per-representation curves (diagnostics)", ""]
     for name, r in jobs:
         lines += curves(name, r)

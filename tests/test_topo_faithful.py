@@ -85,6 +85,9 @@ def test_csv_positions_snap_like_the_scorer(tmp_path):
     assert read_barcode_csv(one_based, start_index=1)[1].tolist() == read_barcode_csv(path)[1].tolist()
     with pytest.raises(ValueError, match="before K_0"):
         read_barcode_csv(path, start_index=1)
+    (tmp_path / "half.csv").write_text("dimension,birth,death\n1,0.5,2\n")
+    with pytest.raises(ValueError, match="integers"):
+        read_barcode_csv(tmp_path / "half.csv")
     (tmp_path / "bad.csv").write_text("dim,birth,death\n1,0,2\n")
     with pytest.raises(ValueError, match="dimension"):
         read_barcode_csv(tmp_path / "bad.csv")

@@ -39,6 +39,9 @@ def read_barcode_csv(path: str | Path, start_index: int = 0) -> dict[int, np.nda
                 death = math.inf if death_text in ("", "inf", "infinity", "nan") else float(death_text) - start_index
             except ValueError as err:
                 raise ValueError(f"{path}, line {line}: {err}") from None
+            if birth != int(birth) or (math.isfinite(death) and death != int(death)):
+                raise ValueError(f"{path}, line {line}: zigzag positions are integers, got "
+                                 f"{row['birth']}, {row['death']}")
             if birth < 0:
                 raise ValueError(f"{path}, line {line}: birth {row['birth']} is before K_0 "
                                  f"(start_index={start_index})")
