@@ -58,6 +58,6 @@ def test_cli_rejects_bad_input_before_loading_and_leaves_nothing(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2
-    assert "selection.policy='best' is not allowed; allowed values: auto, topk, block, threshold, spacing" in proc.stderr
+    assert "selection.policy='best' is not allowed; allowed values: auto, topk, block, threshold, adaptive, spacing" in proc.stderr
     assert not run_dir.exists()
     assert not (tmp_path / "cache").exists()  # no model was loaded, nothing cached

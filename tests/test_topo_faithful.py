@@ -225,17 +225,9 @@ def test_k_too_large_fails_before_the_model_loads(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="num_points=6"):
         run_job(cfg, tmp_path / "out")
     assert not (tmp_path / "out" / "results.json").exists()
-    # the threshold policy removes with selection.eps: the recorded decision follows it
-    from topovlm.runner import build_scorer
-
-    cfg = compose(tiny_overrides(tmp_path, "scorer=topo_llm", "selection.eps=0.8"))
-    scorer = build_scorer(cfg.scorer)
-    scorer.check_config(cfg)
-    assert scorer.eps == 0.8
-    cfg = compose(tiny_overrides(tmp_path, "scorer=topo_llm", "selection.eps=0.8", "selection.policy=topk"))
-    scorer = build_scorer(cfg.scorer)
-    scorer.check_config(cfg)
-    assert scorer.eps == 0.9
+    # the adaptive policy needs a scorer that decides; the generic threshold rule is everyone's
+    with pytest.raises(ConfigError, match="selection.policy=adaptive: scorer=cosine makes no decision"):
+        run_job(compose(tiny_overrides(tmp_path, "scorer=cosine", "selection.policy=adaptive")), tmp_path / "out")
 
 
 def test_empty_and_constant_warnings():
@@ -268,4 +260,21 @@ def test_warnings_reach_results_json_and_the_log(tmp_path, caplog):
     empty = [w for w in warns if w["kind"] == "empty_layers"]
     assert len(empty) == 1 and empty[0]["count"] == expected
     assert f"{expected} of {len(betti)}" in caplog.text
-    assert results["scorer"] == "topo_llm" and saved["selection_policy"] == "threshold"
+    assert results["scorer"] == "topo_llm" and saved["selection_policy"] == "adaptive"
+
+
+def test_adaptive_policy_applies_the_ancestor_rule_and_topk_follows_the_budget(tmp_path):
+    """topo_llm prunes by its own rule (S >= eps * max S) whatever the sparsity; topo sweeps budgets."""
+    from topovlm.runner import run_job
+
+    over = ("calibration.n=24", "scorer.k=4", "selection.protect=[]")
+    a = run_job(compose(tiny_overrides(tmp_path, "scorer=topo_llm", "sparsity=0.1", *over)), tmp_path / "a")
+    b = run_job(compose(tiny_overrides(tmp_path, "scorer=topo_llm", "sparsity=0.3", *over)), tmp_path / "b")
+    assert a["selection_policy"] == b["selection_policy"] == "adaptive"
+    assert a["removed_layers"] == b["removed_layers"] == a["topology"]["adaptive"]["layers"]
+    r = np.asarray(a["redundancy"], dtype=float)
+    top = np.nanmax(r)
+    assert all(r[i] >= 0.9 * top for i in a["removed_layers"])
+    c = run_job(compose(tiny_overrides(tmp_path, "scorer=topo", "sparsity=0.25", *over)), tmp_path / "c")
+    assert c["selection_policy"] == "topk"
+    assert len(c["removed_layers"]) == int(np.floor(0.25 * c["num_layers"] + 0.5))

@@ -152,7 +152,9 @@ def test_presets_differ_where_the_papers_do():
     for p in (topo, llm):  # H1 only, the ancestor's activations, the adaptive rule
         assert p["dim_weights"] == {"h0": 0.0, "h1": 1.0, "h2": 0.0}
         assert p["activations"] == "post_attention_norm" and p["include_final_norm"] is True
-    assert TopoScorer.default_policy == TopoLLMScorer.default_policy == "threshold"
+    # TopoVLM reports fixed sparsities: top-k budgets; the ancestor prunes by its own rule
+    assert (TopoScorer.default_policy, TopoLLMScorer.default_policy) == ("topk", "adaptive")
+    assert TopoScorer.makes_decision and TopoLLMScorer.makes_decision
     assert TopoLLMScorer(k=7).k == 7
 
 

@@ -69,15 +69,17 @@ class CompositionError(ValueError):
     """A job's config does not compose (Hydra would stop the sweep at that job's batch)."""
 
 
-def preflight(config: DictConfig, arguments: list[str] | None = None) -> tuple[int, list[tuple[list[str], str]]]:
-    """Validate every job's config; (number of jobs, [(overrides, message) of bad jobs])."""
+def preflight(config: DictConfig, arguments: list[str] | None = None,
+              inputs: bool = True) -> tuple[int, list[tuple[list[str], str]]]:
+    """Validate every job's config (``inputs``: and that its model and datasets are there);
+    (number of jobs, [(overrides, message) of bad jobs])."""
     from topovlm.config import ConfigError, validate
 
     jobs = job_configs(config, arguments)
     bad = []
     for overrides, cfg in jobs:
         try:
-            validate(cfg)
+            validate(cfg, inputs=inputs)
         except ConfigError as err:
             bad.append((overrides, str(err)))
     return len(jobs), bad

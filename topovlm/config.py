@@ -285,6 +285,11 @@ def _check_scorer(cfg: DictConfig) -> "LayerScorer":
 def _check_budget(cfg: DictConfig, scorer: "LayerScorer") -> None:
     from topovlm.selection import SelectionError, check_budget
 
+    policy = scorer.default_policy if cfg.selection.policy == "auto" else cfg.selection.policy
+    if policy == "adaptive" and not scorer.makes_decision:
+        raise ConfigError(f"selection.policy=adaptive: scorer={scorer.name} makes no decision of its own "
+                          "(topo and topo_llm do); allowed policies for it: topk, block, threshold, spacing")
+
     num_layers = config_num_layers(cfg.model)
     if num_layers is None:
         return  # checked again once the model is loaded, before anything is computed

@@ -244,7 +244,7 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
 def select(job: Job, ranking: Ranking) -> tuple[list[int], str]:
     r = ranking.result
     return select_layers(r.redundancy, float(job.cfg.sparsity), job.selection, job.scorer.default_policy,
-                         r.block_cost, scorer=job.scorer.name)
+                         r.block_cost, scorer=job.scorer.name, decision=getattr(r, "decision", None))
 
 
 def reference_entry(job: Job, fingerprint: str) -> tuple[Path, dict[str, Any]]:

@@ -50,15 +50,11 @@ def reference_samples_path(reference_file: Path) -> Path:
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
-    """Atomically (temporary file + rename): a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        for r in records:
-            f.write(json.dumps(r, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Atomically (temporary file + rename, group-readable): a reader never sees half a file."""
+    from topovlm.storage import atomic_write_text
+
+    text = "".join(json.dumps(r, default=_jsonable) + "\n" for r in records)
+    return atomic_write_text(Path(path), text)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -77,6 +77,9 @@ class ScoreResult:
     redundancy: np.ndarray
     block_cost: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the method's own choice of layers to remove (original indices), for methods whose paper
+    #: prunes by a rule of its own; ``selection.policy=adaptive`` applies it
+    decision: list[int] | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,6 +111,8 @@ class LayerScorer(abc.ABC):
     default_policy: ClassVar[str] = "topk"
     #: scores can be cached and reused across sparsities (False for e.g. stateful scorers)
     cacheable: ClassVar[bool] = True
+    #: whether ``score`` fills ``ScoreResult.decision`` (``selection.policy=adaptive``)
+    makes_decision: ClassVar[bool] = False
 
 
     def capture_spec(self) -> CaptureSpec:

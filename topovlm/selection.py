@@ -13,6 +13,10 @@ Scoring and selection are independent: any scorer works with any policy.
                  the sign, offset or scale of a scorer's values (``r -> a*r + b``, a > 0,
                  selects the same layers): eps = 1 removes the top layer(s) only, eps -> 0
                  every unprotected layer;
+* ``adaptive``   the scorer's own decision rule (``ScoreResult.decision``), for methods
+                 whose paper prunes by a rule of its own (k is ignored): ``topo`` and
+                 ``topo_llm`` remove every layer with ``S >= eps * max S`` (``scorer.eps``),
+                 as the ancestor's code does; other scorers have none (a config error);
 * ``spacing``    top-k subject to a minimum gap between removed layers
                  (``min_gap``), or evenly spaced layers (``even: true``, which must
                  also respect ``min_gap``); an infeasible budget raises SelectionError;
@@ -31,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-POLICIES = ("auto", "topk", "block", "threshold", "spacing")
+POLICIES = ("auto", "topk", "block", "threshold", "adaptive", "spacing")
 
 
 class SelectionError(ValueError):
@@ -215,8 +219,10 @@ def select_layers(
     default_policy: str = "topk",
     block_cost: np.ndarray | None = None,
     scorer: str = "the scorer",
+    decision: list[int] | None = None,
 ) -> tuple[list[int], str]:
-    """Layers to remove (original indices, sorted) and the policy that chose them."""
+    """Layers to remove (original indices, sorted) and the policy that chose them.
+    ``decision``: the scorer's own adaptive choice (``ScoreResult.decision``), if it makes one."""
     redundancy = np.asarray(redundancy, dtype=np.float64)
     check_finite(redundancy, scorer)
     n = len(redundancy)
@@ -229,6 +235,11 @@ def select_layers(
     protected = _protected(list(cfg.protect), n)
     if policy == "threshold":
         return select_threshold(redundancy, cfg.eps, protected), policy
+    if policy == "adaptive":
+        if decision is None:
+            raise SelectionError(f"selection.policy=adaptive: {scorer} makes no decision of its own "
+                                 "(topo and topo_llm do); use threshold, topk, block or spacing")
+        return sorted(int(i) for i in decision if int(i) not in protected), policy
     if k == 0:
         return [], policy
     if policy == "topk":
@@ -245,6 +256,10 @@ def check_budget(sparsity: float, num_layers: int, cfg: SelectionConfig, default
     protected = _protected(list(cfg.protect), num_layers)
     if len(protected) >= num_layers and (policy == "threshold" or num_to_remove(sparsity, num_layers) > 0):
         raise SelectionError(f"selection.protect={list(cfg.protect)} protects all {num_layers} layers: nothing can be removed")
+    if policy == "adaptive":
+        if len(protected) >= num_layers:
+            raise SelectionError(f"selection.protect={list(cfg.protect)} protects all {num_layers} layers")
+        return  # the scorer's rule decides how many
     k = num_to_remove(sparsity, num_layers)
     if k >= num_layers:
         raise SelectionError(f"sparsity={sparsity:g} removes k={k} of {num_layers} layers: at least one must stay")

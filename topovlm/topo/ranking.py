@@ -72,9 +72,9 @@ def tie_warning(redundancy: np.ndarray, removable: list[int]) -> dict[str, Any] 
 def decide(redundancy: np.ndarray, removable: list[int], *, eps: float | None = None,
            remove: int | None = None) -> dict[str, Any]:
     """Layers to remove among ``removable``: ``remove`` most redundant (top-k), or every one
-    with ``redundancy >= eps * max`` over the removable ones (the ancestor's and TopoVLM's
-    adaptive rule). Uses the shared selection policies."""
-    from topovlm.selection import select_threshold, select_topk
+    with ``redundancy >= eps * max`` over the removable ones, the ancestor's and TopoVLM's
+    adaptive rule (``selection.policy=adaptive``; nothing when no score is positive)."""
+    from topovlm.selection import select_topk
 
     if (eps is None) == (remove is None):
         raise ValueError("give exactly one of eps (adaptive rule) or remove (a fixed count)")
@@ -84,11 +84,8 @@ def decide(redundancy: np.ndarray, removable: list[int], *, eps: float | None = 
         layers = select_topk(r, int(remove), protected)
         return {"rule": "topk", "remove": int(remove), "layers": layers, "count": len(layers)}
     # the maximum is taken over the removable representations only
-    masked = np.where(np.isin(np.arange(len(r)), list(removable)), r, np.nan)
-    layers = select_threshold(masked, float(eps), protected)
-    finite = masked[np.isfinite(masked)]
-    top = float(finite.max()) if finite.size else float("nan")
-    low = float(finite.min()) if finite.size else float("nan")
-    cut = eps * top if not finite.size or low >= 0 else low + eps * (top - low)
-    return {"rule": "threshold", "eps": float(eps), "threshold": cut, "layers": [int(i) for i in layers],
-            "count": len(layers)}
+    values = [r[i] for i in removable if np.isfinite(r[i])]
+    top = float(max(values)) if values else float("nan")
+    cut = float(eps) * top
+    layers = sorted(int(i) for i in removable if values and top > 0 and np.isfinite(r[i]) and r[i] >= cut)
+    return {"rule": "eps * max", "eps": float(eps), "threshold": cut, "layers": layers, "count": len(layers)}

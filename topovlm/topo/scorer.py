@@ -81,8 +81,11 @@ class Ranking:
 class TopoScorer(LayerScorer):
     """TopoVLM (arXiv 2604.16502) as reported; where it is silent, the ancestor's choices."""
 
-    #: TopoVLM and the ancestor both decide adaptively: every layer with S >= eps * max S
-    default_policy = "threshold"
+    #: TopoVLM reports fixed sparsities (its tables), so a sweep over ``sparsity`` removes the
+    #: top-k [project: the harness's budgets]; its adaptive rule, every layer with
+    #: S >= eps * max S, is recorded in results.json and applied by ``selection.policy=adaptive``
+    default_policy = "topk"
+    makes_decision = True
 
     def __init__(
         self,
@@ -143,8 +146,7 @@ class TopoScorer(LayerScorer):
 
     # ------------------------------------------------------------------ checks before the capture
     def check_config(self, cfg: "DictConfig") -> None:
-        """Fail before the model loads when the run cannot give a meaningful score; under the
-        threshold policy, record the decision with the run's ``selection.eps``."""
+        """Fail before the model loads when the run cannot give a meaningful score."""
         from omegaconf import OmegaConf
 
         n = int(OmegaConf.select(cfg, "calibration.n"))
@@ -155,14 +157,6 @@ class TopoScorer(LayerScorer):
                 f"topo.k: scorer.k={self.k} >= N - 1 = {points - 1} (calibration.n={n}{subset}): every point "
                 "would be a neighbour of every other, the k-NN graph complete in every layer and every score "
                 "equal, so layers would be removed by index; lower scorer.k or raise calibration.n")
-        # the threshold policy removes with selection.eps: the recorded adaptive set must use the same
-        policy = OmegaConf.select(cfg, "selection.policy", default="auto")
-        sel_eps = OmegaConf.select(cfg, "selection.eps", default=None)
-        if (policy == "threshold" or policy == "auto" and self.default_policy == "threshold") \
-                and sel_eps is not None and float(sel_eps) != self.eps:
-            log.warning("topo: scorer.eps=%s replaced by selection.eps=%s, the threshold this run removes with",
-                        self.eps, sel_eps)
-            self.eps = float(sel_eps)
 
     def capture_spec(self) -> CaptureSpec:
         return CaptureSpec(norms=self.activations == "post_attention_norm" or self.include_final_norm)
@@ -227,7 +221,8 @@ class TopoScorer(LayerScorer):
                                                          self.epi_power) for p in sorted(topo.bars)]).astype(np.float32),
         }
         return ScoreResult(scores=ranking.combined[:num_layers], redundancy=ranking.redundancy[:num_layers],
-                           extra={"topology": section}, arrays=arrays)
+                           extra={"topology": section}, arrays=arrays,
+                           decision=[int(i) for i in ranking.adaptive["layers"] if i < num_layers])
 
     def _section(self, ranking: Ranking, bars: Mapping[int, np.ndarray], ids: list[str], dropped: list[str],
                  topo: Any = None) -> dict[str, Any]:
@@ -290,6 +285,9 @@ ANCESTOR_DEFAULTS: dict[str, Any] = {
 @register_scorer("topo_llm")
 class TopoLLMScorer(TopoScorer):
     """The ancestor, Gardinazzi et al. (ICML 2025, arXiv 2410.11042), as its public code does it."""
+
+    #: the ancestor prunes by its own rule (S >= p * max S), whatever the budget [ancestor]
+    default_policy = "adaptive"
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**{**ANCESTOR_DEFAULTS, **params})
