@@ -121,6 +121,7 @@ class RunConfig:
     cache_dir: str = "${oc.env:TOPOVLM_CACHE,${oc.env:HOME}/.cache/topovlm}"
     save_model: bool = False  # save the pruned model next to the run
     reference: bool = True  # also evaluate the unpruned model once per model/task/seed (cached)
+    reuse_model: bool = True  # jobs of one process that use the same model load it once (restored between jobs)
     # `+force=true` (not in the schema, as an extra flag) recomputes a job whose result exists
 
 

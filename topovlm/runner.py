@@ -42,7 +42,7 @@ __all__ = ["run_job", "job_key", "build_scorer", "Job"]
 
 log = logging.getLogger(__name__)
 # keys that change how a job is logged or stored, not what it computes
-NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads")
+NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads", "reuse_model")
 EVALUATOR_MODULES = {"vqa": "topovlm.evaluation.vqa", "perplexity": "topovlm.evaluation.perplexity",
                      "lmms": "topovlm.evaluation.lmms"}
 
@@ -175,13 +175,18 @@ def load_model(job: Job) -> Any:
     """load: the adapter, seeded, on the configured threads; the budget checked against its depth."""
     from topovlm.adapters.loading import load_adapter
 
+    from topovlm.model_pool import POOL
+
     seed_everything(job.cfg.seed)
     if job.cfg.num_threads:
         torch.set_num_threads(int(job.cfg.num_threads))
-    adapter = load_adapter(job.cfg.model)
+    # one load per sweep process: the pool restores the unpruned model between jobs
+    adapter = POOL.acquire(job.cfg.model, load_adapter, reuse=bool(OmegaConf.select(job.cfg, "reuse_model",
+                                                                                        default=True)))
     try:
         check_budget(float(job.cfg.sparsity), adapter.num_layers, job.selection, job.scorer.default_policy)
     except SelectionError as err:
+        POOL.release(adapter)
         raise ConfigError(f"sparsity={job.cfg.sparsity:g} on {adapter.num_layers} layers: {err}") from None
     return adapter
 
@@ -392,6 +397,17 @@ def compute(job: Job, samples: list, timer: Timer) -> dict[str, Any]:
                         job.cache, cfg.model.name, cfg.model.device)  # the job's peak-memory window starts here
     with timer("load_model"):
         adapter = load_model(job)
+    from topovlm.model_pool import POOL
+
+    try:
+        return evaluate_pruned(job, samples, timer, evaluator, eff, adapter)
+    finally:
+        POOL.release(adapter)  # the unpruned model again, for the next job of this process
+
+
+def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: Any, adapter: Any) -> dict[str, Any]:
+    """score -> select -> reference -> prune -> evaluate -> record, on the loaded model."""
+    cfg = job.cfg
     num_layers, fingerprint = adapter.num_layers, model_fingerprint(adapter)
     eff.model_key = f"{cfg.model.name}-{fingerprint}"
     with timer("efficiency"):
