@@ -106,3 +106,14 @@ def test_lean_capture_equals_a_plain_forward(tiny_llava):
     lean = run_capture(tiny_llava, samples, batch_size=4)
     full = run_capture(tiny_llava, samples, batch_size=4, lean=False)
     np.testing.assert_array_equal(lean.pooled["last"], full.pooled["last"])
+
+
+def test_cache_stores_pooled_states_in_half_precision_and_hits_equal_fresh(tiny_llava, tmp_path):
+    samples = make_samples(4)
+    cache = CaptureCache(tmp_path)
+    fresh = cache.get("k", lambda: tiny_llava, lambda: samples, CaptureSpec(), 4)
+    hit = CaptureCache(tmp_path).get("k", lambda: tiny_llava, lambda: samples, CaptureSpec(), 4)
+    with np.load(tmp_path / "k" / "pooled.npz") as z:
+        assert all(z[k].dtype == np.float16 for k in z.files)
+    for p in fresh.pooled:  # the computing job sees exactly what later jobs read back
+        np.testing.assert_array_equal(fresh.pooled[p], hit.pooled[p])

@@ -445,7 +445,18 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez_compressed(f, **arrays)
+
+
+#: pooled residual states are stored in half precision: no built-in scorer's ranking changes
+#: (bench/results/capture_precision_*.md). Norm outputs (topo's point clouds) stay float32:
+#: k-NN graphs are sensitive to ties, and rounding moved topo_llm's scores by up to 8e-3.
+POOLED_STORAGE = np.float16
+
+
+def _as_stored(pooled: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a fresh capture holds once stored, so a cache hit gives exactly the same numbers."""
+    return {k: v.astype(POOLED_STORAGE).astype(np.float32) for k, v in pooled.items()}
 
 
 class CaptureCache:
@@ -480,7 +491,7 @@ class CaptureCache:
             meta = json.loads(meta_file.read_text())
             n_layers, n = int(meta["num_layers"]), len(meta["sample_ids"])
             with np.load(pooled_file) as z:
-                pooled = {k: z[k] for k in z.files}
+                pooled = {k: z[k].astype(np.float32) for k in z.files}
             bad = [p for p in POOLINGS if p not in pooled or pooled[p].shape[:2] != (n_layers + 1, n)]
             if bad:
                 raise ValueError(f"pooled arrays {bad} missing or not ({n_layers + 1}, {n}, d)")
@@ -536,13 +547,15 @@ class CaptureCache:
             todo = CaptureSpec(tuple(missing), norms=need_norms) if cached is not None else spec
             self.forward_passes += 1
             fresh = run_capture(adapter_fn(), samples_fn(), todo, batch_size)
+            fresh.pooled = _as_stored(fresh.pooled)
             folder.mkdir(parents=True, exist_ok=True)
             for r in todo.stats:
                 atomic_write(folder / f"stat-{digest(r.key)}.npy", lambda p, a=fresh.stats[r.key]: _save_npy(p, a))
             if fresh.norms:  # its own file: an older entry without it needs a pass for just that
                 atomic_write(folder / "norms.npz", lambda p: _save_npz(p, fresh.norms))
             if cached is None:
-                atomic_write(folder / "pooled.npz", lambda p: _save_npz(p, fresh.pooled))
+                atomic_write(folder / "pooled.npz",
+                             lambda p: _save_npz(p, {k: v.astype(POOLED_STORAGE) for k, v in fresh.pooled.items()}))
                 meta = {"num_layers": fresh.num_layers, "sample_ids": fresh.sample_ids,
                         "domains": fresh.domains, "meta": fresh.meta}
                 atomic_write(folder / "meta.json", lambda p: p.write_text(json.dumps(meta)))  # last: the entry exists
