@@ -1514,7 +1514,7 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
 
     sps = sorted({r.sparsity for r in rows})
     labels = sorted({r.label for r in rows})
-    fig, axes = _grid(len(sps), ncols=len(sps), size=(4.4, 0.38 * len(labels) + 1.8), sharey=True)
+    fig, axes = _grid(len(sps), ncols=len(sps), size=(4.6, 0.38 * len(labels) + 2.0), sharey=True, sharex=True)
     y = np.arange(len(labels))
     for ax, s in zip(axes, sps):
         by = {r.label: r for r in rows if r.sparsity == s}
@@ -1525,12 +1525,12 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
         ax.barh(y + 0.2, samp, height=0.4, color="tab:blue", alpha=0.6, label="95% sampling half-width")
         for i, j in enumerate(jac):
             if j is not None:
-                ax.text(0.98, i, f"J={j:.2f}", fontsize=7, va="center", ha="right", transform=ax.get_yaxis_transform())
+                ax.text(1.01, i, f"J={j:.2f}", fontsize=7, va="center", ha="left", transform=ax.get_yaxis_transform())
         ax.set_yticks(y, labels, fontsize=8)
         ax.set_title(f"sparsity {s:g}", fontsize=9)
         ax.set_xlabel(rows[0].metric)
         ax.grid(alpha=0.3, axis="x")
-    axes[0].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     fig.suptitle(f"{model} · {task}: calibration variance vs sampling interval "
                  f"(J = mean pairwise Jaccard of removed layers)", fontsize=10)
     return _save(fig, plot_dir / f"calibration_variance__{_slug(model)}__{_slug(task)}.png")
