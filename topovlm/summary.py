@@ -1242,7 +1242,7 @@ def plot_metric_vs_sparsity(summary: Summary, model: str, task: str, plot_dir: P
         ax.set_xlabel("sparsity (fraction of layers removed)")
         ax.set_ylabel(t.metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
     note = ("error bars: 95% interval over samples; hollow: significantly worse than the best (paired, Holm)"
             if any_ci else "error bars: std over seeds")
     fig.suptitle(f"{model} · {task} ({note})")
