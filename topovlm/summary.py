@@ -1372,7 +1372,7 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
                 ax.plot([0.0], [i], marker="*", markersize=12, color=colour)
         ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set_title(f"sparsity {s:g} (best: {next((c.best for c in rows if c.sparsity == s), '')})", fontsize=9)
+        ax.set_title(f"sparsity {s:g}\nbest: {next((c.best for c in rows if c.sparsity == s), '')}", fontsize=8)
         ax.set_xlabel(f"{rows[0].metric}: scorer − best")
         ax.grid(alpha=0.3)
     import matplotlib.lines as mlines
