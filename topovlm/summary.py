@@ -1277,7 +1277,7 @@ def plot_metric_vs_sparsity(summary: Summary, model: str, task: str, plot_dir: P
         ax.set_xlabel("sparsity (fraction of layers removed)")
         ax.set_ylabel(t.metric)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
     note = ("error bars: 95% interval over samples; hollow: significantly worse than the best (paired, Holm)"
             if any_ci else "error bars: std over seeds")
     fig.suptitle(f"{model} · {task} ({note})")
@@ -1407,7 +1407,7 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
                 ax.plot([0.0], [i], marker="*", markersize=12, color=colour)
         ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set_title(f"sparsity {s:g} (best: {next((c.best for c in rows if c.sparsity == s), '')})", fontsize=9)
+        ax.set_title(f"sparsity {s:g}\nbest: {next((c.best for c in rows if c.sparsity == s), '')}", fontsize=8)
         ax.set_xlabel(f"{rows[0].metric}: scorer − best")
         ax.grid(alpha=0.3)
     import matplotlib.lines as mlines
@@ -1549,7 +1549,7 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
 
     sps = sorted({r.sparsity for r in rows})
     labels = sorted({r.label for r in rows})
-    fig, axes = _grid(len(sps), ncols=len(sps), size=(4.4, 0.38 * len(labels) + 1.8), sharey=True)
+    fig, axes = _grid(len(sps), ncols=len(sps), size=(4.6, 0.38 * len(labels) + 2.0), sharey=True, sharex=True)
     y = np.arange(len(labels))
     for ax, s in zip(axes, sps):
         by = {r.label: r for r in rows if r.sparsity == s}
@@ -1560,12 +1560,12 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
         ax.barh(y + 0.2, samp, height=0.4, color="tab:blue", alpha=0.6, label="95% sampling half-width")
         for i, j in enumerate(jac):
             if j is not None:
-                ax.text(0.98, i, f"J={j:.2f}", fontsize=7, va="center", ha="right", transform=ax.get_yaxis_transform())
+                ax.text(1.01, i, f"J={j:.2f}", fontsize=7, va="center", ha="left", transform=ax.get_yaxis_transform())
         ax.set_yticks(y, labels, fontsize=8)
         ax.set_title(f"sparsity {s:g}", fontsize=9)
         ax.set_xlabel(rows[0].metric)
         ax.grid(alpha=0.3, axis="x")
-    axes[0].legend(fontsize=7, loc="lower right")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
     fig.suptitle(f"{model} · {task}: calibration variance vs sampling interval "
                  f"(J = mean pairwise Jaccard of removed layers)", fontsize=10)
     return _save(fig, plot_dir / f"calibration_variance__{_slug(model)}__{_slug(task)}.png")
