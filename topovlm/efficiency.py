@@ -125,7 +125,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_time(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
+def _timed_repeats(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """(median, every time) of ``repeats`` synchronised runs after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -135,7 +136,8 @@ def _median_time(fn: Callable[[], Any], device: torch.device, warmup: int, repea
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), times
+
 
 
 def fixed_inputs(adapter: "ModelAdapter", settings: EfficiencySettings) -> dict[str, torch.Tensor]:
@@ -167,13 +169,24 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
     def prefill() -> Any:
         return model(**inputs, use_cache=True)
 
-    def generate() -> Any:
-        return model.generate(**inputs, max_new_tokens=s.new_tokens, min_new_tokens=s.new_tokens,
-                              do_sample=False, pad_token_id=pad)
+    def generate(n: int) -> Callable[[], Any]:
+        return lambda: model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
 
-    t_prefill = _median_time(prefill, device, s.warmup, s.repeats)
-    t_generate = _median_time(generate, device, s.warmup, s.repeats)
-    decode_time = max(t_generate - t_prefill, 1e-9)
+    t_prefill, prefill_times = _timed_repeats(prefill, device, s.warmup, s.repeats)
+    # decode: per repeat, N tokens minus 1 token, timed back to back (paired: the difference of
+    # two separate medians came out near zero or negative on a loaded machine)
+    one, many = generate(1), generate(s.new_tokens)
+    for _ in range(s.warmup):
+        one(), many()
+    pairs = []
+    for _ in range(max(1, s.repeats)):
+        t1 = _timed_repeats(one, device, 0, 1)[0]
+        tn = _timed_repeats(many, device, 0, 1)[0]
+        pairs.append((t1, tn))
+    t_generate = statistics.median(tn for _, tn in pairs)
+    decode_times = [tn - t1 for t1, tn in pairs]
+    decode_time = statistics.median(decode_times)
+    steps = s.batch_size * max(1, s.new_tokens - 1)
     mem = peak_memory(device)
     return {
         **counts,
@@ -183,7 +196,11 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
         "new_tokens": s.new_tokens,
         "prefill_latency_s": t_prefill,
         "generate_latency_s": t_generate,
-        "decode_tokens_per_s": s.batch_size * max(1, s.new_tokens - 1) / decode_time,
+        # NaN when the decode steps took no measurable time over the noise (loaded machine)
+        "decode_tokens_per_s": steps / decode_time if decode_time > 0 else float("nan"),
+        # repeat spread, for the variance of the medians above
+        "prefill_latency_range_s": [min(prefill_times), max(prefill_times)],
+        "decode_time_range_s": [min(decode_times), max(decode_times)],
         **mem,
         "peak_memory_method": mem.get("peak_memory_method", method),
         "device": device_name(device),
