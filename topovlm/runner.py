@@ -12,6 +12,7 @@ lock on their identity: the second waits and reuses the first one's result.
 from __future__ import annotations
 
 import gc
+import os
 import logging
 import pickle
 import random
@@ -302,12 +303,23 @@ def _savez(path: Path, name: str, arr: np.ndarray) -> None:
         np.savez_compressed(f, **{name: arr})
 
 
-def write_outputs(job: Job, result: ScoreResult, adapter: Any) -> list[Path]:
-    """Diagnostics and arrays next to the run (and the pruned model when asked); the images."""
+def write_outputs(job: Job, ranking: Ranking) -> tuple[list[Path], dict[str, str]]:
+    """Diagnostics next to the run; the ranking's arrays (e.g. topo's point clouds) stored once
+    beside the cached ranking and linked from every job that uses it. (images, array -> path)."""
+    result = ranking.result
     images = job.scorer.write_diagnostics(result, job.out_dir)
+    arrays: dict[str, str] = {}
+    store = job.cache / "scores" / ranking.cache["capture"]["key"] / f"{ranking.cache['ranking']['key']}.arrays"
     for name, arr in result.arrays.items():
-        atomic_write(job.out_dir / f"{name}.npz", lambda p, n=name, a=arr: _savez(p, n, a))
-    return images
+        stored = store / f"{name}.npz"
+        if not stored.is_file():
+            atomic_write(stored, lambda p, n=name, a=arr: _savez(p, n, a))
+        link = job.out_dir / f"{name}.npz"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(os.path.relpath(stored.resolve(), job.out_dir.resolve()), link)
+        arrays[name] = str(stored)
+    return images, arrays
 
 
 def log_run(job: Job, results: dict[str, Any], images: list[Path], *, resumed: bool = False) -> dict[str, Any] | None:
@@ -433,7 +445,7 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
         efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timer.timings.get("evaluate"),
                                 original_layers=num_layers)
     with timer("diagnostics"):
-        images = write_outputs(job, ranking.result, adapter)
+        images, arrays = write_outputs(job, ranking)
     r = ranking.result
     results: dict[str, Any] = {
         "model": cfg.model.name, "task": cfg.task.name, "scorer": job.scorer.name, "sparsity": float(cfg.sparsity),
@@ -446,7 +458,7 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
         "effective": {"calibration.n": len(samples), "calibration.batch_size": int(cfg.calibration.batch_size),
                       "task.num_samples": metrics.get("num_samples")},
         "identity": {"code": job.identity["code"], "model_fingerprint": fingerprint, **ranking.cache},
-        "diagnostics": [p.name for p in images], "job_key": job.key, "out_dir": str(job.out_dir),
+        "diagnostics": [p.name for p in images], "arrays": arrays, "job_key": job.key, "out_dir": str(job.out_dir),
         "wandb_group": job.group, **r.extra,
     }
     if cfg.save_model:
