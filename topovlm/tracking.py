@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -45,19 +44,24 @@ def run_name(scorer: str, sparsity: float, *, seed: int | None = None, task: str
 
 
 def _server_reachable(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+    """Whether the W&B server answers HTTP within ``timeout`` seconds (any status counts;
+    proxies from the environment are used, as W&B uses them)."""
+    import urllib.error
+    import urllib.request
+
     url = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
-    parsed = urlparse(url)
-    host, port = parsed.hostname or "api.wandb.ai", parsed.port or (443 if parsed.scheme == "https" else 80)
     outcome: list[BaseException | None] = []
 
-    def connect() -> None:  # in a thread: name resolution has no timeout of its own
+    def ask() -> None:  # in a thread: name resolution has no timeout of its own
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
             outcome.append(None)
-        except OSError as err:
+        except urllib.error.HTTPError:  # the server answered, with an error status
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001 - URLError, timeouts, resets
             outcome.append(err)
 
-    worker = threading.Thread(target=connect, daemon=True)
+    worker = threading.Thread(target=ask, daemon=True)
     worker.start()
     worker.join(timeout)
     if not outcome:
