@@ -149,3 +149,15 @@ def code_digest(*objs: Any) -> str:
     for name in sorted(files):
         h.update(name.encode() + b"\0" + _parsed(*_stat_key(files[name], name))[0].encode())
     return h.hexdigest()[:16]
+
+
+def samples_digest(samples: Iterable[Any]) -> str:
+    """Digest of what a model sees of a sample list (ids, texts, image pixels): the data's
+    identity, wherever it is stored."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update("\0".join((s.id, s.question, s.answer, s.domain, s.category)).encode())
+        if s.image is not None:
+            h.update(f"{s.image.mode}{s.image.size}".encode())
+            h.update(s.image.tobytes())
+    return h.hexdigest()[:16]

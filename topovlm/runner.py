@@ -29,7 +29,7 @@ import topovlm.capture as capture_module
 from topovlm.capture import CaptureCache, model_fingerprint
 from topovlm.config import ConfigError, build_scorer, validate
 from topovlm.data.sources import dataset_id, load_samples
-from topovlm.identity import code_digest, digest, library_versions
+from topovlm.identity import code_digest, digest, library_versions, samples_digest
 from topovlm.results import (RESULTS_FILE, clear_job_dir, link_outputs, load_results, rebuild_table, versions,
                              write_json_atomic)
 from topovlm.scoring import LayerScorer, ScoreResult, ScoringContext
@@ -197,8 +197,9 @@ def _load_ranking(path: Path, num_layers: int) -> ScoreResult | None:
 def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer) -> Ranking:
     """capture + score: the ranking from its cache, else from the (cached) capture."""
     cal, scorer, n_layers = job.cfg.calibration, job.scorer, adapter.num_layers
-    capture_id = {"model": fingerprint, "calibration": dataset_id(cal.dataset, cal.n, cal.seed),
-                  "batch_size": int(cal.batch_size), "code": job.identity["code"]["capture"],
+    capture_id = {"model": fingerprint, "calibration": dataset_id(cal.dataset, cal.n, cal.seed).split(":")[0],
+                  "samples": samples_digest(samples), "batch_size": int(cal.batch_size),
+                  "code": job.identity["code"]["capture"],
                   "versions": library_versions()}
     capture_key = digest(capture_id)
     captures = CaptureCache(job.cache / "captures")
