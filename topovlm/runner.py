@@ -326,7 +326,8 @@ def reuse(job: Job, done: dict[str, Any]) -> dict[str, Any]:
     """A finished job with this identity exists: this dir gets its result and outputs."""
     src = Path(done["out_dir"])
     if src.resolve() == job.out_dir.resolve():
-        log.info("job %s already complete (%s); skipping (+force=true recomputes)", job.key, src)
+        log.info("job %s already complete (%s); skipping (+force=true recomputes); keyed on %s",
+                 job.key, src, keyed_on(job.identity))
         rebuild_table(job.table_dir)
         return done
     log.info("job %s already complete (%s); reusing its result and outputs (+force=true recomputes); "
