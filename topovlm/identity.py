@@ -1,7 +1,7 @@
 """What a cached number depends on: code, library versions, config values.
 
 Every cache key (capture, ranking, reference, completed job) is a digest of an explicit
-dict built from these helpers, so a key can be logged next to the hit it produced:
+dict built from these functions, so a key can be logged next to the hit it produced:
 
 * :func:`code_digest` hashes the source of the modules that define a class or module,
   and of the project modules they import (transitively: module level and inside
