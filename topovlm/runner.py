@@ -265,6 +265,7 @@ def reference(job: Job, evaluator: Any, adapter: Any, fingerprint: str) -> dict[
     path, ref_id = reference_entry(job, fingerprint)
     with entry_lock(path, "reference"):
         remove_stale_tmp(path)
+        remove_stale_tmp(job_samples.reference_samples_path(path))
         cached = None if job.force else read_json(path, required=("metrics",))
         # a cached reference without its records is evaluated once more (samples.jsonl needs them)
         records_missing = job_samples.load_reference(path) is None and \

@@ -1,4 +1,4 @@
-"""Helpers of the reliability suite: fast tiny-model sweeps in real subprocesses."""
+"""Shared pieces of the reliability suite: fast tiny-model sweeps in real subprocesses."""
 from __future__ import annotations
 
 import json

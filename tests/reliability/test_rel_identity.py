@@ -67,11 +67,11 @@ def test_code_digest_follows_the_modules_a_class_imports(tmp_path, monkeypatch):
     pkg = tmp_path / "pkg_digest"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "helper.py").write_text("def f(x):\n    return x\n")
-    (pkg / "scorer.py").write_text("from pkg_digest.helper import f\n\nclass S:\n    pass\n")
+    (pkg / "util.py").write_text("def f(x):\n    return x\n")
+    (pkg / "scorer.py").write_text("from pkg_digest.util import f\n\nclass S:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     before = code_digest("pkg_digest.scorer")
-    (pkg / "helper.py").write_text("def f(x):\n    return -x\n")  # an imported helper changed
+    (pkg / "util.py").write_text("def f(x):\n    return -x\n")  # an imported module changed
     assert code_digest("pkg_digest.scorer") != before
     # copying the package elsewhere (another mount point) does not change it
     moved = tmp_path / "elsewhere"

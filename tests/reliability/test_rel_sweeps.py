@@ -58,3 +58,13 @@ def test_a_sweep_value_that_does_not_compose_stops_it_at_the_start(tmp_path):
     assert "a job of this sweep does not compose, nothing was run" in proc.stderr
     assert "scorer=nope" in proc.stderr and "Could not find 'scorer/nope'" in proc.stderr
     assert not sweep.exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_sweep_where_every_job_fails_still_writes_its_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = launch(["-m", *fast(tmp_path), "scorer=tail", "sparsity=1.5,1.6", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 1, log_of(proc)[-3000:]
+    assert [r["status"] for r in rows(sweep)] == ["failed", "failed"]
+    md = (sweep / "summary.md").read_text()
+    assert "## Failures" in md and "sparsity=1.6 must be in [0, 1)" in md
+    assert "2 of 2 jobs failed" in proc.stderr
