@@ -131,7 +131,8 @@ def test_experiment_composes_for_every_job_of_its_sweep(name: str):
     params = {k: str(v).split(",") for k, v in OmegaConf.to_container(raw.hydra.sweeper.params).items()}
     assert "sparsity" in params and "scorer" in params
     assert all(0.0 <= float(s) < 1.0 for s in params["sparsity"])
-    assert "0" in params["sparsity"]  # the unpruned reference row
+    # the unpruned reference row: a sparsity-0 job, or every pruned job's reference_metrics
+    assert "0" in params["sparsity"] or OmegaConf.select(raw, "reference", default=True)
     defaults = [d for d in OmegaConf.to_container(raw.defaults) if isinstance(d, dict)]
     hydra_compose([])  # initialise the config search path
     missing = []
