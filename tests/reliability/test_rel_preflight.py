@@ -53,23 +53,24 @@ def test_scorer_config_hook_is_called_and_passes_good_configs():
 
 
 def _readme_commands() -> list[list[str]]:
-    text = (ROOT / "README.md").read_text()
+    # the README and the docs it links to
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     found = re.findall(r"(?:^|`)(?:\.venv/bin/)?python launch\.py ([^`\n]+)", text, flags=re.M)
     out = []
     for args in found:
-        if "..." in args or "scorer=plugin" in args:  # a placeholder; an installed package's scorer
+        if "..." in args or "scorer=plugin" in args or args.startswith("--"):  # placeholder, plugin, --help
             continue
         out.append(shlex.split(args))
     return out
 
 
-@pytest.mark.slow
 def _real_checkpoint(arg: str) -> bool:
     key, _, value = arg.partition("=")
     return key == "model.path" or (key == "model" and value != "default" and not value.startswith("tiny")) \
         or (key == "experiment" and value != "default_sweep") or key == "calibration" and value == "coco_captions"
 
 
+@pytest.mark.slow
 def test_readme_commands_pass_the_preflight_as_written():
     """Every ``python launch.py`` command of the README: every job of its sweep composes
     and validates (what the sweep-start preflight runs), as written."""
