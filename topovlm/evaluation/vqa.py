@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from topovlm.data.normalize import normalize_answer
 from topovlm.data.sources import load_samples
-from topovlm.evaluation.base import Evaluator
+from topovlm.evaluation.base import Evaluator, choice_loglikelihoods
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
@@ -19,6 +19,11 @@ class VQAEvaluator(Evaluator):
     """Greedy generation; a prediction is correct when its normalised form equals the answer's.
 
     Metrics: ``accuracy`` and ``accuracy/<domain>`` and ``accuracy/<category>`` (fractions).
+    With ``task.options.multiple_choice`` (on for ``task=shapes``), also ``accuracy_mc`` (per
+    domain and category too): the candidate answer the model finds most likely among its
+    category's closed answer set (every answer of that category in the evaluated split), as
+    lm-evaluation-harness scores multiple-choice tasks. A model whose generations stop parsing
+    still ranks candidates, so this metric degrades towards chance rather than to 0.
     """
 
     def __init__(self, task_cfg: Any) -> None:
@@ -39,8 +44,23 @@ class VQAEvaluator(Evaluator):
         metrics = exact_match_metrics(samples, predictions)
         self.predictions = [{"id": s.id, "prediction": p, "answer": s.answer, "correct": is_correct(p, s.answer),
                              "domain": s.domain, "category": s.category} for s, p in zip(samples, predictions)]
+        if (self.cfg.options or {}).get("multiple_choice"):
+            picks = self._multiple_choice(adapter, samples)
+            metrics.update({k.replace("accuracy", "accuracy_mc", 1): v
+                            for k, v in exact_match_metrics(samples, picks).items()})
+            for record, pick in zip(self.predictions, picks):
+                record.update(prediction_mc=pick, correct_mc=is_correct(pick, record["answer"]))
         metrics["num_samples"] = float(len(samples))
         return metrics
+
+    def _multiple_choice(self, adapter: "ModelAdapter", samples: Sequence["VQASample"]) -> list[str]:
+        answer_sets: dict[str, list[str]] = defaultdict(list)
+        for s in samples:
+            if s.answer not in answer_sets[s.category]:
+                answer_sets[s.category].append(s.answer)
+        choices = [sorted(answer_sets[s.category]) for s in samples]
+        scores = choice_loglikelihoods(adapter, samples, choices, self.cfg.batch_size)
+        return [cs[max(range(len(cs)), key=sc.__getitem__)] for cs, sc in zip(choices, scores)]
 
     # ------------------------------------------------------------------ per-sample records
     def sample_records(self) -> list[dict[str, Any]]:
@@ -48,7 +68,9 @@ class VQAEvaluator(Evaluator):
         the same in every job of a sweep), ``domain``, ``category``, ``prediction``, ``target``,
         ``correct``."""
         return [{"id": r["id"], "domain": r["domain"], "category": r["category"], "prediction": r["prediction"],
-                 "target": r["answer"], "correct": bool(r["correct"])} for r in self.predictions]
+                 "target": r["answer"], "correct": bool(r["correct"]),
+                 **({"prediction_mc": r["prediction_mc"], "correct_mc": bool(r["correct_mc"])}
+                    if "prediction_mc" in r else {})} for r in self.predictions]
 
 
 def is_correct(prediction: str, answer: str) -> bool:
