@@ -10,7 +10,7 @@ import numpy as np
 from baselines.cosine import pooled_cosine
 from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.scoring import POOLINGS, LayerScorer, ScoreResult, ScoringContext
+from topovlm.api import POOLINGS, LayerScorer, ScoreResult, ScoringContext
 
 
 def block_distances(states: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 
 from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.scoring import POOLINGS, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
+from topovlm.api import POOLINGS, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
 
 # token-level poolings: mean over those tokens of the per-token cosine
 TOKEN_POOLINGS = {"all_tokens": "all", "text_tokens": "text", "vision_tokens": "vision"}

@@ -27,7 +27,7 @@ import numpy as np
 from baselines.cosine import check_pooling, layer_cosine, token_spec
 from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.scoring import CaptureSpec, LayerScorer, ScoreResult, ScoringContext
+from topovlm.api import CaptureSpec, LayerScorer, ScoreResult, ScoringContext
 
 RANKINGS = ("math", "non_math", "mixed")
 DEFAULT_DOMAINS = {"math": ["math"], "non_math": ["non_math"]}

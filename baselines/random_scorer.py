@@ -5,7 +5,7 @@ import numpy as np
 
 from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.scoring import LayerScorer, ScoreResult, ScoringContext
+from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 
 
 @register_scorer("random")

@@ -44,7 +44,7 @@ import torch
 
 from topovlm.capture import Capture, LayerCall, _masked_mean, register_statistic, row_cosine, run_capture
 from topovlm.registry import register_scorer
-from topovlm.scoring import POOLINGS, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
+from topovlm.api import POOLINGS, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter

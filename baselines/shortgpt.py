@@ -5,7 +5,7 @@ import numpy as np
 
 from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.scoring import CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
+from topovlm.api import CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
 
 TOKENS = ("all", "text", "vision")
 

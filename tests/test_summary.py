@@ -208,7 +208,7 @@ def test_cli_summarizes_several_sweeps_and_counts_a_resumed_job_once(sweep: Path
 
 
 def test_module_entry_point_runs(sweep: Path, tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "topovlm.summary", str(sweep), "-o", str(tmp_path / "o"), "--no-plots"],
+    proc = subprocess.run([sys.executable, "-m", "topovlm.cli", "summarize", str(sweep), "-o", str(tmp_path / "o"), "--no-plots"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "| *unpruned (reference)* | 0.900 | 0.900 |" in proc.stdout

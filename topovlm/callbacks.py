@@ -174,3 +174,13 @@ class SummaryCallback(Callback):
         run_dir = log_summary_run(summary, settings, group=settings.get("group") or sweep_group(sweep_dir))
         if run_dir is not None:
             log.info("W&B summary run: %s", run_dir)
+        if settings.get("report") and settings.get("mode") == "online" and settings.get("entity"):
+            from topovlm.wandb_report import publish
+
+            try:  # a report that cannot be saved leaves its spec next to the summary
+                log.info("W&B report: %s", publish(sweep_dir, settings["entity"], settings.get("project") or "topovlm")[0])
+            except Exception:  # noqa: BLE001 - the sweep's results are written; the report is extra
+                log.exception("W&B report failed; build it with `topovlm wandb-report %s`", sweep_dir)
+        elif settings.get("report"):
+            log.warning("logger.wandb.report=true needs logger.wandb.mode=online and logger.wandb.entity; "
+                        "build it later with `topovlm wandb-report %s --entity E`", sweep_dir)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from topovlm.registry import Registry
 from topovlm.identity import digest
-from topovlm.scoring import POOLINGS, CaptureSpec, StatRequest
+from topovlm.api import POOLINGS, CaptureSpec, StatRequest
 from topovlm.storage import atomic_write, discard, entry_lock, remove_stale_tmp
 
 if TYPE_CHECKING:

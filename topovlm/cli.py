@@ -2,7 +2,7 @@
 ``topovlm list scorers [pattern]`` (statistics, evaluators, adapters, sources): what is registered.
 ``topovlm topo-score FILE ...``: re-analysis of a barcode file with the topo scorers' ranking.
 
-Also ``python -m topovlm.cli summarize ...`` and ``python -m topovlm.summary ...``.
+Also ``python -m topovlm.cli summarize ...``.
 """
 from __future__ import annotations
 

@@ -15,18 +15,17 @@ from typing import TYPE_CHECKING
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from topovlm.errors import ConfigError
 from topovlm.selection import POLICIES, SelectionConfig
 
 if TYPE_CHECKING:
-    from topovlm.scoring import LayerScorer
+    from topovlm.api import LayerScorer
 
 MODEL_SOURCES = ("pretrained", "embedded", "tiny")
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 WANDB_MODES = ("offline", "online", "disabled")
 
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key and what is allowed."""
 
 
 @dataclass
@@ -86,6 +85,7 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     dir: Optional[str] = None  # default: the job's output dir
     init_timeout: float = 10.0  # seconds wandb.init may take online before the job logs offline
+    report: bool = False  # online sweeps: also a W&B Report of the sweep at its end (topovlm wandb-report)
 
 
 @dataclass
@@ -149,7 +149,7 @@ def build_scorer(scorer_cfg: DictConfig | dict) -> "LayerScorer":
     import inspect
 
     from topovlm.registry import available_scorers, get_scorer_class
-    from topovlm.scoring import LayerScorer
+    from topovlm.api import LayerScorer
 
     params = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
     name = params.pop("name", None)

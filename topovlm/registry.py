@@ -123,7 +123,7 @@ def _name_scorer(name: str, cls: Any) -> None:
 
 
 def _scorer_base() -> type:
-    from topovlm.scoring import LayerScorer
+    from topovlm.api import LayerScorer
 
     return LayerScorer
 

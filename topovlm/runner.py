@@ -34,7 +34,7 @@ from topovlm.data.sources import dataset_id, load_samples
 from topovlm.identity import code_digest, digest, library_versions, samples_digest
 from topovlm.results import (RESULTS_FILE, clear_job_dir, link_outputs, load_results, rebuild_table, versions,
                              write_json_atomic)
-from topovlm.scoring import LayerScorer, ScoreResult, ScoringContext
+from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
 from topovlm.storage import atomic_write, atomic_write_bytes, discard, entry_lock, read_json, remove_stale_tmp
 from topovlm.tracking import WandbRun, set_aside_incomplete_runs

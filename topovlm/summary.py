@@ -15,7 +15,7 @@ absent) and writes, into the output directory:
 * PNG plots under ``plots/``: metric vs sparsity (per task, one panel per metric),
   the layer x scorer map of removed layers, the score profiles, the agreement heat map.
 
-``python -m topovlm.summary <sweep_dir> [...]`` or ``topovlm summarize <sweep_dir> [...]``
+``topovlm summarize <sweep_dir> [...]`` (or ``python -m topovlm.cli summarize ...``)
 builds the same from finished runs.
 """
 from __future__ import annotations
@@ -1569,13 +1569,3 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
     fig.suptitle(f"{model} · {task}: calibration variance vs sampling interval "
                  f"(J = mean pairwise Jaccard of removed layers)", fontsize=10)
     return _save(fig, plot_dir / f"calibration_variance__{_slug(model)}__{_slug(task)}.png")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from topovlm.cli import main as cli_main
-
-    return cli_main(["summarize", *(argv if argv is not None else __import__("sys").argv[1:])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

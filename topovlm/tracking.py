@@ -43,7 +43,7 @@ def run_name(scorer: str, sparsity: float, *, seed: int | None = None, task: str
     return "-".join(parts)
 
 
-def _server_reachable(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
+def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
     """Whether the W&B server answers HTTP within ``timeout`` seconds (any status counts;
     proxies from the environment are used, as W&B uses them)."""
     import urllib.error
@@ -93,7 +93,7 @@ class WandbRun:
             run_dir = Path(out_dir)
         mode = cfg.mode
         if mode == "online":
-            ok, where = _server_reachable()
+            ok, where = server_reachable()
             if not ok:
                 self._warn(f"W&B server unreachable: {where}; logging offline "
                            f"(upload later with `wandb sync {run_dir}/wandb/offline-run-*`)")
@@ -211,3 +211,5 @@ def set_aside_incomplete_runs(job_dir: Path, keep: str | None = None) -> list[Pa
         log.warning("W&B: %d run(s) not of a complete job (or superseded) set aside in %s",
                     len(moved), wandb_dir / INCOMPLETE)
     return moved
+
+

@@ -54,9 +54,9 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
         return None
     mode = settings.get("mode") or "offline"
     if mode == "online":  # the same quick probe as the jobs' runs: never a long stall
-        from topovlm.tracking import _server_reachable
+        from topovlm.tracking import server_reachable
 
-        reachable, where = _server_reachable()
+        reachable, where = server_reachable()
         if not reachable:
             log.warning("W&B server unreachable: %s; the summary run is logged offline", where)
             mode = "offline"

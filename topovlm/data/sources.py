@@ -39,10 +39,10 @@ def _jsonl(ds: Any, n: int | None, seed: int) -> list[VQASample]:
         image = Image.open(root / rec["image"]).convert("RGB") if rec.get("image") else None
         out.append(VQASample(str(rec["id"]), image, rec["question"], str(rec.get("answer", "")),
                              rec.get("domain", "default"), rec.get("category", "")))
-    return _seeded_subset(out, n, seed, "dataset.path")
+    return seeded_subset(out, n, seed, "dataset.path")
 
 
-def _seeded_subset(items: list, n: int | None, seed: int, key: str) -> list:
+def seeded_subset(items: list, n: int | None, seed: int, key: str) -> list:
     """``n`` items drawn without replacement by ``seed`` (all of them, in order, when n is None)."""
     if n is None:
         return items
@@ -78,7 +78,7 @@ def _hf(ds: Any, n: int | None, seed: int) -> list[VQASample]:
     else:
         loaded = datasets.load_dataset(str(local) if local.exists() else ds.path, opts.get("name"), split=ds.split)
     first = int(opts.get("exclude_first") or 0)
-    indices = _seeded_subset(list(range(first, len(loaded))), n, seed, f"calibration/task dataset {ds.path}[{ds.split}]")
+    indices = seeded_subset(list(range(first, len(loaded))), n, seed, f"calibration/task dataset {ds.path}[{ds.split}]")
     image_col = opts.get("image_column", "image")
     out = []
     for i in indices:
@@ -89,34 +89,6 @@ def _hf(ds: Any, n: int | None, seed: int) -> list[VQASample]:
         domain = str(row[opts["domain_column"]]) if opts.get("domain_column") else str(opts.get("domain", "default"))
         answer = row.get(opts["answer_column"], "") if opts.get("answer_column") else ""
         out.append(VQASample(str(rid), image, _row_text(row, opts), str(answer), domain, str(opts.get("category", ""))))
-    return out
-
-
-def _lmms_task(ds: Any, n: int | None, seed: int) -> list[VQASample]:
-    """Documents of an lmms-eval task, prompted exactly as the task prompts them.
-
-    ``options.task`` names the task (``options.dataset_path`` replaces its dataset, e.g. a
-    local copy); ``options.exclude_first`` skips the documents an
-    evaluation with ``task.limit`` reads (lmms-eval evaluates the first ``limit`` ones), so a
-    calibration set drawn here is disjoint from the evaluated documents.
-    """
-    from lmms_eval.tasks import get_task_dict
-
-    from topovlm.evaluation.lmms import task_manager
-
-    opts = dict(ds.options or {})
-    name = str(opts["task"])
-    spec = {"task": name, "dataset_path": str(opts["dataset_path"])} if opts.get("dataset_path") else name
-    task = get_task_dict([spec], task_manager([name], opts.get("model_name", "llava_hf")))[name]
-    docs = task.test_docs() if task.has_test_docs() else task.validation_docs()
-    first = int(opts.get("exclude_first") or 0)
-    indices = _seeded_subset(list(range(first, len(docs))), n, seed, f"lmms-eval task {name!r}")
-    out = []
-    for i in indices:
-        doc = docs[int(i)]
-        visuals = [v for v in (task.doc_to_visual(doc) or []) if hasattr(v, "convert")]
-        image = visuals[0].convert("RGB") if visuals else None
-        out.append(VQASample(f"{name}:{i}", image, str(task.doc_to_text(doc)), "", str(opts.get("domain", "default"))))
     return out
 
 
@@ -131,8 +103,10 @@ def _text(ds: Any, n: int | None, seed: int) -> list[VQASample]:
 
 
 SOURCES: Registry = Registry("dataset.source", entry_point_group="topovlm.sources")
-for _name, _fn in (("shapes", _shapes), ("jsonl", _jsonl), ("text", _text), ("hf", _hf), ("lmms_task", _lmms_task)):
+for _name, _fn in (("shapes", _shapes), ("jsonl", _jsonl), ("text", _text), ("hf", _hf)):
     SOURCES.register(_name, _fn)
+# documents of an lmms-eval task (imports lmms-eval: declared lazily)
+SOURCES.declare("lmms_task", "topovlm.evaluation.lmms_source:load_task_documents")
 
 
 def load_samples(ds: Any, n: int | None = None, seed: int | None = None) -> list[VQASample]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from topovlm.scoring import POOLINGS
+from topovlm.api import POOLINGS
 
 if TYPE_CHECKING:
     from topovlm.capture import Capture

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from topovlm.registry import register_scorer
-from topovlm.scoring import CaptureSpec, LayerScorer, ScoreResult, ScoringContext
+from topovlm.api import CaptureSpec, LayerScorer, ScoreResult, ScoringContext
 from topovlm.topo.clouds import ACTIVATIONS, NORMALISATIONS, TOPO_POOLINGS, layer_clouds
 from topovlm.topo.complexes import FLAG_BACKENDS, SYMMETRISATIONS
 from topovlm.topo.consistency import EMPTY_POLICIES, FORMULAS, combine_dimensions
