@@ -1211,9 +1211,11 @@ def write_plots(summary: Summary, plot_dir: Path) -> list[Path]:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    """The PNG, and a PDF (vector, for papers) next to it."""
     import matplotlib.pyplot as plt
 
     fig.savefig(path, dpi=110)
+    fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
     return path
 
@@ -1324,8 +1326,23 @@ def plot_removed_layers(jobs: list[dict[str, Any]], model: str, plot_dir: Path) 
     return _save(fig, plot_dir / f"removed_layers__{_slug(model)}.png")
 
 
+def _removal_direction(job: dict[str, Any]) -> str:
+    """Which end of the native score a scorer removes first (its redundancy's order)."""
+    from scipy.stats import spearmanr
+
+    pairs = [(a, b) for a, b in zip(job.get("scores") or [], job.get("redundancy") or [])
+             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    if len(pairs) < 3:
+        return ""
+    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    return "" if rho is None or not math.isfinite(rho) else ("high score removed first" if rho > 0
+                                                             else "low score removed first")
+
+
 def plot_score_profiles(jobs: list[dict[str, Any]], model: str, plot_dir: Path) -> Path | None:
-    """Every scorer's per-layer score (mean over seeds, band = min..max)."""
+    """Every scorer's per-layer score (mean over seeds, band = min..max), which end is removed
+    first, and the layers removed at each sparsity (first seed) marked on the curve."""
+    import matplotlib.pyplot as plt
     import numpy as np
 
     members = [j for j in jobs if j["model"] == model]
@@ -1333,43 +1350,73 @@ def plot_score_profiles(jobs: list[dict[str, Any]], model: str, plot_dir: Path) 
     if not profiles:
         return None
     labels = sorted(profiles)
-    fig, axes = _grid(len(labels), size=(4.6, 3.0))
+    sparsities = sorted({j["sparsity"] for j in members if j.get("removed_layers")})
+    markers = dict(zip(sparsities, "vs^Dpo*hX"))
+    colours = dict(zip(sparsities, plt.get_cmap("autumn")(np.linspace(0.0, 0.8, max(1, len(sparsities))))))
+    fig, axes = _grid(len(labels), size=(4.6, 3.2))
     for ax, lab in zip(axes, labels):
         arr = np.array([[np.nan if v is None else float(v) for v in p] for p in profiles[lab].values()], dtype=float)
         x = np.arange(arr.shape[1])
         with warnings.catch_warnings():  # a layer without a score (e.g. a protected one) stays a gap
             warnings.simplefilter("ignore", RuntimeWarning)
-            ax.plot(x, np.nanmean(arr, axis=0), marker=".")
+            mean = np.nanmean(arr, axis=0)
+            ax.plot(x, mean, marker=".", color="tab:blue", zorder=2)
             if arr.shape[0] > 1:
-                ax.fill_between(x, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), alpha=0.25)
-        ax.set_title(lab + (f" ({arr.shape[0]} seeds)" if arr.shape[0] > 1 else ""), fontsize=10)
+                ax.fill_between(x, np.nanmin(arr, axis=0), np.nanmax(arr, axis=0), alpha=0.25, zorder=1)
+        own = [j for j in members if j["label"] == lab]
+        seen: set[float] = set()
+        for j in sorted(own, key=lambda j: (j["sparsity"], repr(j["_seed"]))):
+            if j["sparsity"] in seen or not j.get("removed_layers"):
+                continue
+            seen.add(j["sparsity"])
+            removed = [i for i in j["removed_layers"] if i < len(mean)]
+            # offset each sparsity's markers so nested removal sets stay visible
+            offset = (sparsities.index(j["sparsity"]) + 1) * 0.04 * (np.nanmax(mean) - np.nanmin(mean) or 1.0)
+            ax.scatter(removed, mean[removed] + offset, marker=markers.get(j["sparsity"], "o"), s=22,
+                       color=colours.get(j["sparsity"]), edgecolor="black", linewidth=0.4, zorder=3,
+                       label=f"removed at {j['sparsity']:g}")
+        direction = _removal_direction(own[0]) if own else ""
+        ax.set_title(lab + (f" ({arr.shape[0]} seeds)" if arr.shape[0] > 1 else "")
+                     + (f"\n{direction}" if direction else ""), fontsize=9)
         ax.set_xlabel("decoder layer")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{model}: score per layer")
+    handles = {h.get_label(): h for ax in axes for h in ax.collections if h.get_label().startswith("removed")}
+    if handles:
+        fig.legend([handles[k] for k in sorted(handles)], sorted(handles), loc="outside lower center",
+                   ncols=len(handles), fontsize=8)
+    fig.suptitle(f"{model}: score per layer (markers: layers removed at each sparsity)")
     return _save(fig, plot_dir / f"score_profiles__{_slug(model)}.png")
 
 
 def plot_agreement(ag: Agreement, plot_dir: Path) -> Path | None:
-    """Heat maps: Kendall tau of the redundancy rankings, Jaccard of the removed sets per sparsity."""
+    """Heat maps with colour bars: Kendall tau of the redundancy rankings, Jaccard of the
+    removed sets per sparsity; each cell's value in black or white, whichever reads."""
+    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.colors import Normalize
 
     if len(ag.labels) < 2:
         return None
-    panels = [("Kendall tau (redundancy)", ag.tau_matrix(), -1.0, "RdBu_r")]
+    panels = [("Kendall tau of layer rankings", ag.tau_matrix(), -1.0, "RdBu_r")]
     panels += [(f"Jaccard of removed sets, sparsity {s:g}", ag.overlap_matrix(s), 0.0, "viridis")
                for s in sorted(ag.overlap)]
     n = len(ag.labels)
-    fig, axes = _grid(len(panels), size=(1.0 * n + 2.8, 0.8 * n + 1.8))
-    for ax, (title, mat, vmin, cmap) in zip(axes, panels):
+    side = 0.5 * n + 2.2
+    fig, axes = _grid(len(panels), ncols=2, size=(side + 1.8, side))
+    for ax, (title, mat, vmin, cmap_name) in zip(axes, panels):
         arr = np.array([[np.nan if v is None else v for v in row] for row in mat], dtype=float)
-        ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=1.0)
+        cmap, norm = plt.get_cmap(cmap_name), Normalize(vmin=vmin, vmax=1.0)
+        im = ax.imshow(arr, cmap=cmap, norm=norm)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
         ax.set_xticks(range(n), ag.labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(n), ag.labels, fontsize=8)
         for i in range(n):
             for k in range(n):
                 if not np.isnan(arr[i, k]):
-                    ax.text(k, i, f"{arr[i, k]:.2f}", ha="center", va="center", fontsize=7)
+                    r, g, b, _ = cmap(norm(arr[i, k]))
+                    colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+                    ax.text(k, i, f"{arr[i, k]:.2f}", ha="center", va="center", fontsize=7, color=colour)
         ax.set_title(title, fontsize=9)
     fig.suptitle(f"{ag.model}: ranking agreement")
     return _save(fig, plot_dir / f"agreement__{_slug(ag.model)}.png")
