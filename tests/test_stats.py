@@ -194,7 +194,7 @@ def test_calibration_variance_experiment_composes():
     exp = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "experiment" / "calibration_variance.yaml")
     params = exp.hydra.sweeper.params
     assert str(params["calibration.seed"]) == "0,1,2" and str(params.sparsity) == "0.1,0.2,0.3"
-    assert set(str(params.scorer).split(",")) == {"topo", "cosine", "shortgpt", "angular", "short_lvlm",
+    assert set(str(params.scorer).split(",")) == {"topo", "topo_llm", "cosine", "shortgpt", "angular", "short_lvlm",
                                                   "domain_aware", "random", "tail"}
 
 
