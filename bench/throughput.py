@@ -4,7 +4,7 @@
     python bench/throughput.py                  # -> bench/results/throughput_<date>.md
     python bench/throughput.py --sweep          # + the README's main sweep, with and without model reuse
 
-* evaluation: the ``vqa`` evaluator on the first ``--questions`` test questions at batch 16
+* evaluation: the ``vqa`` evaluator (generation only) on the first ``--questions`` test questions at batch 16
   and at batch 1 (greedy, left-padded; the answers are compared too);
 * calibration: peak memory (this process's resident-set high-water mark, reset before each
   pass) of the calibration forward over N=128 samples with full-vocabulary logits and
@@ -50,7 +50,7 @@ def eval_throughput(adapter, n: int) -> list[str]:
 
     rows, answers = [], {}
     for bs in (16, 1):
-        cfg = _compose([f"task.limit={n}", f"task.batch_size={bs}"]).task
+        cfg = _compose([f"task.limit={n}", f"task.batch_size={bs}", "task.options.multiple_choice=false"]).task
         ev = VQAEvaluator(OmegaConf.create(OmegaConf.to_container(cfg)))
         start = time.perf_counter()
         metrics = ev.evaluate(adapter)
