@@ -105,9 +105,11 @@ def calibration_memory(threads: int) -> list[str]:
     return out
 
 
-def sweep(extra: list[str]) -> list[str]:
+def sweep(extra: list[str], variants: tuple[str, ...] = ("reuse", "no_reuse")) -> list[str]:
     out = []
-    for label, args in (("one model load per process", []), ("a load per job", ["+reuse_model=false"])):
+    for label, args in (("one model load per process", []), ("a load per job", ["reuse_model=false"])):
+        if ("reuse" if not args else "no_reuse") not in variants:
+            continue
         cache = tempfile.mkdtemp(prefix="topovlm-sweep-cache-")
         sweep_dir = tempfile.mkdtemp(prefix="topovlm-sweep-")
         env = {**os.environ, "TOPOVLM_CACHE": cache}
