@@ -102,12 +102,7 @@ def tiny_qwen2_vl(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, to
 
     from topovlm.adapters.processors import image_only
 
-    tok = _with_special_tokens(tokenizer, "<|vision_start|><|image_pad|><|vision_end|>")
-    ids = tok.convert_tokens_to_ids
-    head_dim = hidden_size // 4
-    text = _text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, text_overrides))
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
-                               "mrope_section": [head_dim // 8, head_dim // 8 + head_dim // 16, head_dim // 2 - head_dim // 8 - head_dim // 8 - head_dim // 16]}
+    tok, ids, text = _qwen_text(tokenizer, num_layers, hidden_size, text_overrides)
     config = Qwen2VLConfig(
         text_config=text,
         vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
@@ -167,13 +162,7 @@ def tiny_qwen2_5_vl(num_layers: int = 8, hidden_size: int = 64, seed: int = 0, t
 
     from topovlm.adapters.processors import image_only
 
-    tok = _with_special_tokens(tokenizer, "<|vision_start|><|image_pad|><|vision_end|>")
-    ids = tok.convert_tokens_to_ids
-    head_dim = hidden_size // 4
-    text = _text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, text_overrides))
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
-                               "mrope_section": [head_dim // 8, head_dim // 8 + head_dim // 16,
-                                                 head_dim // 2 - head_dim // 8 - head_dim // 8 - head_dim // 16]}
+    tok, ids, text = _qwen_text(tokenizer, num_layers, hidden_size, text_overrides)
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
@@ -189,6 +178,18 @@ def tiny_qwen2_5_vl(num_layers: int = 8, hidden_size: int = 64, seed: int = 0, t
     processor = image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tok,
                                                  chat_template=tok.chat_template)
     return model, processor
+
+
+def _qwen_text(tokenizer: Any, num_layers: int, hidden_size: int,
+               overrides: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
+    """Tokenizer, token-id lookup and text config of the Qwen-VL replicas (multimodal RoPE sections)."""
+    tok = _with_special_tokens(tokenizer, "<|vision_start|><|image_pad|><|vision_end|>")
+    head_dim = hidden_size // 4
+    text = _text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, overrides))
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
+                               "mrope_section": [head_dim // 8, head_dim // 8 + head_dim // 16,
+                                                 head_dim // 2 - head_dim // 8 - head_dim // 8 - head_dim // 16]}
+    return tok, tok.convert_tokens_to_ids, text
 
 
 def _with_special_tokens(tokenizer: Any, image_markup: str) -> Any:
