@@ -58,7 +58,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
@@ -456,19 +456,28 @@ def _numeric(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def extract_metrics(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> dict[str, float]:
-    """``results["results"]`` (``{task: {"metric,filter": value}}``) -> flat metrics."""
-    out: dict[str, float] = {}
+def _entries(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool,
+             stderr: bool) -> Iterator[tuple[str, float]]:
+    """(name, value) of lmms-eval's ``{task: {"metric,filter": value}}`` numeric entries that
+    are (``stderr``) or are not ``<metric>_stderr`` ones, for the wanted metrics of each task."""
     for task, values in results.get("results", {}).items():
         keep = wanted.get(task)
         for key, value in values.items():
             if "," not in key or not _numeric(value):
                 continue
             metric, filt = key.split(",", 1)
-            if metric.endswith("_stderr") or (keep is not None and metric not in keep):
+            if metric.endswith("_stderr") != stderr:
+                continue
+            metric = metric.removesuffix("_stderr") if stderr else metric
+            if keep is not None and metric not in keep:
                 continue
             name = metric if filt == "none" else f"{metric}_{filt}"
-            out[f"{task}/{name}" if prefix else name] = float(value)
+            yield (f"{task}/{name}" if prefix else name), float(value)
+
+
+def extract_metrics(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> dict[str, float]:
+    """``results["results"]`` (``{task: {"metric,filter": value}}``) -> flat metrics."""
+    out = dict(_entries(results, wanted, prefix, stderr=False))
     for task, n in results.get("n-samples", {}).items():
         count = n.get("effective") if isinstance(n, dict) else n
         if _numeric(count):
@@ -478,21 +487,7 @@ def extract_metrics(results: dict[str, Any], wanted: dict[str, list[str]], prefi
 
 def extract_stderrs(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> dict[str, float]:
     """lmms-eval's ``<metric>_stderr,<filter>`` entries, named as :func:`extract_metrics` names the metric."""
-    out: dict[str, float] = {}
-    for task, values in results.get("results", {}).items():
-        keep = wanted.get(task)
-        for key, value in values.items():
-            if "," not in key or not _numeric(value):
-                continue
-            metric, filt = key.split(",", 1)
-            if not metric.endswith("_stderr"):
-                continue
-            metric = metric[: -len("_stderr")]
-            if keep is not None and metric not in keep:
-                continue
-            name = metric if filt == "none" else f"{metric}_{filt}"
-            out[f"{task}/{name}" if prefix else name] = float(value)
-    return out
+    return dict(_entries(results, wanted, prefix, stderr=True))
 
 
 _LOGGED_KEYS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "token_counts", "doc_hash",
