@@ -120,6 +120,19 @@ def test_write_diagnostics(tmp_path):
                      "topo_activity.png"}
     for p in paths:
         assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert p.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_diagnostics_show_the_jobs_removals(tmp_path):
+    """One ranking, two sparsities: each job's figures mark its own removed layers."""
+    scorer = TopoScorer(k=5)
+    res = scorer.score(synthetic_capture(), ScoringContext(seed=0, num_layers=L))
+    a = scorer.write_diagnostics(res, tmp_path / "a", removed=[])
+    b = scorer.write_diagnostics(res, tmp_path / "b", removed=[2, 3])
+    again = scorer.write_diagnostics(res, tmp_path / "c", removed=[2, 3])
+    for pa, pb, pc in zip(a, b, again):
+        assert pa.read_bytes() != pb.read_bytes(), pa.name
+        assert pb.read_bytes() == pc.read_bytes(), pb.name  # deterministic for the same removals
 
 
 @pytest.mark.parametrize("preset", ["topo", "topo_llm"])

@@ -152,8 +152,12 @@ class LayerScorer(abc.ABC):
         """
         return {}
 
-    def write_diagnostics(self, result: ScoreResult, out_dir: Path) -> list[Path]:
-        """Write plots or files next to the run; return the image paths to log."""
+    def write_diagnostics(self, result: ScoreResult, out_dir: Path, removed: Sequence[int] = ()) -> list[Path]:
+        """Write plots or files next to the run; return the image paths to log.
+
+        ``removed``: the layers this job removed (original indices), so that the figures of
+        one ranking show each sparsity's own removals.
+        """
         return []
 
 

@@ -304,11 +304,12 @@ def _savez(path: Path, name: str, arr: np.ndarray) -> None:
         np.savez_compressed(f, **{name: arr})
 
 
-def write_outputs(job: Job, ranking: Ranking) -> tuple[list[Path], dict[str, str]]:
-    """Diagnostics next to the run; the ranking's arrays (e.g. topo's point clouds) stored once
-    beside the cached ranking and linked from every job that uses it. (images, array -> path)."""
+def write_outputs(job: Job, ranking: Ranking, removed: list[int]) -> tuple[list[Path], dict[str, str]]:
+    """Diagnostics of this job's removals next to the run; the ranking's arrays (e.g. topo's point
+    clouds) stored once beside the cached ranking and linked from every job that uses it.
+    (images, array -> path)."""
     result = ranking.result
-    images = job.scorer.write_diagnostics(result, job.out_dir)
+    images = job.scorer.write_diagnostics(result, job.out_dir, removed=removed)
     arrays: dict[str, str] = {}
     store = job.cache / "scores" / ranking.cache["capture"]["key"] / f"{ranking.cache['ranking']['key']}.arrays"
     for name, arr in result.arrays.items():
@@ -446,7 +447,7 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
         efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timer.timings.get("evaluate"),
                                 original_layers=num_layers)
     with timer("diagnostics"):
-        images, arrays = write_outputs(job, ranking)
+        images, arrays = write_outputs(job, ranking, removed)
     r = ranking.result
     results: dict[str, Any] = {
         "model": cfg.model.name, "task": cfg.task.name, "scorer": job.scorer.name, "sparsity": float(cfg.sparsity),

@@ -17,7 +17,7 @@ import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -264,13 +264,13 @@ class TopoScorer(LayerScorer):
             section["timings_s"] = {key: round(float(v), 4) for key, v in topo.timings.items()}
         return section
 
-    def write_diagnostics(self, result: ScoreResult, out_dir: Path) -> list[Path]:
+    def write_diagnostics(self, result: ScoreResult, out_dir: Path, removed: Sequence[int] = ()) -> list[Path]:
         from topovlm.topo.plots import write_topology_plots
 
         section = result.extra.get("topology")
         if not section:
             return []
-        return write_topology_plots(section, result.arrays.get("epi"), Path(out_dir))
+        return write_topology_plots(section, result.arrays.get("epi"), Path(out_dir), removed)
 
 
 #: where the ancestor's public code differs from ``scorer=topo`` (everything else is shared)
