@@ -199,9 +199,9 @@ def config_num_layers(model: Any) -> int | None:
     file = None
     if model.source == "embedded":
         from topovlm.default_model import default_cache_dir
-        from topovlm.default_model.build import weights_digest
+        from topovlm.default_model.build import model_dir_name
 
-        file = default_cache_dir() / f"default-vlm-{weights_digest()[:12]}" / "config.json"
+        file = default_cache_dir() / model_dir_name() / "config.json"
     elif model.path and (Path(model.path) / "config.json").is_file():
         file = Path(model.path) / "config.json"
     elif model.path:

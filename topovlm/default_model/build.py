@@ -182,6 +182,16 @@ def weights_digest(path: str | os.PathLike | None = None) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def model_dir_name() -> str:
+    """Cache directory of the assembled model: keyed by the committed weights and by this
+    module's source (vision config, patch size, chat template), so either change rebuilds."""
+    import hashlib
+
+    h = hashlib.sha256(weights_digest().encode())
+    h.update(Path(__file__).read_bytes())
+    return f"default-vlm-{h.hexdigest()[:12]}"
+
+
 def ensure_default_model(cache_dir: str | os.PathLike | None = None) -> Path:
     """A local directory holding the default VLM, ready for
     ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained``.
@@ -189,11 +199,11 @@ def ensure_default_model(cache_dir: str | os.PathLike | None = None) -> Path:
     Built on first call (fetch + convert SmolLM2, merge with the committed vision
     weights) in a temporary directory and renamed into place atomically; later calls
     return the cached path. The directory name includes a digest of the committed
-    weights, so updating them triggers a rebuild. Cache: ``cache_dir``, else
+    weights and of the build recipe (:func:`model_dir_name`), so changing either rebuilds. Cache: ``cache_dir``, else
     ``$TOPOVLM_CACHE``, else ``~/.cache/topovlm``.
     """
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    target = cache / f"default-vlm-{weights_digest()[:12]}"
+    target = cache / model_dir_name()
     if (target / ".complete").exists():
         return target
     lm_dir = ensure_language_model(cache)
