@@ -1,8 +1,8 @@
 """Every built-in scorer on the embedded default model and benchmark, in one sweep.
 
-Runs ``launch.py -m``: topo, cosine and shortgpt at sparsity 0.1 / 0.2 / 0.3, every other
-scorer (and the short_lvlm SCP and domain_aware math / non_math variants) at 0.3, the
-random scorer over three seeds (``--full``: everything at every sparsity); the unpruned
+Runs ``launch.py -m``: every built-in scorer at sparsity 0.1 / 0.2 / 0.3 (``topo_llm`` with
+``selection.policy=topk``), the random scorer over three seeds (``--full``: also the
+short_lvlm SCP and domain_aware math / non_math variants); the unpruned
 model is every job's reference. Then it writes the sweeps' summary tables, with the date and the machine, to
 ``bench/results/compare_scorers_<date>.md``. The quality bar of the embedded benchmark
 (random 30% removal loses >= 10 points over 3 seeds; best - worst scorer at 30% >= 10
@@ -31,14 +31,13 @@ from topovlm.summary import build_summary  # noqa: E402
 SPARSITIES = "0.1,0.2,0.3"
 # (label, overrides): the default grid fits a CPU session; --full sweeps every scorer at every sparsity
 SWEEPS = [
-    ("main", ["scorer=topo,cosine,shortgpt", f"sparsity={SPARSITIES}"]),
-    ("others", ["scorer=angular,tail,short_lvlm,domain_aware", "sparsity=0.3"]),
-    ("scp", ["scorer=short_lvlm", "scorer.compensation=scp", "sparsity=0.3"]),
-    ("domains", ["scorer=domain_aware", "scorer.ranking=math,non_math", "sparsity=0.3"]),
-    ("random", ["scorer=random", "seed=0,1,2", "sparsity=0.3"]),
+    ("main", ["scorer=topo,cosine,shortgpt,short_lvlm,domain_aware,angular,tail", f"sparsity={SPARSITIES}"]),
+    # the ancestor prunes by its own rule; topk makes it comparable at each budget
+    ("topo_llm", ["scorer=topo_llm", "selection.policy=topk", f"sparsity={SPARSITIES}"]),
+    ("random", ["scorer=random", "seed=0,1,2", f"sparsity={SPARSITIES}"]),
 ]
 FULL = [
-    ("main", ["scorer=topo,cosine,shortgpt,angular,tail,short_lvlm,domain_aware", f"sparsity={SPARSITIES}"]),
+    *SWEEPS[:2],
     ("scp", ["scorer=short_lvlm", "scorer.compensation=scp", f"sparsity={SPARSITIES}"]),
     ("domains", ["scorer=domain_aware", "scorer.ranking=math,non_math", f"sparsity={SPARSITIES}"]),
     ("random", ["scorer=random", "seed=0,1,2", f"sparsity={SPARSITIES}"]),
