@@ -167,7 +167,7 @@ class SummaryCallback(Callback):
         if settings is None:
             return
         from topovlm.tracking import set_aside_incomplete_runs
-        from topovlm.wandb_summary import log_summary_run, sweep_group
+        from topovlm.summary.wandb import log_summary_run, sweep_group
 
         settings = OmegaConf.to_container(settings, resolve=True)
         set_aside_incomplete_runs(sweep_dir)  # earlier (killed or superseded) summary runs leave the sync glob
