@@ -183,11 +183,7 @@ class JobResult:
             raise IncompleteResult(f"{where}not a complete result (no {', '.join(missing)})")
         stored = set(cls._stored())
         kwargs = {k: v for k, v in data.items() if k in stored}
-        for name in ("removed_layers", "kept_layers", "scores", "redundancy", "diagnostics"):
-            if kwargs.get(name) is None:
-                kwargs.pop(name, None)
-        for name in ("metric_directions", "timings", "after_pruning", "protocol", "config", "versions", "effective",
-                     "identity", "arrays"):
+        for name in _LIST_OR_DICT_FIELDS:  # a null list or mapping reads as an empty one
             if kwargs.get(name) is None:
                 kwargs.pop(name, None)
         extra = {k: v for k, v in data.items() if k not in stored and k != "schema_version"}
@@ -220,6 +216,9 @@ class JobResult:
     def with_changes(self, **changes: Any) -> "JobResult":
         """A copy with some fields replaced (e.g. a resumed job's ``out_dir``)."""
         return replace(self, **changes)
+
+
+_LIST_OR_DICT_FIELDS = tuple(f.name for f in fields(JobResult) if f.default_factory in (list, dict))  # type: ignore[comparison-overlap]
 
 
 def write_result(path: Path, result: JobResult) -> None:
