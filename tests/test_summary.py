@@ -20,6 +20,9 @@ COSINE_RED = [0, 1, 2, 3, 4, 7, 6, 5]
 TOPO_RED = [0, 1, 2, 3, 4, 5, 6, 7]
 
 
+EVALUATOR_OF = {"accuracy": "vqa", "perplexity": "perplexity"}  # as a results.json written before metric_directions
+
+
 def fake_job(root: Path, scorer: str, sparsity: float, acc: float, *, seed: int = 0, removed=None,
              redundancy=None, model: str = "m", task: str = "t", scorer_params: dict | None = None,
              metric: str = "accuracy", resumed_from: str | None = None, key: str | None = None,
@@ -38,7 +41,8 @@ def fake_job(root: Path, scorer: str, sparsity: float, acc: float, *, seed: int 
         "kept_layers": [i for i in range(NUM_LAYERS) if i not in removed], "selection_policy": "topk",
         "scores": redundancy, "redundancy": redundancy, "metrics": metrics,
         "efficiency": {"params_total": 1000 - 10 * len(removed)}, "timings": {"evaluate": 1.5},
-        "config": {"model": {"name": model}, "task": {"name": task}, "scorer": {"name": scorer, **params},
+        "config": {"model": {"name": model}, "task": {"name": task, "evaluator": EVALUATOR_OF.get(metric, "lmms")},
+                   "scorer": {"name": scorer, **params},
                    "sparsity": sparsity, "seed": seed, "calibration": {"seed": 0, "n": 12},
                    "logger": {"wandb": {"enabled": False, "mode": "disabled"}}, "cache_dir": "/x"},
         "job_key": key, "out_dir": str(out),

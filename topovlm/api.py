@@ -3,7 +3,8 @@
 * :class:`LayerScorer` and what it declares (:class:`CaptureSpec`, :class:`StatRequest`),
   receives (a :class:`CaptureLike` capture, :class:`ScoringContext`) and returns
   (:class:`ScoreResult`);
-* :class:`Evaluator`, the evaluation interface.
+* :class:`Evaluator`, the evaluation interface (with the direction of each metric:
+  :meth:`Evaluator.higher_is_better`).
 
 A scorer turns calibration statistics into one number per decoder layer. It never touches
 the model: the capture step runs the model once, and selection policies
@@ -14,7 +15,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -177,11 +178,32 @@ class CaptureLike(Protocol):
     def stat(self, request: "StatRequest | str") -> np.ndarray: ...
 
 
+def direction_in(table: "Mapping[str, bool | None]", metric: str) -> bool | None:
+    """Whether a higher ``metric`` is better according to ``table``: its own entry, else the
+    entry of its family (``accuracy`` for ``accuracy/<domain>``), else of its last part
+    (``exact_match`` for ``<task>/exact_match``); None when the table says nothing."""
+    for key in (metric, metric.split("/", 1)[0], metric.rsplit("/", 1)[-1]):
+        if key in table:
+            return table[key]
+    return None
+
+
 class Evaluator(abc.ABC):
     """Evaluates a (possibly pruned) model, through its adapter, on one task config."""
 
+    #: metric (or family: ``accuracy`` covers ``accuracy/<domain>``) -> whether a higher value
+    #: is better; what :meth:`higher_is_better` answers when the evaluation itself says nothing.
+    #: Counts (``num_samples``) have no direction and are left out.
+    HIGHER_IS_BETTER: ClassVar["Mapping[str, bool]"] = {}
+
     def __init__(self, task_cfg: Any) -> None:
         self.cfg = task_cfg
+
+    def higher_is_better(self, metric: str) -> bool | None:
+        """Whether a higher value of ``metric`` (a name :meth:`evaluate` returns) is better;
+        None when it has no direction. The runner records it per metric in results.json
+        (``metric_directions``); summaries rank scorers by it."""
+        return direction_in(type(self).HIGHER_IS_BETTER, metric)
 
     @abc.abstractmethod
     def evaluate(self, adapter: "ModelAdapter") -> dict[str, float]:

@@ -108,9 +108,9 @@ def main(cfg: DictConfig) -> float | None:
         if info.sweep_dir is None:
             raise
         return None
-    metrics = results["metrics"]
+    metrics = results.metrics
     headline = next((k for k in ("accuracy", "perplexity") if k in metrics), None)
     value = metrics.get(headline) if headline else None
-    log.info("%s sparsity=%g removed=%s %s=%s -> %s", results["scorer"], results["sparsity"],
-             results["removed_layers"], headline, value, info.out_dir / "results.json")
+    log.info("%s sparsity=%g removed=%s %s=%s -> %s", results.scorer, results.sparsity,
+             results.removed_layers, headline, value, info.out_dir / "results.json")
     return value

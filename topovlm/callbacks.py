@@ -116,13 +116,13 @@ class SweepGuard(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from topovlm.results import RESULTS_FILE, load_results, rebuild_table
+        from topovlm.results import RESULTS_FILE, read_result, rebuild_table
         from topovlm.tracking import set_aside_incomplete_runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
         for d in [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if sweep_dir.is_dir() else []:
-            res = load_results(d / RESULTS_FILE)
-            set_aside_incomplete_runs(d, keep=((res or {}).get("wandb") or {}).get("run_dir") if res else None)
+            res = read_result(d / RESULTS_FILE)
+            set_aside_incomplete_runs(d, keep=(res.wandb or {}).get("run_dir") if res is not None else None)
         rows = rebuild_table(sweep_dir)
         failed = [r for r in rows if r.get("status") == "failed"]
         missing = (self.expected - len(rows)) if self.expected is not None else 0
@@ -167,7 +167,7 @@ class SummaryCallback(Callback):
         if settings is None:
             return
         from topovlm.tracking import set_aside_incomplete_runs
-        from topovlm.wandb_summary import log_summary_run, sweep_group
+        from topovlm.summary.wandb import log_summary_run, sweep_group
 
         settings = OmegaConf.to_container(settings, resolve=True)
         set_aside_incomplete_runs(sweep_dir)  # earlier (killed or superseded) summary runs leave the sync glob

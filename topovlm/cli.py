@@ -138,7 +138,7 @@ def summarize(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary.terminal_markdown())
     if args.wandb != "disabled":
-        from topovlm.wandb_summary import log_summary_run, wandb_settings_from_jobs
+        from topovlm.summary.wandb import log_summary_run, wandb_settings_from_jobs
 
         settings = wandb_settings_from_jobs(summary.jobs)
         if args.wandb != "auto":

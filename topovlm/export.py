@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
+    from topovlm.results import JobResult
 
 #: scorer -> BibTeX key in docs/references.bib
 CITATIONS = {
@@ -40,25 +41,25 @@ def _base_model(config: dict[str, Any]) -> str | None:
     return None
 
 
-def provenance(results: dict[str, Any]) -> dict[str, Any]:
+def provenance(results: "JobResult") -> dict[str, Any]:
     """The ``pruning`` section of config.json."""
     from topovlm.results import versions
 
-    config = results.get("config", {})
+    config = results.config
     scorer = dict(config.get("scorer", {}))
     scorer.pop("_target_", None)
     return {
-        "removed_layers": list(results["removed_layers"]),
-        "kept_layers": list(results["kept_layers"]),
-        "num_layers_original": results["num_layers"],
-        "method": results["scorer"],
+        "removed_layers": list(results.removed_layers),
+        "kept_layers": list(results.kept_layers),
+        "num_layers_original": results.num_layers,
+        "method": results.scorer,
         "method_params": scorer,
-        "selection_policy": results.get("selection_policy"),
+        "selection_policy": results.selection_policy,
         "selection": config.get("selection", {}),
-        "sparsity": results["sparsity"],
+        "sparsity": results.sparsity,
         "calibration": _calibration(config),
         "base_model": _base_model(config) or config.get("model", {}).get("name"),
-        "compensation": results.get("after_pruning") or {},
+        "compensation": results.after_pruning or {},
         "topovlm_version": versions().get("topovlm"),
     }
 
@@ -81,17 +82,17 @@ def _interval(value: float, n: float | None) -> str:
     return f"[{lo:.3f}, {hi:.3f}]"
 
 
-def model_card(results: dict[str, Any]) -> str:
+def model_card(results: "JobResult") -> str:
     prov = provenance(results)
-    metrics = results.get("metrics", {})
-    reference = results.get("reference_metrics") or {}
+    metrics = results.metrics
+    reference = results.reference_metrics or {}
     n = metrics.get("num_samples")
     front = {
         "library_name": "transformers",
-        "base_model": _base_model(results.get("config", {})),
+        "base_model": _base_model(results.config),
         "tags": ["layer-pruning", "topovlm", f"pruning-{prov['method']}"],
-        "model-index": [{"name": f"{results['model']}-{prov['method']}-s{prov['sparsity']:g}", "results": [{
-            "task": {"type": "visual-question-answering", "name": results["task"]},
+        "model-index": [{"name": f"{results.model}-{prov['method']}-s{prov['sparsity']:g}", "results": [{
+            "task": {"type": "visual-question-answering", "name": results.task},
             "metrics": [{"type": k, "value": v} for k, v in metrics.items()
                         if isinstance(v, (int, float)) and not k.startswith("num_") and math.isfinite(v)]}]}],
     }
@@ -107,7 +108,7 @@ def model_card(results: dict[str, Any]) -> str:
     cite = CITATIONS.get(prov["method"])
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
-        f"# {results['model']}, {len(prov['removed_layers'])} of {prov['num_layers_original']} decoder layers removed "
+        f"# {results.model}, {len(prov['removed_layers'])} of {prov['num_layers_original']} decoder layers removed "
         f"({prov['method']})", "",
         f"Pruned with [topovlm](https://github.com/) from `{prov['base_model']}`: scorer `{prov['method']}` "
         f"({', '.join(f'{k}={v}' for k, v in prov['method_params'].items() if k != 'name') or 'defaults'}), "
@@ -118,7 +119,7 @@ def model_card(results: dict[str, Any]) -> str:
         f"{prov['calibration']['dataset'].get('path') or ''} split `{prov['calibration']['dataset'].get('split')}`, "
         f"n={prov['calibration']['n']}, seed={prov['calibration']['seed']}",
         f"- weight edits after pruning: {prov['compensation'] or 'none'}", "",
-        f"## Results on `{results['task']}`" + (f" ({int(n)} samples)" if n else ""), "",
+        f"## Results on `{results.task}`" + (f" ({int(n)} samples)" if n else ""), "",
         "| metric | pruned | 95% interval (Wilson) | unpruned |", "| --- | --- | --- | --- |", *rows, "",
         "## Loading", "", "```python",
         "from transformers import AutoModelForImageTextToText, AutoProcessor",
@@ -130,10 +131,10 @@ def model_card(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_checkpoint(adapter: "ModelAdapter", out_dir: str | Path, results: dict[str, Any]) -> Path:
+def write_checkpoint(adapter: "ModelAdapter", out_dir: str | Path, results: "JobResult") -> Path:
     """Save the pruned adapter with provenance and a model card (no local paths)."""
     out = Path(out_dir)
-    base = _base_model(results.get("config", {}))
+    base = _base_model(results.config)
     adapter.model.config._name_or_path = base or ""
     for sub in ("text_config", "vision_config"):
         if getattr(adapter.model.config, sub, None) is not None:
@@ -143,7 +144,7 @@ def write_checkpoint(adapter: "ModelAdapter", out_dir: str | Path, results: dict
     return out
 
 
-def _stamp(out: Path, results: dict[str, Any], base: str | None) -> None:
+def _stamp(out: Path, results: "JobResult", base: str | None) -> None:
     cfg_file = out / "config.json"
     config = json.loads(cfg_file.read_text())
     config["pruning"] = provenance(results)
@@ -162,10 +163,10 @@ def _stamp(out: Path, results: dict[str, Any], base: str | None) -> None:
 
 def export_job(job_dir: str | Path, out_dir: str | Path | None = None, push_to_hub: str | None = None) -> Path:
     """A checkpoint directory from a finished job (its saved pruned model, or rebuilt)."""
-    from topovlm.results import RESULTS_FILE, load_results
+    from topovlm.results import RESULTS_FILE, read_result
 
     job = Path(job_dir)
-    results = load_results(job / RESULTS_FILE)
+    results = read_result(job / RESULTS_FILE)
     if results is None:
         raise FileNotFoundError(f"{job}: no complete {RESULTS_FILE} (is the job finished?)")
     out = Path(out_dir) if out_dir else job / "export"
@@ -173,19 +174,19 @@ def export_job(job_dir: str | Path, out_dir: str | Path | None = None, push_to_h
     if saved.is_dir():
         if out.resolve() != saved.resolve():
             shutil.copytree(saved, out, dirs_exist_ok=True)
-        _stamp(out, results, _base_model(results.get("config", {})))
+        _stamp(out, results, _base_model(results.config))
     else:
-        if results.get("after_pruning"):
-            raise ValueError(f"{job}: the scorer edited weights after pruning ({results['scorer']}); the edits are "
+        if results.after_pruning:
+            raise ValueError(f"{job}: the scorer edited weights after pruning ({results.scorer}); the edits are "
                              "not in results.json: rerun the job with save_model=true, then export")
         from omegaconf import OmegaConf
 
         from topovlm.adapters.loading import load_adapter
         from topovlm.pruning import remove_layers
 
-        adapter = load_adapter(OmegaConf.create(results["config"]["model"]))
-        if results["removed_layers"]:
-            remove_layers(adapter, results["removed_layers"])
+        adapter = load_adapter(OmegaConf.create(results.config["model"]))
+        if results.removed_layers:
+            remove_layers(adapter, results.removed_layers)
         write_checkpoint(adapter, out, results)
     if push_to_hub:
         push(out, push_to_hub)

@@ -32,18 +32,16 @@ from topovlm.capture import CaptureCache, model_fingerprint
 from topovlm.config import ConfigError, build_scorer, validate
 from topovlm.data.sources import dataset_id, load_samples
 from topovlm.identity import code_digest, digest, library_versions, samples_digest
-from topovlm.results import (RESULTS_FILE, clear_job_dir, link_outputs, load_results, rebuild_table, versions,
-                             write_json_atomic)
+from topovlm.results import (NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs, read_result,
+                             rebuild_table, versions, write_json_atomic, write_result)
 from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
 from topovlm.storage import atomic_write, atomic_write_bytes, discard, entry_lock, read_json, remove_stale_tmp
 from topovlm.tracking import WandbRun, set_aside_incomplete_runs
 
-__all__ = ["run_job", "job_key", "build_scorer", "Job"]
+__all__ = ["run_job", "job_key", "build_scorer", "Job", "JobResult", "NOT_IDENTITY"]
 
 log = logging.getLogger(__name__)
-# keys that change how a job is logged or stored, not what it computes
-NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads", "reuse_model")
 EVALUATOR_MODULES = {"vqa": "topovlm.evaluation.vqa", "perplexity": "topovlm.evaluation.perplexity",
                      "lmms": "topovlm.evaluation.lmms"}
 
@@ -324,38 +322,37 @@ def write_outputs(job: Job, ranking: Ranking, removed: list[int]) -> tuple[list[
     return images, arrays
 
 
-def log_run(job: Job, results: dict[str, Any], images: list[Path], *, resumed: bool = False) -> dict[str, Any] | None:
+def log_run(job: Job, results: JobResult, images: list[Path], *, resumed: bool = False) -> dict[str, Any] | None:
     """The job's W&B run, opened and finished here (a killed job leaves no finished run)."""
     from topovlm.efficiency import flat_numeric
 
-    metrics = results["metrics"]
     with WandbRun(job.cfg.logger.wandb, name=job.run_name, group=job.group, job_type=job.scorer.name,
                   config=job.config, out_dir=job.out_dir, tags=("resumed",) if resumed else ()) as wb:
-        wb.log({"sparsity": float(job.cfg.sparsity), **{f"metrics/{k}": v for k, v in metrics.items()},
-                "num_layers_kept": results["num_layers_kept"],
-                **{f"efficiency/{k}": v for k, v in flat_numeric(results.get("efficiency") or {}).items()}})
-        wb.config_update({"protocol": results.get("protocol"), "resumed_from": results.get("resumed_from")})
+        wb.log({"sparsity": float(job.cfg.sparsity), **{f"metrics/{k}": v for k, v in results.metrics.items()},
+                "num_layers_kept": results.num_layers_kept,
+                **{f"efficiency/{k}": v for k, v in flat_numeric(results.efficiency or {}).items()}})
+        wb.config_update({"protocol": results.protocol, "resumed_from": results.resumed_from})
         wb.log_images(images)
-        wb.summary({"removed_layers": results["removed_layers"], "selection_policy": results["selection_policy"]})
+        wb.summary({"removed_layers": results.removed_layers, "selection_policy": results.selection_policy})
         samples_file = job.out_dir / job_samples.SAMPLES_FILE
         if wb.run is not None and samples_file.is_file():
             job_samples.log_samples_artifact(wb.run, samples_file, f"samples-{job.run_name}-{job.key[:8]}")
         return wb.info()
 
 
-def record(job: Job, results: dict[str, Any], images: list[Path], *, resumed: bool = False) -> dict[str, Any]:
+def record(job: Job, results: JobResult, images: list[Path], *, resumed: bool = False) -> JobResult:
     """W&B first, then results.json (its presence means complete), the index, the table."""
-    results["wandb"] = log_run(job, results, images, resumed=resumed)
-    write_json_atomic(job.out_dir / RESULTS_FILE, results)
+    results.wandb = log_run(job, results, images, resumed=resumed)
+    write_result(job.out_dir / RESULTS_FILE, results)
     if not resumed:  # the index names the job that computed the result, never a copy
         _register_completed(job.cache, job.key, results)
     rebuild_table(job.table_dir)
     return results
 
 
-def reuse(job: Job, done: dict[str, Any]) -> dict[str, Any]:
+def reuse(job: Job, done: JobResult) -> JobResult:
     """A finished job with this identity exists: this dir gets its result and outputs."""
-    src = Path(done["out_dir"])
+    src = Path(done.out_dir)
     if src.resolve() == job.out_dir.resolve():
         log.info("job %s already complete (%s); skipping (+force=true recomputes); keyed on %s",
                  job.key, src, keyed_on(job.identity))
@@ -366,8 +363,8 @@ def reuse(job: Job, done: dict[str, Any]) -> dict[str, Any]:
     clear_job_dir(job.out_dir)
     set_aside_incomplete_runs(job.out_dir)
     linked = link_outputs(src, job.out_dir)
-    results = {**done, "resumed_from": str(src), "out_dir": str(job.out_dir), "linked_outputs": linked,
-               "wandb_group": job.group}
+    results = done.with_changes(resumed_from=str(src), out_dir=str(job.out_dir), linked_outputs=linked,
+                                wandb_group=job.group)
     images = [job.out_dir / name for name in linked if name.endswith(".png")]
     return record(job, results, images, resumed=True)
 
@@ -375,8 +372,8 @@ def reuse(job: Job, done: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ run_job
 
 def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, group: str = "local",
-            run_name: str | None = None) -> dict[str, Any]:
-    """Run one (model, scorer, sparsity, task) job; return the results dict (also in results.json).
+            run_name: str | None = None) -> JobResult:
+    """Run one (model, scorer, sparsity, task) job; return its result (also in results.json).
     An exception carries ``topovlm_stage``: the stage it was raised in."""
     timer = Timer()
     try:
@@ -400,7 +397,7 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
             torch.cuda.empty_cache()
 
 
-def compute(job: Job, samples: list, timer: Timer) -> dict[str, Any]:
+def compute(job: Job, samples: list, timer: Timer) -> JobResult:
     """load -> score -> select -> reference -> prune -> evaluate -> record."""
     from topovlm.efficiency import EfficiencySettings, JobEfficiency
     from topovlm.evaluation import build_evaluator
@@ -419,7 +416,7 @@ def compute(job: Job, samples: list, timer: Timer) -> dict[str, Any]:
         POOL.release(adapter)  # the unpruned model again, for the next job of this process
 
 
-def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: Any, adapter: Any) -> dict[str, Any]:
+def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: Any, adapter: Any) -> JobResult:
     """score -> select -> reference -> prune -> evaluate -> record, on the loaded model."""
     cfg = job.cfg
     num_layers, fingerprint = adapter.num_layers, model_fingerprint(adapter)
@@ -449,20 +446,21 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
     with timer("diagnostics"):
         images, arrays = write_outputs(job, ranking, removed)
     r = ranking.result
-    results: dict[str, Any] = {
-        "model": cfg.model.name, "task": cfg.task.name, "scorer": job.scorer.name, "sparsity": float(cfg.sparsity),
-        "seed": int(cfg.seed), "num_layers": num_layers, "num_layers_kept": len(kept), "removed_layers": removed,
-        "kept_layers": kept, "selection_policy": policy, "scores": r.scores, "redundancy": r.redundancy,
-        "metrics": metrics, "reference_metrics": ref,  # the unpruned model's, same task and seed
-        "efficiency": efficiency, "timings": timer.timings, "scores_from_cache": ranking.from_cache,
-        "after_pruning": edit, "protocol": {**evaluator.protocol(), "model_inputs": adapter.protocol()},
-        "config": job.config, "versions": versions(),
-        "effective": {"calibration.n": len(samples), "calibration.batch_size": int(cfg.calibration.batch_size),
-                      "task.num_samples": metrics.get("num_samples")},
-        "identity": {"code": job.identity["code"], "model_fingerprint": fingerprint, **ranking.cache},
-        "diagnostics": [p.name for p in images], "arrays": arrays, "job_key": job.key, "out_dir": str(job.out_dir),
-        "wandb_group": job.group, **r.extra,
-    }
+    results = JobResult(
+        model=cfg.model.name, task=cfg.task.name, scorer=job.scorer.name, sparsity=float(cfg.sparsity),
+        seed=int(cfg.seed), num_layers=num_layers, num_layers_kept=len(kept), removed_layers=removed,
+        kept_layers=kept, selection_policy=policy, scores=r.scores, redundancy=r.redundancy,
+        metrics=metrics, metric_directions=metric_directions(evaluator, metrics),
+        reference_metrics=ref,  # the unpruned model's, same task and seed
+        efficiency=efficiency, timings=timer.timings, scores_from_cache=ranking.from_cache,
+        after_pruning=edit, protocol={**evaluator.protocol(), "model_inputs": adapter.protocol()},
+        config=job.config, versions=versions(),
+        effective={"calibration.n": len(samples), "calibration.batch_size": int(cfg.calibration.batch_size),
+                   "task.num_samples": metrics.get("num_samples")},
+        identity={"code": job.identity["code"], "model_fingerprint": fingerprint, **ranking.cache},
+        diagnostics=[p.name for p in images], arrays=arrays, job_key=job.key, out_dir=str(job.out_dir),
+        wandb_group=job.group, extra=dict(r.extra),
+    )
     if cfg.save_model:
         from topovlm.export import write_checkpoint
 
@@ -472,10 +470,20 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
         return record(job, results, images)
 
 
+def metric_directions(evaluator: Any, metrics: dict[str, Any]) -> dict[str, bool]:
+    """Metric -> whether a higher value is better, for every metric the evaluator gives a direction."""
+    out = {}
+    for name in metrics:
+        direction = evaluator.higher_is_better(name)
+        if direction is not None:
+            out[name] = bool(direction)
+    return out
+
+
 # ------------------------------------------------------------------------------ completed jobs
 
 def _completed(cache_root: Path, key: str, out_dir: Path | None = None,
-               needs_model: bool = False) -> dict[str, Any] | None:
+               needs_model: bool = False) -> JobResult | None:
     """A finished job with the same identity, if its results.json still exists: one already
     in this job's own output dir (a re-run of the same sweep), else the one the index under
     the cache names (the job that computed it). With ``needs_model`` (save_model=true)
@@ -484,26 +492,26 @@ def _completed(cache_root: Path, key: str, out_dir: Path | None = None,
     remove_stale_tmp(index_file)
     found = None
     if out_dir is not None:
-        results = load_results(out_dir / RESULTS_FILE)
+        results = read_result(out_dir / RESULTS_FILE)
         if _is_result_of(results, key):
-            results["out_dir"] = str(out_dir)
+            results.out_dir = str(out_dir)
             found = results
     index = read_json(index_file, required=("results",))
     if found is None and index is not None:
-        results = load_results(Path(index["results"]))
+        results = read_result(Path(index["results"]))
         if _is_result_of(results, key):
             found = results
-    if found is not None and index is None and not found.get("resumed_from"):
+    if found is not None and index is None and not found.resumed_from:
         _register_completed(cache_root, key, found)  # e.g. a fresh cache: index it for the next time
-    if found is not None and needs_model and not (Path(found["out_dir"]) / "pruned_model").is_dir():
+    if found is not None and needs_model and not (Path(found.out_dir) / "pruned_model").is_dir():
         return None  # the finished job did not save its pruned model; this one must
     return found
 
 
-def _is_result_of(results: dict[str, Any] | None, key: str) -> bool:
-    return isinstance(results, dict) and results.get("job_key") == key and "metrics" in results
+def _is_result_of(results: JobResult | None, key: str) -> bool:
+    return results is not None and results.job_key == key
 
 
-def _register_completed(cache_root: Path, key: str, results: dict[str, Any]) -> None:
+def _register_completed(cache_root: Path, key: str, results: JobResult) -> None:
     write_json_atomic(cache_root / "completed" / f"{key}.json",
-                      {"results": str(Path(results["out_dir"]) / RESULTS_FILE)})
+                      {"results": str(Path(results.out_dir) / RESULTS_FILE)})

@@ -12,23 +12,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from topovlm.results import JobResult
 
 
-def _jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    from topovlm.results import RESULTS_FILE, load_results
+def _jobs(sweep_dir: Path) -> list["JobResult"]:
+    from topovlm.results import RESULTS_FILE, read_result
 
-    jobs = [load_results(p) for p in sorted(sweep_dir.rglob(RESULTS_FILE))]
-    return [j for j in jobs if j and j.get("metrics")]
+    jobs = [read_result(p) for p in sorted(sweep_dir.rglob(RESULTS_FILE))]
+    return [j for j in jobs if j is not None and j.metrics]
 
 
-def headline_metrics(jobs: list[dict[str, Any]]) -> dict[str, str]:
+def headline_metrics(jobs: list["JobResult"]) -> dict[str, str]:
     """task -> the metric its plots show (accuracy, else the first numeric one)."""
     out: dict[str, str] = {}
     for j in jobs:
-        metrics = [k for k, v in j["metrics"].items() if isinstance(v, (int, float)) and not k.startswith("num_")]
+        metrics = [k for k, v in j.metrics.items() if isinstance(v, (int, float)) and not k.startswith("num_")]
         if metrics:
-            out.setdefault(j["task"], "accuracy" if "accuracy" in metrics else metrics[0])
+            out.setdefault(j.task, "accuracy" if "accuracy" in metrics else metrics[0])
     return out
 
 
@@ -39,14 +42,14 @@ def build_report(sweep_dir: str | Path, entity: str, project: str, title: str | 
     jobs = _jobs(sweep)
     if not jobs:
         raise FileNotFoundError(f"{sweep}: no finished jobs (results.json with metrics)")
-    group = jobs[0].get("wandb_group") or f"sweep-{sweep.parent.name}_{sweep.name}"
+    group = jobs[0].wandb_group or f"sweep-{sweep.parent.name}_{sweep.name}"
     runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Metric('Group') == '{group}'",
                        groupby=["run.jobType"])
     blocks: list[Any] = [
         wr.H1(text=title or f"Layer pruning: {group}"),
-        wr.P(text=f"{len(jobs)} jobs: scorers {', '.join(sorted({j['scorer'] for j in jobs}))}, "
-                  f"sparsities {', '.join(f'{s:g}' for s in sorted({j['sparsity'] for j in jobs}))}, "
-                  f"models {', '.join(sorted({j['model'] for j in jobs}))}. One line per scorer (runs grouped by job_type)."),
+        wr.P(text=f"{len(jobs)} jobs: scorers {', '.join(sorted({j.scorer for j in jobs}))}, "
+                  f"sparsities {', '.join(f'{s:g}' for s in sorted({j.sparsity for j in jobs}))}, "
+                  f"models {', '.join(sorted({j.model for j in jobs}))}. One line per scorer (runs grouped by job_type)."),
     ]
     panels: list[Any] = []
     for task, metric in sorted(headline_metrics(jobs).items()):

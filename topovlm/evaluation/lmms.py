@@ -460,6 +460,13 @@ def _entries(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool
              stderr: bool) -> Iterator[tuple[str, float]]:
     """(name, value) of lmms-eval's ``{task: {"metric,filter": value}}`` numeric entries that
     are (``stderr``) or are not ``<metric>_stderr`` ones, for the wanted metrics of each task."""
+    for _, _, name, value in _named_entries(results, wanted, prefix, stderr):
+        yield name, value
+
+
+def _named_entries(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool,
+                   stderr: bool) -> Iterator[tuple[str, str, str, float]]:
+    """(task, lmms-eval metric, reported name, value) of the entries :func:`_entries` yields."""
     for task, values in results.get("results", {}).items():
         keep = wanted.get(task)
         for key, value in values.items():
@@ -472,7 +479,7 @@ def _entries(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool
             if keep is not None and metric not in keep:
                 continue
             name = metric if filt == "none" else f"{metric}_{filt}"
-            yield (f"{task}/{name}" if prefix else name), float(value)
+            yield task, metric, (f"{task}/{name}" if prefix else name), float(value)
 
 
 def extract_metrics(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> dict[str, float]:
@@ -482,6 +489,18 @@ def extract_metrics(results: dict[str, Any], wanted: dict[str, list[str]], prefi
         count = n.get("effective") if isinstance(n, dict) else n
         if _numeric(count):
             out[f"num_samples/{task}" if prefix else "num_samples"] = float(count)
+    return out
+
+
+def extract_directions(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> dict[str, bool]:
+    """Reported metric name -> lmms-eval's ``higher_is_better`` for it (from the task's config;
+    a metric whose direction lmms-eval leaves open, or mixes within a group, is left out)."""
+    table = results.get("higher_is_better") or {}
+    out: dict[str, bool] = {}
+    for task, metric, name, _ in _named_entries(results, wanted, prefix, stderr=False):
+        direction = (table.get(task) or {}).get(metric)
+        if isinstance(direction, bool):
+            out[name] = direction
     return out
 
 
@@ -535,6 +554,10 @@ def logged_sample_records(results: dict[str, Any], wanted: dict[str, list[str]],
 class LmmsEvalEvaluator(Evaluator):
     """``task.evaluator=lmms``: see the module docstring."""
 
+    #: the default metrics' directions (as their lmms-eval task configs set them), for results
+    #: recorded without ``metric_directions``; an evaluation uses lmms-eval's own
+    HIGHER_IS_BETTER = {m: True for ms in DEFAULT_METRICS.values() for m in ms}
+
     def __init__(self, task_cfg: Any) -> None:
         super().__init__(task_cfg)
         opts = dict(task_cfg.options or {})
@@ -550,6 +573,7 @@ class LmmsEvalEvaluator(Evaluator):
         #: analytic stderr, others a bootstrap of this many draws; 0 switches stderrs off
         self.bootstrap_iters = int(opts.get("bootstrap_iters", 1000))
         self.stderr: dict[str, float] = {}
+        self.directions: dict[str, bool] = {}
         self.records: list[dict[str, Any]] = []
         self._run: dict[str, Any] = {}
 
@@ -618,10 +642,17 @@ class LmmsEvalEvaluator(Evaluator):
         prefix = len(results.get("results", {})) > 1
         metrics = extract_metrics(results, wanted, prefix=prefix)
         self.stderr = extract_stderrs(results, wanted, prefix=prefix)
+        self.directions = extract_directions(results, wanted, prefix=prefix)
         self.records = logged_sample_records(results, wanted, prefix=prefix)
         if not metrics:
             raise RuntimeError(f"lmms-eval reported no numeric metrics for {self.tasks}: {results.get('results')}")
         return metrics
+
+    def higher_is_better(self, metric: str) -> bool | None:
+        """lmms-eval's ``higher_is_better`` of the last ``evaluate``, else the default metrics' own."""
+        if metric in self.directions:
+            return self.directions[metric]
+        return None if metric.startswith("num_samples") else super().higher_is_better(metric)
 
     def sample_records(self) -> list[dict[str, Any]]:
         """lmms-eval's logged samples (``log_samples``) of the last ``evaluate``, one record per

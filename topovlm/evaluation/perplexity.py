@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 class PerplexityEvaluator(Evaluator):
     """Token-weighted perplexity of the raw text (no chat template), one sequence per sample."""
 
+    HIGHER_IS_BETTER = {"perplexity": False, "nll": False}  # num_tokens: a count
+
     def __init__(self, task_cfg: Any) -> None:
         super().__init__(task_cfg)
         self.per_sample: list[dict[str, Any]] = []

@@ -26,6 +26,8 @@ class VQAEvaluator(Evaluator):
     still ranks candidates, so this metric degrades towards chance rather than to 0.
     """
 
+    HIGHER_IS_BETTER = {"accuracy": True, "accuracy_mc": True}
+
     def __init__(self, task_cfg: Any) -> None:
         super().__init__(task_cfg)
         self.predictions: list[dict[str, str]] = []

@@ -1,0 +1,562 @@
+"""Per-sample statistics: intervals, paired verdicts against the best scorer, agreement with
+the unpruned model, calibration-draw variance, layer-removal stability, regimes and cost
+(the tests themselves: :mod:`topovlm.stats`), from the jobs' ``samples.jsonl``."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from topovlm.summary.load import SEED_KEYS, SummaryJob, is_reference
+from topovlm.summary.tables import (VERDICT_BEST, VERDICT_NA, VERDICT_SAME, VERDICT_WORSE, MetricTable, Stat, fmt_value,
+                                    write_csv)
+
+if TYPE_CHECKING:
+    from topovlm.stats import DrawVariance, Interval, PairedTest, Regime, RemovalStability
+    from topovlm.summary.build import Summary
+
+log = logging.getLogger("topovlm.summary")
+
+COMPARISON_CSV = "comparison.csv"
+CALIBRATION_CSV = "calibration_variance.csv"
+REGIMES_CSV = "regimes.csv"
+EFFICIENCY_CSV = "efficiency.csv"
+
+
+def job_samples(job: SummaryJob) -> list[dict[str, Any]] | None:
+    """The job's ``samples.jsonl`` (next to its results.json, or in the run it was resumed from)."""
+    from topovlm.samples import SAMPLES_FILE, read_jsonl
+
+    if job.records_read:
+        return job.records
+    records = None
+    for d in (Path(job.path).parent if job.path else None, job.resumed_from, job.out_dir):
+        if d and (Path(d) / SAMPLES_FILE).is_file():
+            try:
+                records = read_jsonl(Path(d) / SAMPLES_FILE)
+            except (OSError, json.JSONDecodeError) as err:
+                log.warning("unreadable samples in %s: %s", d, err)
+            break
+    job.records, job.records_read = records, True
+    return records
+
+
+def _reference_view(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A pruned job's records seen as the unpruned model's (its ``reference_*`` fields)."""
+    out = []
+    for r in records:
+        if r.get("reference_correct") is None and r.get("reference_loss") is None:
+            continue
+        out.append({**r, "prediction": r.get("reference_prediction"), "correct": r.get("reference_correct"),
+                    "loss": r.get("reference_loss"), "agree": True})
+    return out
+
+
+def metric_samples(records: list[dict[str, Any]] | None, metric: str) -> tuple[str | None, dict[str, Any]]:
+    """``(kind, key -> per-sample value)`` for ``metric``: ``proportion`` (0/1 correct, for
+    ``accuracy`` and ``accuracy/<domain or category>``), ``ratio`` ((nll_sum, num_tokens) for
+    ``perplexity`` / ``nll``), ``mean`` (a per-sample value the evaluator logged under
+    ``metrics``), or ``(None, {})`` when the records do not resolve the metric."""
+    if not records:
+        return None, {}
+    if metric == "accuracy" or metric.startswith("accuracy/"):
+        group = metric.split("/", 1)[1] if "/" in metric else None
+        vals = {r["key"]: float(bool(r["correct"])) for r in records if r.get("correct") is not None
+                and (group is None or group in (r.get("domain"), r.get("category")))}
+        return ("proportion", vals) if vals else (None, {})
+    if metric in ("perplexity", "nll") and all("nll_sum" in r for r in records):
+        return "ratio", {r["key"]: (float(r["nll_sum"]), float(r["num_tokens"])) for r in records}
+    vals = {r["key"]: float(r["metrics"][metric]) for r in records
+            if isinstance(r.get("metrics"), dict) and isinstance(r["metrics"].get(metric), (int, float))
+            and not isinstance(r["metrics"].get(metric), bool)}
+    if vals:
+        binary = all(v in (0.0, 1.0) for v in vals.values())
+        return ("proportion" if binary else "mean"), vals
+    return None, {}
+
+
+@dataclass
+class CellSamples:
+    """A cell's per-sample values, averaged over its calibration draws (keys common to all)."""
+    kind: str
+    values: dict[str, Any]
+    n_draws: int
+
+
+def cell_samples(records_per_draw: list[list[dict[str, Any]] | None], metric: str) -> CellSamples | None:
+    per = [metric_samples(r, metric) for r in records_per_draw]
+    if not per or any(k is None for k, _ in per):
+        return None
+    kind = "mean" if len({k for k, _ in per}) > 1 else per[0][0]
+    keys = set(per[0][1])
+    for _, v in per[1:]:
+        keys &= set(v)
+    keys = sorted(keys)
+    if not keys:
+        return None
+    if kind == "ratio":
+        import numpy as np
+
+        values = {k: tuple(np.mean([v[k] for _, v in per], axis=0)) for k in keys}
+    else:
+        values = {k: statistics.fmean(v[k] for _, v in per) for k in keys}
+    return CellSamples(kind, values, len(per))
+
+
+def cell_interval(cs: CellSamples | None, metric: str) -> "Interval | None":
+    """95% interval over samples: Wilson for a single draw's proportion, else the bootstrap."""
+    from topovlm import stats
+
+    if cs is None:
+        return None
+    vals = list(cs.values.values())
+    if cs.kind == "ratio":
+        import numpy as np
+
+        a, b = [v[0] for v in vals], [v[1] for v in vals]
+        if metric == "perplexity":
+            return stats.perplexity_interval(a, b)
+        return stats.bootstrap_interval(a, b, statistic=lambda x, y, axis=-1: np.sum(x, axis=axis) / np.sum(y, axis=axis))
+    if cs.kind == "proportion":
+        return stats.proportion_interval(vals)
+    return stats.bootstrap_interval(vals)
+
+
+def _per_sample_loss(cs: CellSamples) -> dict[str, float]:
+    if cs.kind == "ratio":
+        return {k: (v[0] / v[1] if v[1] else float("nan")) for k, v in cs.values.items()}
+    return dict(cs.values)
+
+
+def paired_test(a: CellSamples, b: CellSamples) -> "PairedTest | None":
+    """``a`` against ``b`` on their common samples: McNemar exact for one draw of 0/1 outcomes,
+    else the paired sign-flip test (per-sample loss for perplexity)."""
+    from topovlm import stats
+
+    va, vb = _per_sample_loss(a), _per_sample_loss(b)
+    keys = sorted(set(va) & set(vb))
+    if not keys:
+        return None
+    xa, xb = [va[k] for k in keys], [vb[k] for k in keys]
+    if a.kind == b.kind == "proportion" and all(v in (0.0, 1.0) for v in xa + xb):
+        return stats.mcnemar_exact([v == 1.0 for v in xa], [v == 1.0 for v in xb])
+    return stats.paired_permutation(xa, xb)
+
+
+@dataclass
+class Comparison:
+    """One cell of a metric table against the best scorer at its sparsity."""
+    model: str
+    task: str
+    metric: str
+    label: str
+    sparsity: float
+    n_draws: int
+    mean: float
+    std: float | None
+    interval: "Interval | None"
+    best: str
+    test: "PairedTest | None" = None
+    p_holm: float | None = None
+    verdict: str = VERDICT_NA
+    agreement: "Interval | None" = None
+    higher_is_better: bool = True  # the metric's direction (its table's)
+
+    def row(self) -> dict[str, Any]:
+        iv, t, ag = self.interval, self.test, self.agreement
+        return {"model": self.model, "task": self.task, "metric": self.metric, "scorer": self.label,
+                "sparsity": self.sparsity, "n_draws": self.n_draws, "mean": self.mean, "std_over_draws": self.std,
+                "ci_low": iv.low if iv else None, "ci_high": iv.high if iv else None, "ci_method": iv.method if iv else None,
+                "best": self.best, "test": t.test if t else None, "diff_vs_best": t.diff if t else None,
+                "diff_ci_low": t.diff_low if t else None, "diff_ci_high": t.diff_high if t else None,
+                "discordant_scorer_only": t.a_only if t else None, "discordant_best_only": t.b_only if t else None,
+                "p_value": t.p_value if t else None, "p_holm": self.p_holm, "verdict": self.verdict,
+                "agreement_with_unpruned": ag.value if ag else None,
+                "agreement_ci_low": ag.low if ag else None, "agreement_ci_high": ag.high if ag else None}
+
+
+def _cell_jobs(jobs: list[SummaryJob], model: str, task: str) -> dict[str, dict[float, list[SummaryJob]]]:
+    """label -> sparsity -> the cell's jobs, one per draw (seed tuple)."""
+    out: dict[str, dict[float, dict[tuple, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for j in jobs:
+        if j.model == model and j.task == task and not is_reference(j):
+            out[j.label][float(j.sparsity)].setdefault(j.draw, j)
+    return {lab: {s: [by[k] for k in sorted(by, key=repr)] for s, by in row.items()} for lab, row in out.items()}
+
+
+def _reference_records(jobs: list[SummaryJob], model: str, task: str) -> list[dict[str, Any]] | None:
+    members = [j for j in jobs if j.model == model and j.task == task]
+    for j in sorted(members, key=lambda j: repr(j.draw)):
+        if is_reference(j) and job_samples(j):
+            return job_samples(j)
+    for j in sorted(members, key=lambda j: repr(j.draw)):
+        recs = job_samples(j)
+        if recs:
+            view = _reference_view(recs)
+            if view:
+                return view
+    return None
+
+
+def _stderr_interval(cell: list[SummaryJob], metric: str) -> "Interval | None":
+    """lmms-eval's reported stderr (recorded in the protocol), for a cell of one job."""
+    from topovlm import stats
+
+    if len(cell) != 1:
+        return None
+    se = ((cell[0].protocol or {}).get("stderr") or {}).get(metric)
+    value = cell[0].metrics.get(metric)
+    if isinstance(se, (int, float)) and isinstance(value, (int, float)) and not math.isnan(se):
+        return stats.stderr_interval(value, se)
+    return None
+
+
+def compare(table: MetricTable, jobs: list[SummaryJob], alpha: float = 0.05) -> list[Comparison]:
+    """Every cell of ``table`` with its 95% interval, its paired test against the best scorer
+    at the same sparsity (Holm-corrected over the whole table) and its agreement with the
+    unpruned model. Also fills ``table.intervals`` / ``table.verdicts`` for the Markdown."""
+    from topovlm import stats
+
+    cells = _cell_jobs(jobs, table.model, table.task)
+    samples: dict[tuple[str, float], CellSamples | None] = {}
+    out: list[Comparison] = []
+    for lab, row in table.cells.items():
+        for s, st in row.items():
+            cj = cells.get(lab, {}).get(s, [])
+            recs = [job_samples(j) for j in cj]
+            cs = cell_samples(recs, table.metric) if cj else None
+            samples[(lab, s)] = cs
+            iv = cell_interval(cs, table.metric) or _stderr_interval(cj, table.metric)
+            agree = None
+            if cj and all(recs):
+                flags: dict[str, list[float]] = defaultdict(list)
+                for r in recs:
+                    for rec in r:
+                        if rec.get("agree") is not None:
+                            flags[rec["key"]].append(float(bool(rec["agree"])))
+                vals = [statistics.fmean(v) for v in flags.values() if len(v) == len(recs)]
+                agree = stats.agreement_with_reference(vals) if vals else None
+            table.intervals.setdefault(lab, {})[s] = iv
+            out.append(Comparison(table.model, table.task, table.metric, lab, s, st.n, st.mean, st.std, iv, "",
+                                  agreement=agree, higher_is_better=table.higher_is_better))
+    for s in table.sparsities:
+        best = table.best(s)
+        for c in out:
+            if c.sparsity != s:
+                continue
+            c.best = best[0] if best else ""
+            if c.label in best:
+                c.verdict = VERDICT_BEST
+                continue
+            a, b = samples.get((c.label, s)), samples.get((c.best, s))
+            if a is not None and b is not None:
+                c.test = paired_test(a, b)
+    tested = [c for c in out if c.test is not None]
+    for c, p in zip(tested, stats.holm([c.test.p_value for c in tested], alpha=alpha)):
+        c.p_holm = p
+        c.verdict = VERDICT_SAME if p >= alpha else VERDICT_WORSE
+    for c in out:
+        table.verdicts.setdefault(c.label, {})[c.sparsity] = c.verdict
+    ref = _reference_records(jobs, table.model, table.task)
+    if table.reference is not None and ref is not None:
+        table.reference_interval = cell_interval(cell_samples([ref], table.metric), table.metric)
+    return out
+
+
+def _fmt_p(p: float | None) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def comparison_markdown(rows: list[Comparison]) -> str:
+    """The verdict table of one (model, task, metric): every scorer against the best at each sparsity."""
+    if not rows:
+        return ""
+    r0 = rows[0]
+    multi = any(c.n_draws > 1 for c in rows)
+    lines = [f"#### {r0.model} · {r0.task} · {r0.metric}: paired comparison with the best scorer\n",
+             "value = mean" + (" ± std over calibration draws" if multi else "") + " [95% interval over samples]; "
+             "Δ = scorer minus best [95% paired bootstrap]; test: McNemar exact (one draw, right/wrong), else the "
+             "paired sign-flip test on per-sample values" + (" averaged over draws" if multi else "")
+             + "; p (Holm): Holm-corrected over this table; **≈ best**: not significantly different from the best "
+             "(Holm p ≥ 0.05); agreement: share of samples whose answer is the unpruned model's.\n",
+             "| sparsity | scorer | value [95% CI] | Δ vs best [95% CI] | discordant (scorer / best) | test | p | p (Holm) "
+             "| verdict | agreement with unpruned [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    order = {VERDICT_BEST: 0, VERDICT_SAME: 1, VERDICT_WORSE: 2, VERDICT_NA: 3}
+    for c in sorted(rows, key=lambda c: (c.sparsity, order[c.verdict], -c.mean if c.higher_is_better else c.mean)):
+        value = fmt_value(c.mean) + (f" ± {fmt_value(c.std or 0.0)}" if c.n_draws > 1 else "")
+        if c.interval is not None and c.interval.method != "none":
+            value += f" [{fmt_value(c.interval.low)}, {fmt_value(c.interval.high)}]"
+        t = c.test
+        diff = f"{t.diff:+.3f} [{t.diff_low:+.3f}, {t.diff_high:+.3f}]" if t else "—"
+        disc = f"{t.a_only} / {t.b_only}" if t and t.a_only is not None else "—"
+        test = {"mcnemar_exact": "McNemar exact", "paired_permutation": "sign-flip"}.get(t.test, t.test) if t else "—"
+        verdict = f"**{c.verdict}**" if c.verdict in (VERDICT_BEST, VERDICT_SAME) else c.verdict
+        ag = c.agreement.fmt() if c.agreement else "—"
+        lines.append(f"| {c.sparsity:g} | {c.label} | {value} | {diff} | {disc} | {test} | {_fmt_p(t.p_value if t else None)} "
+                     f"| {_fmt_p(c.p_holm)} | {verdict} | {ag} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class DrawRow:
+    """One scorer x sparsity across calibration draws."""
+    model: str
+    task: str
+    metric: str
+    label: str
+    sparsity: float
+    variance: "DrawVariance"
+    stability: "RemovalStability"
+    draws: list[str]
+
+
+def calibration_variance(jobs: list[SummaryJob], model: str, task: str, metric: str) -> list[DrawRow]:
+    """Per scorer and sparsity: mean ± std of ``metric`` over the draws (seed tuples), the mean
+    sampling half-width of the single-draw intervals, and the removed layers' stability."""
+    from topovlm import stats
+
+    out = []
+    for lab, row in sorted(_cell_jobs(jobs, model, task).items()):
+        for s, cj in sorted(row.items()):
+            values = [j.metrics.get(metric) for j in cj]
+            ivs = [cell_interval(cell_samples([job_samples(j)], metric), metric) for j in cj]
+            var = stats.draw_variance([v for v in values if isinstance(v, (int, float))], [iv for iv in ivs if iv])
+            if var is None:
+                continue
+            num_layers = max(int(j.num_layers or 0) for j in cj)
+            stab = stats.removal_stability([j.removed_layers or [] for j in cj], num_layers)
+            draws = [",".join(f"{k}={v}" for k, v in zip(SEED_KEYS, j.draw) if v is not None) for j in cj]
+            out.append(DrawRow(model, task, metric, lab, s, var, stab, draws))
+    return out
+
+
+def calibration_markdown(rows: list[DrawRow]) -> str:
+    if not rows or not any(r.variance.n_draws > 1 for r in rows):
+        return ""
+    r0 = rows[0]
+    lines = [f"#### {r0.model} · {r0.task} · {r0.metric}: variance over calibration draws\n",
+             "mean ± std over the draws (one job per draw: `seed` / `calibration.seed`), kept apart from the "
+             "sampling interval: ± sampling = the mean 95% half-width of one draw's interval over samples. "
+             "Stability of the removed layers: mean pairwise Jaccard across draws (1 = the same set every time); "
+             "layers removed in every draw, and in some draws (share of draws).\n",
+             "| scorer | sparsity | draws | mean ± std (draws) | ± sampling (95%) | std / sampling | Jaccard | always removed | sometimes removed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v, st = r.variance, r.stability
+        samp = f"± {fmt_value(v.sampling_half_width)}" if v.sampling_half_width is not None else "—"
+        ratio = (f"{(v.std or 0.0) / v.sampling_half_width:.2f}" if v.sampling_half_width and v.n_draws > 1 else "—")
+        some = ", ".join(f"{i} ({f:.2f})" for i, f in enumerate(st.frequency) if 0 < f < 1) or "—"
+        lines.append(f"| {r.label} | {r.sparsity:g} | {v.n_draws} | {v.fmt()} | {samp} | {ratio} | "
+                     f"{fmt_value(st.mean_jaccard) if st.mean_jaccard is not None else '—'} | "
+                     f"{', '.join(map(str, st.always())) or '—'} | {some} |")
+    return "\n".join(lines)
+
+
+def regimes(rows: list[Comparison]) -> list["Regime"]:
+    """Per sparsity: best minus worst scorer and how many are indistinguishable from the best."""
+    from topovlm import stats
+
+    out = []
+    for s in sorted({c.sparsity for c in rows}):
+        cells = [c for c in rows if c.sparsity == s]
+        if not any(c.test is not None for c in cells):
+            continue  # no per-sample records: nothing says which differences are real
+        same = [c.label for c in cells if c.verdict in (VERDICT_BEST, VERDICT_SAME)]
+        r = stats.regime(s, {c.label: c.mean for c in cells}, same, not cells[0].higher_is_better)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def regimes_markdown(model: str, task: str, metric: str, regs: list["Regime"]) -> str:
+    if not regs:
+        return ""
+    lines = [f"#### {model} · {task} · {metric}: regimes\n",
+             "Spread across scorers at each sparsity (the domain-aware paper's regimes, measured): best minus "
+             "worst, and how many scorers are statistically indistinguishable from the best (Holm p ≥ 0.05). "
+             "`convergent`: no scorer is distinguishable from the best; `ranking-sensitive`: the choice of layers "
+             "matters. Whether evenly spaced removal helps at high budgets (`spacing-sensitive`) shows as a "
+             "`selection.policy=spacing` variant being the best or ≈ best where its top-k counterpart is worse.\n",
+             "| sparsity | best | worst | best − worst | indistinguishable from best | regime |", "|---|---|---|---|---|---|"]
+    for r in regs:
+        lines.append(f"| {r.sparsity:g} | {r.best} | {r.worst} | {fmt_value(r.spread)} | {r.n_indistinguishable} / "
+                     f"{r.n_scorers} | {r.label} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class CostRow:
+    model: str
+    task: str
+    label: str
+    sparsity: float
+    kept: int
+    num_layers: int
+    ideal: float | None
+    prefill: "Stat | None"
+    decode: "Stat | None"
+    quality: "Comparison | None"
+    flags: str
+
+
+def cost_rows(jobs: list[SummaryJob], model: str, task: str, comparisons: list[Comparison]) -> list[CostRow]:
+    """Per scorer and sparsity: measured prefill / decode speedups (mean ± std over the cell's
+    jobs, each of which measures again), the ideal speedup for the layers removed, and flags."""
+    from topovlm import stats
+
+    by = {(c.label, c.sparsity): c for c in comparisons}
+    out = []
+    for lab, row in sorted(_cell_jobs(jobs, model, task).items()):
+        for s, cj in sorted(row.items()):
+            effs = [j.efficiency or {} for j in cj]
+            L = max(int(j.num_layers or 0) for j in cj)
+            kept = int(cj[0].num_layers_kept or L)
+            ideal = stats.ideal_speedup(L, kept)
+            flags = []
+            measured: dict[str, Stat | None] = {}
+            for name in ("prefill", "decode"):
+                vals = [e.get(f"{name}_speedup") for e in effs if e.get(f"{name}_speedup") is not None]
+                good = [v for v in vals if not stats.implausible_speedup(v, ideal)]
+                measured[name] = Stat.of(good)
+                if len(good) < len(vals):
+                    flags.append(f"{name}: {len(vals) - len(good)} implausible measurement(s) left out")
+                f = stats.speedup_flag(measured[name].mean if measured[name] else None, ideal)
+                if f:
+                    flags.append(f"{name} {f}")
+            pre, dec = measured["prefill"], measured["decode"]
+            if pre is None and dec is None:
+                continue
+            out.append(CostRow(model, task, lab, s, kept, L, ideal, pre, dec, by.get((lab, s)), "; ".join(flags)))
+    return out
+
+
+def cost_markdown(rows: list[CostRow]) -> str:
+    if not rows:
+        return ""
+    r0 = rows[0]
+    lines = [f"#### {r0.model} · {r0.task}: cost against quality\n",
+             "Measured speedups against the unpruned model (median of the timing repeats within a job; "
+             "± std over the cell's jobs, each of which measures again), the ideal decoder-bound speedup "
+             "L / kept, and flags: `below 1` (slower than unpruned: timing noise or overhead), `far from ideal` "
+             "(the measured gain is off the ideal gain by more than 35%: noise on a shared machine, or time spent "
+             "outside the decoder layers); a measurement above twice the ideal or not finite is a timing artefact "
+             "and is left out.\n",
+             "| scorer | sparsity | layers kept | ideal | prefill speedup | decode speedup | quality | flag |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        q = "—"
+        if r.quality is not None:
+            q = fmt_value(r.quality.mean) + (f" ({r.quality.verdict})" if r.quality.verdict != VERDICT_NA else "")
+        lines.append(f"| {r.label} | {r.sparsity:g} | {r.kept}/{r.num_layers} | {r.ideal:.2f} | "
+                     f"{r.prefill.fmt() if r.prefill else '—'} | {r.decode.fmt() if r.decode else '—'} | {q} | {r.flags or '—'} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class Statistics:
+    """Everything per-sample statistics adds to a summary."""
+    comparisons: list[Comparison] = field(default_factory=list)            # every metric
+    draws: dict[tuple[str, str], list[DrawRow]] = field(default_factory=dict)
+    regimes: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    cost: dict[tuple[str, str], list[CostRow]] = field(default_factory=dict)
+    missing_samples: int = 0
+
+    def of(self, model: str, task: str, metric: str) -> list[Comparison]:
+        return [c for c in self.comparisons if (c.model, c.task, c.metric) == (model, task, metric)]
+
+
+def build_statistics(jobs: list[SummaryJob], tables: list[MetricTable],
+                     headlines: dict[tuple[str, str], str | None]) -> Statistics:
+    st = Statistics()
+    st.missing_samples = sum(1 for j in jobs if job_samples(j) is None)
+    for t in tables:
+        st.comparisons += compare(t, jobs)
+    for (model, task), metric in headlines.items():
+        if not metric:
+            continue
+        st.draws[(model, task)] = calibration_variance(jobs, model, task, metric)
+        st.regimes[(model, task)] = regimes(st.of(model, task, metric))
+        st.cost[(model, task)] = cost_rows(jobs, model, task, st.of(model, task, metric))
+    return st
+
+
+def statistics_markdown(summary: "Summary", model: str, task: str) -> list[str]:
+    """The statistics sections of one (model, task) in summary.md."""
+    st = summary.stats
+    metric = summary.headlines.get((model, task))
+    if st is None or not metric:
+        return []
+    missing = [j for j in summary.jobs if (j.model, j.task) == (model, task) and job_samples(j) is None]
+    note = (f"_{len(missing)} of the jobs wrote no samples.jsonl (finished before per-sample records existed, "
+            "or an evaluator without them): their cells have no interval over samples and no paired verdict; "
+            "`+force=true` recomputes them._") if missing else ""
+    parts = [note, comparison_markdown(st.of(model, task, metric)),
+             regimes_markdown(model, task, metric, st.regimes.get((model, task), [])),
+             calibration_markdown(st.draws.get((model, task), [])),
+             cost_markdown(st.cost.get((model, task), []))]
+    return [p for p in parts if p]
+
+
+def write_statistics_csvs(summary: "Summary", out_dir: Path) -> None:
+    st = summary.stats
+    if st is None:
+        return
+    rows = [c.row() for c in st.comparisons]
+    if rows:
+        summary.files["comparison"] = write_csv(out_dir / COMPARISON_CSV, list(rows[0]), rows)
+    draw_rows = []
+    for rs in st.draws.values():
+        for r in rs:
+            draw_rows.append({"model": r.model, "task": r.task, "metric": r.metric, "scorer": r.label,
+                              "sparsity": r.sparsity, "n_draws": r.variance.n_draws, "mean": r.variance.mean,
+                              "std_over_draws": r.variance.std, "sampling_half_width": r.variance.sampling_half_width,
+                              "mean_pairwise_jaccard": r.stability.mean_jaccard,
+                              "removal_frequency": " ".join(f"{f:.3f}" for f in r.stability.frequency),
+                              "draws": " ; ".join(r.draws)})
+    if draw_rows:
+        summary.files["calibration_variance"] = write_csv(out_dir / CALIBRATION_CSV, list(draw_rows[0]), draw_rows)
+    reg_rows = [{"model": m, "task": t, "metric": summary.headlines.get((m, t)), "sparsity": r.sparsity, "best": r.best,
+                 "worst": r.worst, "spread": r.spread, "n_scorers": r.n_scorers,
+                 "n_indistinguishable": r.n_indistinguishable, "regime": r.label}
+                for (m, t), regs in st.regimes.items() for r in regs]
+    if reg_rows:
+        summary.files["regimes"] = write_csv(out_dir / REGIMES_CSV, list(reg_rows[0]), reg_rows)
+    cost = [{"model": r.model, "task": r.task, "scorer": r.label, "sparsity": r.sparsity, "layers_kept": r.kept,
+             "num_layers": r.num_layers, "ideal_speedup": r.ideal,
+             "prefill_speedup": r.prefill.mean if r.prefill else None,
+             "prefill_speedup_std": r.prefill.std if r.prefill else None,
+             "decode_speedup": r.decode.mean if r.decode else None,
+             "decode_speedup_std": r.decode.std if r.decode else None, "n_jobs": (r.prefill or r.decode).n,
+             "quality": r.quality.mean if r.quality else None, "verdict": r.quality.verdict if r.quality else None,
+             "flag": r.flags} for rs in st.cost.values() for r in rs]
+    if cost:
+        summary.files["efficiency"] = write_csv(out_dir / EFFICIENCY_CSV, list(cost[0]), cost)
+
+
+def job_interval_columns(job: SummaryJob, metrics: list[str]) -> dict[str, Any]:
+    """summary.csv: each metric's 95% interval over this job's samples, and its agreement with
+    the unpruned model."""
+    from topovlm import stats
+
+    out: dict[str, Any] = {}
+    recs = job_samples(job)
+    for m in metrics:
+        iv = cell_interval(cell_samples([recs], m), m) if recs else None
+        iv = iv or _stderr_interval([job], m)
+        out[f"{m}/ci_low"] = iv.low if iv else None
+        out[f"{m}/ci_high"] = iv.high if iv else None
+    flags = [r["agree"] for r in recs or [] if r.get("agree") is not None]
+    ag = stats.agreement_with_reference(flags) if flags else None
+    out["agreement_with_unpruned"] = ag.value if ag else None
+    out["agreement_ci_low"] = ag.low if ag else None
+    out["agreement_ci_high"] = ag.high if ag else None
+    return out
+
