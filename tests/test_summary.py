@@ -230,10 +230,11 @@ def test_wandb_summary_run_offline(sweep: Path, tmp_path: Path):
     raw = b""
     for _ in range(60):  # the offline transaction log can land shortly after finish() returns
         raw = next(run_dir.glob("*.wandb")).read_bytes()
-        if b"summary/jobs" in raw:
+        if b"summary/jobs" in raw and b"curve/m/t/accuracy/topo" in raw:
             break
         time.sleep(0.5)
     assert b"sweep-test_group" in raw and b"summary/jobs" in raw
+    assert b"curve/m/t/accuracy/cosine" in raw  # the history W&B's own line plots draw
     tables = {p.relative_to(run_dir / "files" / "media" / "table").as_posix(): json.loads(p.read_text())
               for p in (run_dir / "files" / "media" / "table").rglob("*.table.json")}
     jobs = next(v for k, v in tables.items() if k.startswith("summary/jobs"))
@@ -244,6 +245,15 @@ def test_wandb_summary_run_offline(sweep: Path, tmp_path: Path):
     assert len(list((run_dir / "files" / "media" / "images").rglob("*.png"))) == 4
     disabled = log_summary_run(s, {"enabled": True, "mode": "disabled"})
     assert disabled is None
+
+
+def test_summary_run_history_has_one_row_per_sparsity(sweep: Path):
+    from topovlm.summary.wandb import curve_rows
+
+    rows = curve_rows(build_summary([sweep], plots=False))
+    assert [r["sparsity"] for r in rows] == [0.0, 0.25, 0.5]  # increasing: a line, not dots
+    assert rows[0]["curve/m/t/accuracy/cosine"] == rows[0]["curve/m/t/accuracy/topo"] == 0.9  # unpruned start
+    assert rows[1]["curve/m/t/accuracy/cosine"] == 0.8 and rows[2]["curve/m/t/accuracy/topo"] == 0.6
 
 
 # The multirun-end callback on real sweeps: tests/test_launchers.py (joblib, submitit) and

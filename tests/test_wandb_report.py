@@ -22,4 +22,9 @@ def test_report_spec_from_a_real_sweep(tmp_path, capsys):
     lines = [p for p in grids[0]["panels"] if p["type"] == "LinePlot"]
     assert lines[0]["x"] == "sparsity" and lines[0]["y"] == ["metrics/accuracy"] and lines[0]["groupby"] == "jobType"
     assert any(p["type"] == "ScatterPlot" and p["x"] == "efficiency/decode_speedup" for p in grids[0]["panels"])
+    # the summary run's history: one line per scorer against sparsity
+    curves = [p for p in grids[1]["panels"] if p["type"] == "LinePlot"]
+    assert curves[0]["x"] == "sparsity"
+    assert curves[0]["y"] == [f"curve/{m}/shapes/accuracy/{s}" for m in [curves[0]["y"][0].split("/")[1]]
+                              for s in ("cosine", "random")]
     assert main(["wandb-report", str(tmp_path / "empty"), "--entity", "me", "--offline"]) == 1

@@ -35,6 +35,18 @@ def headline_metrics(jobs: list["JobResult"]) -> dict[str, str]:
     return out
 
 
+def curve_keys(sweep: Path, metrics: dict[str, str]) -> dict[tuple[str, str], list[str]]:
+    """(task, metric) -> the summary run's history keys, one per scorer label and model."""
+    from topovlm.summary.load import load_jobs
+    from topovlm.summary.wandb import curve_key
+
+    out: dict[tuple[str, str], set[str]] = {}
+    for j in load_jobs([sweep]):
+        if j.task in metrics:
+            out.setdefault((j.task, metrics[j.task]), set()).add(curve_key(j.model, j.task, metrics[j.task], j.label))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def build_report(sweep_dir: str | Path, entity: str, project: str, title: str | None = None) -> Any:
     import wandb_workspaces.reports.v2 as wr
 
@@ -61,10 +73,13 @@ def build_report(sweep_dir: str | Path, entity: str, project: str, title: str | 
     blocks.append(wr.PanelGrid(runsets=[runset], panels=panels))
     summary = wr.Runset(entity=entity, project=project, name=f"{group} summary",
                         filters=f"Metric('Group') == '{group}' and Metric('JobType') == 'summary'")
+    curves = [wr.LinePlot(title=f"{task}: {metric} vs sparsity (means, summary run)", x="sparsity", y=keys)
+              for (task, metric), keys in sorted(curve_keys(sweep, headline_metrics(jobs)).items())]
     blocks += [wr.H2(text="Removed layers, ranking agreement, intervals"),
-               wr.P(text="Tables and plots of the sweep's summary run (job_type=summary): the removed-layer map, "
+               wr.P(text="Tables and plots of the sweep's summary run (job_type=summary): each scorer's mean "
+                         "against sparsity (its history, one row per sparsity), the removed-layer map, "
                          "Kendall tau / Jaccard agreement, intervals and paired verdicts."),
-               wr.PanelGrid(runsets=[summary], panels=[wr.MediaBrowser(media_keys=["plots"])])]
+               wr.PanelGrid(runsets=[summary], panels=[*curves, wr.MediaBrowser(media_keys=["plots"])])]
     return wr.Report(entity=entity, project=project, title=title or f"topovlm {group}",
                      description=f"Built by `topovlm wandb-report {sweep}`", blocks=blocks)
 

@@ -5,7 +5,8 @@ and paired verdict) as ``wandb.Table``, the paired comparison, calibration-varia
 regimes and efficiency tables of summary.md, every
 metric-vs-sparsity comparison as a native line plot (``wandb.plot.line_series``: one
 line per scorer, starting at the unpruned reference), the agreement table and the PNG
-plots as images. Like the per-job runs it can never fail the sweep: errors are logged.
+plots as images. Its history has one row per sparsity (``curve/<model>/<task>/<metric>/<scorer>``
+against the step metric ``sparsity``), so W&B's own line plots draw one line per scorer. Like the per-job runs it can never fail the sweep: errors are logged.
 """
 from __future__ import annotations
 
@@ -90,6 +91,11 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
     ok = True
     try:
         run.log(_payload(summary, wandb))
+        # one history row per sparsity (x = sparsity): native line plots draw one line per scorer
+        run.define_metric("sparsity")
+        run.define_metric(f"{CURVE_PREFIX}/*", step_metric="sparsity")
+        for row in curve_rows(summary):
+            run.log(row)
         run.summary.update(_best(summary))
     except Exception as err:  # noqa: BLE001
         ok = False
@@ -100,6 +106,26 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
         except Exception as err:  # noqa: BLE001
             log.warning("W&B finish failed: %s", err)
     return run_dir
+
+
+CURVE_PREFIX = "curve"
+
+
+def curve_key(model: str, task: str, metric: str, label: str) -> str:
+    return f"{CURVE_PREFIX}/{slug(model)}/{slug(task)}/{slug(metric)}/{label}"
+
+
+def curve_rows(summary: Summary) -> list[dict[str, float]]:
+    """Each sparsity's mean per scorer (the unpruned reference at sparsity 0 starts every line),
+    one dict per sparsity in increasing order: the summary run's history."""
+    by_sparsity: dict[float, dict[str, float]] = {}
+    for t in summary.tables:
+        for lab in sorted(t.cells):
+            if t.reference is not None and 0.0 not in t.cells[lab]:
+                by_sparsity.setdefault(0.0, {})[curve_key(t.model, t.task, t.metric, lab)] = t.reference.mean
+            for sp, st in t.cells[lab].items():
+                by_sparsity.setdefault(float(sp), {})[curve_key(t.model, t.task, t.metric, lab)] = st.mean
+    return [{"sparsity": sp, **vals} for sp, vals in sorted(by_sparsity.items())]
 
 
 def _payload(summary: Summary, wandb: Any) -> dict[str, Any]:
