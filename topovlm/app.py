@@ -41,7 +41,9 @@ def _job_info() -> JobInfo:
     overrides = list(hc.overrides.task)
     if hc.mode == RunMode.MULTIRUN:
         sweep = Path(hc.sweep.dir)
-        return JobInfo(out_dir, sweep, f"sweep-{sweep.parent.name}_{sweep.name}",
+        from topovlm.tracking import sweep_group
+
+        return JobInfo(out_dir, sweep, sweep_group(sweep),
                        {"overrides": overrides, "job_num": hc.job.num})
     return JobInfo(out_dir, None, f"run-{out_dir.parent.name}_{out_dir.name}", {"overrides": overrides})
 

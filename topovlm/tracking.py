@@ -26,6 +26,12 @@ PROBE_TIMEOUT_S = 3.0
 INCOMPLETE = ".incomplete"
 
 
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The W&B group of a multirun's jobs and of its summary run: ``sweep-<date>_<time>``."""
+    sweep = Path(sweep_dir)
+    return f"sweep-{sweep.parent.name}_{sweep.name}"
+
+
 def run_name(scorer: str, sparsity: float, *, seed: int | None = None, task: str | None = None,
              model: str | None = None, overrides: Sequence[str] = (), job_num: int | None = None) -> str:
     """``<scorer>-s<sparsity>``, plus seed / task / model when the job's overrides set them

@@ -54,7 +54,9 @@ def build_report(sweep_dir: str | Path, entity: str, project: str, title: str | 
     jobs = _jobs(sweep)
     if not jobs:
         raise FileNotFoundError(f"{sweep}: no finished jobs (results.json with metrics)")
-    group = jobs[0].wandb_group or f"sweep-{sweep.parent.name}_{sweep.name}"
+    from topovlm.tracking import sweep_group
+
+    group = jobs[0].wandb_group or sweep_group(sweep)
     runset = wr.Runset(entity=entity, project=project, name=group, filters=f"Metric('Group') == '{group}'",
                        groupby=["run.jobType"])
     blocks: list[Any] = [

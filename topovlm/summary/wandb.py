@@ -20,14 +20,9 @@ from topovlm.summary.build import Summary, csv_rows
 from topovlm.summary.load import SummaryJob
 from topovlm.summary.statistics import CALIBRATION_CSV, EFFICIENCY_CSV, REGIMES_CSV
 from topovlm.summary.tables import VERDICT_BEST, VERDICT_NA, VERDICT_SAME, ordered_metrics, slug
+from topovlm.tracking import sweep_group  # noqa: F401 - the W&B group rule, also imported from here
 
 log = logging.getLogger(__name__)
-
-
-def sweep_group(sweep_dir: str | Path) -> str:
-    """The W&B group the jobs of a multirun log to (the same rule as :mod:`topovlm.app`)."""
-    sweep = Path(sweep_dir)
-    return f"sweep-{sweep.parent.name}_{sweep.name}"
 
 
 def wandb_settings_from_jobs(jobs: list[SummaryJob]) -> dict[str, Any]:
