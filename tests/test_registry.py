@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONF
+from tests.conftest import CONF, compose
+from topovlm.config import build_scorer
 from topovlm.listing import REGISTRIES, parameters, registry, rows
 from topovlm.registry import SCORERS, Registry
 
@@ -67,6 +68,17 @@ def test_scorer_yaml_keys_equal_the_constructor_parameters(path: Path):
     cls = SCORERS[data["name"]]
     keys = set(data) - {"name", "_target_", "defaults"}
     assert keys == set(parameters(cls)), f"{path.name}: YAML keys and {cls.__name__}.__init__ parameters differ"
+
+
+@pytest.mark.parametrize("path", SCORER_YAMLS, ids=lambda p: p.stem)
+def test_scorer_yaml_builds_its_registered_class_with_the_constructor_defaults(path: Path):
+    """The preset, as Hydra composes it, builds the class its name is registered under, and
+    sets what the constructor's defaults set (the YAML documents them; it changes none)."""
+
+    scorer = build_scorer(compose([f"scorer={path.stem}"]).scorer)
+    cls = SCORERS[path.stem]
+    assert type(scorer) is cls and scorer.name == path.stem
+    assert vars(scorer) == vars(cls()), f"{path.name} and {cls.__name__}'s defaults disagree"
 
 
 @pytest.mark.parametrize("kind", ["evaluators", "adapters", "sources"])
