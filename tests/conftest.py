@@ -37,11 +37,8 @@ def compose(overrides: list[str] | None = None):
 
 
 def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
-    """A fast job on the tiny LLaVA model and a few shapes questions, cached under ``tmp``."""
-    return [
-        "model=tiny_llava", "task.dataset.n=16", "calibration.n=12", "calibration.batch_size=6",
-        "logger=none", f"cache_dir={tmp / 'cache'}", *extra,
-    ]
+    """A fast job (conf/debug/tiny.yaml: the tiny LLaVA model, a few shapes questions), cached under ``tmp``."""
+    return ["debug=tiny", f"cache_dir={tmp / 'cache'}", *extra]
 
 
 def make_samples(n: int = 8, with_image: bool = True) -> list[VQASample]:

@@ -18,7 +18,7 @@ from topovlm.config import RunConfig, validate
 #: groups whose files are merged onto a node of the schema (``model: ...`` -> RunConfig.model)
 SCHEMA_GROUPS = ("calibration", "model", "task", "logger")
 #: groups whose files are global (``# @package _global_``): applied after every other group
-GLOBAL_GROUPS = ("experiment",)
+GLOBAL_GROUPS = ("experiment", "debug")
 _ABSENT = object()
 
 
@@ -147,3 +147,13 @@ def test_every_launcher_preset_composes_and_names_an_importable_launcher(name: s
     cls = hydra.utils.get_class(cfg.hydra.launcher._target_)
     assert issubclass(cls, Launcher)
 
+
+def test_debug_tiny_is_a_fast_job_and_the_command_line_wins():
+    cfg = compose(["debug=tiny"])
+    assert (cfg.model.source, cfg.model.name) == ("tiny", "tiny-llava")
+    assert cfg.task.dataset.n == 16 and cfg.calibration.n == 12 and not cfg.logger.wandb.enabled
+    cfg = compose(["debug=tiny", "model=tiny_qwen2_vl", "logger=wandb", "calibration.n=4"])
+    assert cfg.model.family == "qwen2_vl" and cfg.logger.wandb.enabled and cfg.calibration.n == 4
+    # last in the defaults list: an experiment's values give way to the debug preset's
+    cfg = compose(["experiment=llava15_short_lvlm_bench", "debug=tiny"])
+    assert cfg.task.name == "mme" and cfg.model.source == "tiny" and cfg.calibration.n == 12

@@ -12,8 +12,7 @@ from omegaconf import OmegaConf
 
 from tests.conftest import CONF, ROOT
 
-TINY = ["model=tiny_llava", "task.dataset.n=8", "calibration.n=6", "calibration.batch_size=6",
-        "++efficiency.enabled=false"]
+TINY = ["debug=smoke", "task.dataset.n=8"]
 
 
 def sweep(tmp_path: Path, *args: str, logger: str = "logger=none", timeout: int = 400) -> subprocess.CompletedProcess:

@@ -17,8 +17,8 @@ from topovlm.runner import _completed, job_key, run_job
 
 
 def overrides(tmp: Path, *extra: str) -> list[str]:
-    return ["model=tiny_llava", "task.dataset.n=8", "calibration.n=6", "calibration.batch_size=6", "logger=none",
-            "scorer=tail", "sparsity=0.25", "++efficiency.enabled=false", "reference=false", f"cache_dir={tmp / 'cache'}", *extra]
+    return ["debug=smoke", "task.dataset.n=8", "scorer=tail", "sparsity=0.25", "reference=false",
+            f"cache_dir={tmp / 'cache'}", *extra]
 
 
 @pytest.fixture

@@ -103,9 +103,7 @@ def test_force_reruns_and_a_truncated_result_never_duplicate_a_row(tmp_path):
     from tests.conftest import compose
     from topovlm.runner import run_job
 
-    ov = ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "logger=none",
-          "scorer=tail", "sparsity=0.25", "reference=false", "++efficiency.enabled=false",
-          f"cache_dir={tmp_path / 'cache'}"]
+    ov = ["debug=smoke", "scorer=tail", "sparsity=0.25", "reference=false", f"cache_dir={tmp_path / 'cache'}"]
     sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "0_tail_s0.25"
     for extra in ([], ["+force=true"], ["+force=true"], []):
         run_job(compose([*ov, *extra]), job, sweep_dir=sweep)
