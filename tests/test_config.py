@@ -51,6 +51,7 @@ def test_bad_scorer_parameter_lists_the_allowed_ones():
         build_scorer(compose(["scorer.pooling=first"]).scorer)
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_input_before_loading_and_leaves_nothing(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(

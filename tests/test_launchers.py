@@ -38,6 +38,7 @@ def hydra_compose(overrides: list[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=True)
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_and_the_summary_is_printed_at_the_end(tmp_path: Path):
     proc = sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "task=text_ppl", "task.limit=2",
                  "scorer=cosine,tail", "sparsity=0,0.25")
@@ -100,6 +101,7 @@ def test_slurm_preset_renders_an_sbatch_script_with_one_gpu_per_job(tmp_path: Pa
     assert f"{tmp_path}/.submitit/" in script  # job logs next to the sweep, on the shared filesystem
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_a_small_sweep_logged_to_wandb_offline(tmp_path: Path):
     wb = tmp_path / "wb"
     sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
@@ -140,8 +142,7 @@ def test_experiment_composes_for_every_job_of_its_sweep(name: str):
         with __import__("hydra").initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             available = set(GlobalHydra.instance().config_loader().get_group_options(group))
         missing += [f"{group}/{o}" for o in options if o not in available]
-    if missing:
-        pytest.skip(f"{name}: presets not in conf/ yet: {', '.join(sorted(set(missing)))}")
+    assert not missing, f"{name}: presets not in conf/: {', '.join(sorted(set(missing)))}"
     from topovlm.config import validate
 
     cfg = hydra_compose([f"experiment={name}"])

@@ -120,6 +120,7 @@ def test_several_tasks_and_metric_keys():
     assert LmmsEvalEvaluator(cfg.task).tasks == ["mme", "pope"]
 
 
+@pytest.mark.slow
 def test_run_job_through_lmms_eval(tmp_path):
     from topovlm.runner import run_job
 

@@ -1,6 +1,7 @@
 """One model load per sweep process: the pooled model is restored exactly between jobs."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.conftest import compose, make_samples, tiny_overrides
@@ -31,6 +32,7 @@ def test_restored_model_equals_a_fresh_load():
     assert torch.equal(again.model.generate(**inputs, **kw), fresh.model.generate(**inputs, **kw))
 
 
+@pytest.mark.slow
 def test_a_sweep_process_loads_once_and_weight_edits_force_a_reload(tmp_path, monkeypatch):
     from topovlm import model_pool
 

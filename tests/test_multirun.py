@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import ROOT, tiny_overrides
 
+pytestmark = pytest.mark.slow  # every test reads one launch.py sweep
+
 REQUIRED = {"model", "task", "scorer", "sparsity", "num_layers", "removed_layers", "scores", "metrics",
             "timings", "config", "versions", "seed"}
 

@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT, tiny_overrides
 from topovlm import registry
@@ -54,6 +55,7 @@ def test_entry_point_scorer_is_found(tmp_path, monkeypatch):
         registry.reset_for_tests()
 
 
+@pytest.mark.slow
 def test_plugin_scorer_runs_from_the_command_line(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

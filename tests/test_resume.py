@@ -37,6 +37,7 @@ def eval_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.slow
 def test_complete_job_is_skipped_by_config_not_directory_and_force_recomputes(tmp_path: Path,
                                                                               eval_calls: list[int]):
     cfg = compose(overrides(tmp_path))
@@ -107,6 +108,7 @@ run_job(compose({overrides!r}), __import__("pathlib").Path({out!r}))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_job_leaves_nothing_that_looks_complete(tmp_path: Path):
     out = tmp_path / "job"
     out.mkdir()
@@ -128,6 +130,7 @@ def test_a_killed_job_leaves_nothing_that_looks_complete(tmp_path: Path):
     assert load_jobs([tmp_path]) == []
 
 
+@pytest.mark.slow
 def test_rerunning_a_sweep_runs_only_the_missing_jobs_and_summarizes_seeds(tmp_path: Path):
     sweep = tmp_path / "sweep"
     base = [sys.executable, "launch.py", "-m", "model=tiny_llava", "task=text_ppl", "task.limit=2", "scorer=random",

@@ -226,6 +226,7 @@ def test_scp_moves_the_pruned_model_toward_the_unpruned_one(fresh_tiny_llava, tm
     torch.testing.assert_close(again, compensated[:4], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_short_lvlm_job_records_the_edit(tmp_path) -> None:
     from topovlm.runner import run_job
 

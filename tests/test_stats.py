@@ -126,6 +126,7 @@ def _run(tmp: Path, name: str, *extra: str) -> dict:
     return run_job(cfg, tmp / name, sweep_dir=tmp)
 
 
+@pytest.mark.slow
 def test_samples_line_up_across_the_jobs_of_a_sweep(tmp_path: Path):
     """Pruned jobs (whichever runs first evaluates the reference) and the unpruned job write
     samples.jsonl with the same keys in the same order; each pruned record carries the unpruned
@@ -174,6 +175,7 @@ def test_perplexity_jobs_write_per_sample_losses(tmp_path: Path):
     assert ppl == pytest.approx(saved["metrics"]["perplexity"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_lmms_jobs_write_logged_samples(tmp_path: Path):
     import lmms_eval.evaluator  # noqa: F401 - part of the test environment (make setup): fail, never skip
     _run(tmp_path, "lm", "task=shapes_lmms", "task.dataset.n=6", "task.limit=4", "task.max_new_tokens=2",

@@ -263,6 +263,7 @@ def test_warnings_reach_results_json_and_the_log(tmp_path, caplog):
     assert results["scorer"] == "topo_llm" and saved["selection_policy"] == "adaptive"
 
 
+@pytest.mark.slow
 def test_adaptive_policy_applies_the_ancestor_rule_and_topk_follows_the_budget(tmp_path):
     """topo_llm prunes by its own rule (S >= eps * max S) whatever the sparsity; topo sweeps budgets."""
     from topovlm.runner import run_job

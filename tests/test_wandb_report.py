@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import compose, tiny_overrides
 from topovlm.cli import main
 from topovlm.runner import run_job
 
 
+@pytest.mark.slow
 def test_report_spec_from_a_real_sweep(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     for i, (scorer, s) in enumerate([("cosine", 0.25), ("random", 0.25)]):

@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import compose
@@ -54,6 +55,7 @@ def test_run_names_are_unique_in_a_group():
     assert run_name("cosine", 0.1, seed=0, task="shapes") == "cosine-s0.1"  # nothing swept: the short name
 
 
+@pytest.mark.slow
 def test_a_resumed_job_has_a_run_in_the_new_sweeps_group_and_the_outputs(tmp_path):
     import os
 
