@@ -8,8 +8,7 @@ import logging
 import pytest
 import torch
 
-from tests.conftest import compose, make_samples
-from tests.test_pruning import _assert_cache_consistent
+from tests.helpers import assert_cache_consistent, compose, make_samples
 from topovlm.adapters.loading import load_adapter
 from topovlm.adapters.processors import torchvision_usable
 from topovlm.adapters.tiny import REPLICAS
@@ -109,7 +108,7 @@ def test_pruned_generation_save_and_reload(checkpoint, tmp_path):
         assert text_config.max_window_layers == 3
         assert len(text_config.layer_types) == 4
     inputs = adapter.build_inputs(_samples())
-    _assert_cache_consistent(adapter, inputs)
+    assert_cache_consistent(adapter, inputs)
     with torch.no_grad():
         before = adapter.model(**inputs).logits
     adapter.save_pretrained(tmp_path / "pruned")
@@ -145,7 +144,7 @@ def test_gpu_smoke_script_runs_as_is_on_a_checkpoint(checkpoint):
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     preset, path = checkpoint
     if preset != "llava-v1.6":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import compose
+from tests.helpers import compose
 from topovlm.runner import run_job
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose
+from tests.helpers import ROOT, compose
 from tests.reliability.common import fast, launch, log_of
 from topovlm.config import ConfigError
 from topovlm.identity import code_digest

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock, Timeout
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tests.reliability.common import env, fast, launch, log_of, rows
 
 pytestmark = pytest.mark.slow
@@ -100,7 +100,7 @@ def test_identical_jobs_at_once_compute_once_and_two_shells_share_one_sweep(tmp_
 def test_force_reruns_and_a_truncated_result_never_duplicate_a_row(tmp_path):
     """In-process: the same one-job sweep rerun, forced twice, and recovered from a truncated
     results.json keeps exactly one row."""
-    from tests.conftest import compose
+    from tests.helpers import compose
     from topovlm.runner import run_job
 
     ov = ["debug=smoke", "scorer=tail", "sparsity=0.25", "reference=false", f"cache_dir={tmp_path / 'cache'}"]

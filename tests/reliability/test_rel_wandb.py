@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import compose
+from tests.helpers import compose
 from topovlm.runner import run_job
 from topovlm.tracking import WandbRun, run_name
 

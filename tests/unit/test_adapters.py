@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import make_samples
+from tests.helpers import make_samples
 from topovlm.adapters.families import ADAPTERS
 from topovlm.adapters.tiny import TINY_BUILDERS
 from topovlm.capture import run_capture

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tests.conftest import make_samples
+from tests.helpers import make_samples
 from topovlm.capture import CaptureCache, run_capture
 from topovlm.scoring import CaptureSpec, StatRequest
 

@@ -16,7 +16,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from tests.conftest import make_samples
+from tests.helpers import make_samples
 from topovlm import capture as capture_mod
 from topovlm.capture import run_capture
 from topovlm.scoring import CaptureSpec, StatRequest

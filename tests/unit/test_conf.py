@@ -2,7 +2,7 @@
 
 Defaults live in the typed schema (topovlm/config.py); a group file sets only what differs
 from the config it is applied on, and conf/config.yaml holds the defaults list and the
-hydra section. Scorer defaults live in their constructors (tests/test_registry.py checks
+hydra section. Scorer defaults live in their constructors (tests/unit/test_registry.py checks
 that each scorer YAML lists them unchanged).
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tests.conftest import CONF, compose
+from tests.helpers import CONF, compose
 from topovlm.config import RunConfig, validate
 
 #: groups whose files are merged onto a node of the schema (``model: ...`` -> RunConfig.model)

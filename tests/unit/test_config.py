@@ -7,7 +7,7 @@ import sys
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from tests.conftest import ROOT, compose, tiny_overrides
+from tests.helpers import ROOT, compose, tiny_overrides
 from topovlm.config import ConfigError, validate
 from topovlm.runner import build_scorer
 

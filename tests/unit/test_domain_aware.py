@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, tiny_overrides
 from topovlm.scoring import ScoringContext
 from topovlm.selection import SelectionConfig, select_layers
 

@@ -8,7 +8,7 @@ import mmap
 import pytest
 import torch
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, tiny_overrides
 from topovlm import efficiency
 from topovlm.efficiency import EfficiencySettings, JobEfficiency, measure, peak_memory, reset_peak_memory, speedups
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, tiny_overrides
 from topovlm.cli import main
 from topovlm.runner import run_job
 

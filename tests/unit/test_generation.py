@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import compose, make_samples
+from tests.helpers import make_samples
 from topovlm.adapters.families import ADAPTERS
 from topovlm.adapters.tiny import TINY_BUILDERS
 
@@ -68,16 +68,3 @@ def test_lmms_batched_equals_batch_of_one(tiny_llava, tmp_path):
 
     (m1, p1), (m4, p4) = run(1), run(4)
     assert p1 == p4 and m1 == m4
-
-
-@pytest.mark.integration
-def test_embedded_model_batched_answers_equal_batch_of_one():
-    from topovlm.adapters.loading import load_adapter
-    from topovlm.data.sources import load_samples
-
-    cfg = compose([])
-    adapter = load_adapter(cfg.model)
-    samples = load_samples(cfg.task.dataset)[:24]
-    batched = adapter.generate(samples, max_new_tokens=6)
-    single = [adapter.generate([s], max_new_tokens=6)[0] for s in samples]
-    assert batched == single

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT
+from tests.helpers import CONF, ROOT
 
 TINY = ["debug=smoke", "task.dataset.n=8"]
 

@@ -6,48 +6,22 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, lmms_agrees_with_vqa, lmms_task, tiny_overrides
 
 # lmms-eval is part of the test environment (make setup): a broken install must fail here, not skip
 import lmms_eval.evaluator  # noqa: E402,F401
 
-from topovlm.config import DatasetConfig, TaskConfig  # noqa: E402
 from topovlm.evaluation.lmms import (  # noqa: E402
     DEFAULT_METRICS, LmmsDatasetUnavailable, LmmsEvalEvaluator, extract_metrics, leaf_task_configs, task_manager,
 )
-from topovlm.evaluation.vqa import VQAEvaluator  # noqa: E402
 
 PRESETS = ["mme", "pope", "scienceqa_img", "gqa", "gqa_lite", "textvqa_val", "textvqa_val_lite", "mmmu_val",
            "mathvista_testmini", "seedbench", "seedbench_lite", "lmms_lite"]
 
 
-def _task(name: str, tmp: Path, **kw) -> TaskConfig:
-    base = dict(name=name, evaluator="lmms", dataset=DatasetConfig(n=kw.pop("n", 8)), limit=4, batch_size=1,
-                max_new_tokens=4, options={"data_dir": str(tmp), **kw.pop("options", {})})
-    return OmegaConf.structured(TaskConfig(**{**base, **kw}))
-
-
-def _agree(adapter, tmp: Path, n: int, limit: int, max_new_tokens: int) -> tuple[dict, dict]:
-    lm_eval = LmmsEvalEvaluator(_task("shapes_lmms", tmp, n=n, limit=limit, max_new_tokens=max_new_tokens))
-    lm_metrics = lm_eval.evaluate(adapter)
-    vqa = VQAEvaluator(OmegaConf.structured(TaskConfig(name="shapes", dataset=DatasetConfig(n=n), limit=limit,
-                                                       batch_size=1, max_new_tokens=max_new_tokens)))
-    vqa_metrics = vqa.evaluate(adapter)
-    # the same questions, prompts and greedy settings: the same answers, document by document
-    lm_preds = [lm_eval.predictions[("shapes_lmms", i)] for i in range(limit)]
-    assert lm_preds == [p["prediction"] for p in vqa.predictions]
-    assert lm_metrics["accuracy"] == pytest.approx(vqa_metrics["accuracy"])
-    assert lm_metrics["num_samples"] == limit
-    for dom in ("math", "non_math"):
-        if f"accuracy/{dom}" in vqa_metrics:
-            assert lm_metrics[f"accuracy_{dom}"] == pytest.approx(vqa_metrics[f"accuracy/{dom}"])
-    return lm_metrics, lm_eval.protocol()
-
-
 def test_shapes_lmms_agrees_with_vqa_evaluator(tiny_llava, tmp_path):
-    _, protocol = _agree(tiny_llava, tmp_path, n=8, limit=4, max_new_tokens=3)
+    _, protocol = lmms_agrees_with_vqa(tiny_llava, tmp_path, n=8, limit=4, max_new_tokens=3)
     assert protocol["lmms_eval_version"] == "0.7.3"
     assert protocol["tasks"] == ["shapes_lmms"] and protocol["limit"] == 4 and protocol["batch_size"] == 1
     assert protocol["seeds"] == {"random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}
@@ -73,7 +47,7 @@ def test_missing_dataset_fails_fast_with_instructions(tmp_path, monkeypatch):
         def __getattr__(self, name):
             raise AssertionError(f"model touched: {name}")
 
-    ev = LmmsEvalEvaluator(_task("mme", tmp_path, options={"tasks": ["shapes_lmms", "mme"]}))
+    ev = LmmsEvalEvaluator(lmms_task("mme", tmp_path, options={"tasks": ["shapes_lmms", "mme"]}))
     start = time.perf_counter()
     with pytest.raises(LmmsDatasetUnavailable) as err:
         ev.evaluate(NoModel())
@@ -133,17 +107,3 @@ def test_run_job_through_lmms_eval(tmp_path):
     # the dataset went under the job's cache_dir
     assert Path(saved["protocol"]["datasets"]["shapes_lmms"]["local"]).is_relative_to(tmp_path / "cache")
     assert saved["efficiency"]["num_decoder_layers"] == 9
-
-
-@pytest.mark.integration
-def test_shapes_lmms_on_the_default_model(tmp_path):
-    """The whole lmms-eval path on the real embedded model, agreeing with the vqa evaluator."""
-    from topovlm.default_model import WEIGHTS_FILE
-
-    if not Path(WEIGHTS_FILE).is_file():
-        pytest.skip(f"the default model's trained weights are not committed yet ({WEIGHTS_FILE})")
-    from topovlm.adapters.loading import load_adapter
-
-    adapter = load_adapter(compose([]).model)
-    metrics, _ = _agree(adapter, tmp_path, n=40, limit=20, max_new_tokens=6)
-    assert metrics["accuracy"] > 0.0

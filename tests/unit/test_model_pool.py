@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import compose, make_samples, tiny_overrides
+from tests.helpers import compose, make_samples, tiny_overrides
 from topovlm.adapters.loading import load_adapter
 from topovlm.model_pool import ModelPool
 from topovlm.pruning import remove_layers

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import compose, make_samples, tiny_overrides
+from tests.helpers import compose, make_samples, tiny_overrides
 from topovlm.evaluation.base import choice_loglikelihoods
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.helpers import ROOT, tiny_overrides
 
 pytestmark = pytest.mark.slow  # every test reads one launch.py sweep
 

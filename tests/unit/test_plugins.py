@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, tiny_overrides
+from tests.helpers import ROOT, tiny_overrides
 from topovlm import registry
 
 PLUGIN = textwrap.dedent(

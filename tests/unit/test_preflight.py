@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, tiny_overrides
 from topovlm.config import ConfigError, validate
 from topovlm.data.sources import load_samples
 

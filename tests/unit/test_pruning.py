@@ -4,24 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import make_samples
+from tests.helpers import assert_cache_consistent, make_samples
 from topovlm.adapters.families import CausalLMAdapter
 from topovlm.adapters.tiny import tiny_llama, tiny_tokenizer
 from topovlm.pruning import remove_layers
-
-
-def _greedy(adapter, inputs, use_cache: bool, steps: int = 6):
-    out = adapter.model.generate(**inputs, max_new_tokens=steps, do_sample=False, use_cache=use_cache,
-                                 output_scores=True, return_dict_in_generate=True,
-                                 pad_token_id=adapter.tokenizer.pad_token_id)
-    return out.sequences, torch.stack(out.scores)
-
-
-def _assert_cache_consistent(adapter, inputs):
-    seq_c, scores_c = _greedy(adapter, inputs, use_cache=True)
-    seq_f, scores_f = _greedy(adapter, inputs, use_cache=False)
-    assert torch.equal(seq_c, seq_f)
-    torch.testing.assert_close(scores_c, scores_f, atol=1e-4, rtol=1e-4)
 
 
 def test_pruned_llava_generation_matches_full_recompute(fresh_tiny_llava):
@@ -30,7 +16,7 @@ def test_pruned_llava_generation_matches_full_recompute(fresh_tiny_llava):
     assert kept == [0, 2, 3, 6, 7]
     assert adapter.num_layers == 5 and adapter.text_config().num_hidden_layers == 5
     assert [layer.self_attn.layer_idx for layer in adapter.decoder_layers()] == list(range(5))
-    _assert_cache_consistent(adapter, adapter.build_inputs(make_samples(3)))
+    assert_cache_consistent(adapter, adapter.build_inputs(make_samples(3)))
 
 
 def test_second_pruning_uses_original_indices(fresh_tiny_llava):
@@ -56,7 +42,7 @@ def test_mixed_attention_layer_types_are_trimmed():
     assert adapter.text_config().layer_types == ["sliding_attention", "sliding_attention", "sliding_attention",
                                                  "full_attention"]
     inputs = adapter.build_inputs(make_samples(2, with_image=False))
-    _assert_cache_consistent(adapter, inputs)
+    assert_cache_consistent(adapter, inputs)
 
 
 def test_save_and_reload_gives_same_logits(fresh_tiny_llava, tmp_path):
@@ -80,7 +66,7 @@ def test_causal_lm_pruning_and_generation():
     model, tok = tiny_llama(num_layers=6)
     adapter = CausalLMAdapter(model, tok, name="tiny-llama")
     remove_layers(adapter, [0, 5])
-    _assert_cache_consistent(adapter, adapter.build_inputs(make_samples(2, with_image=False)))
+    assert_cache_consistent(adapter, adapter.build_inputs(make_samples(2, with_image=False)))
 
 
 def test_refuses_to_remove_everything(fresh_tiny_llava):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import CONF, compose
+from tests.helpers import CONF, compose
 from topovlm.config import build_scorer
 from topovlm.listing import REGISTRIES, parameters, registry, rows
 from topovlm.registry import SCORERS, Registry

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose
+from tests.helpers import ROOT, compose
 from topovlm.runner import _completed, job_key, run_job
 
 
@@ -96,7 +96,7 @@ def test_a_failed_rerun_does_not_leave_the_previous_result_looking_complete(tmp_
 KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from tests.conftest import compose
+from tests.helpers import compose
 from topovlm.evaluation.vqa import VQAEvaluator
 from topovlm.runner import run_job
 

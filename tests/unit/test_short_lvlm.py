@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import compose, make_samples, tiny_overrides
+from tests.helpers import compose, make_samples, tiny_overrides
 from topovlm.capture import STATISTICS, LayerCall, TokenMasks, register_statistic, run_capture
 from topovlm.pruning import remove_layers
 from topovlm.scoring import CaptureSpec, ScoringContext, StatRequest

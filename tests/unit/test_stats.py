@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, tiny_overrides
 from topovlm import stats
 from topovlm.samples import SAMPLES_FILE, read_jsonl
 
@@ -193,7 +193,7 @@ def test_calibration_variance_experiment_composes():
     assert cfg.seed == 2 and cfg.model.source == "embedded" and cfg.task.name == "shapes"
     from omegaconf import OmegaConf
 
-    exp = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "experiment" / "calibration_variance.yaml")
+    exp = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "experiment" / "calibration_variance.yaml")
     params = exp.hydra.sweeper.params
     assert str(params["calibration.seed"]) == "0,1,2" and str(params.sparsity) == "0.1,0.2,0.3"
     assert set(str(params.scorer).split(",")) == {"topo", "topo_llm", "cosine", "shortgpt", "angular", "short_lvlm",

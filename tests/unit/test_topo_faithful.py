@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compose, make_samples, tiny_overrides
+from tests.helpers import compose, make_samples, tiny_overrides
 from topovlm.topo.barcodes import layer_bars, read_barcode_csv, rescore, write_barcode_csv
 from topovlm.topo.consistency import consistency_from_ps, persistence_similarity
 from topovlm.topo.ranking import decide, empty_layer_warnings, tie_warning
@@ -136,7 +136,7 @@ def test_topo_score_cli_prints_json(tmp_path, capsys):
 
 def test_scorer_and_topo_score_share_one_code_path(tmp_path):
     """Bars the scorer computes, written in the ancestor's format and read back, give its scores."""
-    from test_topo_scorer import synthetic_capture
+    from tests.helpers import synthetic_capture
 
     from topovlm.scoring import ScoringContext
     from topovlm.topo.clouds import layer_clouds
@@ -190,7 +190,8 @@ def test_norm_capture_and_cache(tiny_llava, tmp_path):
 
 
 def test_final_norm_is_scored_but_never_removed():
-    from test_topo_scorer import L, synthetic_capture
+    from tests.helpers import SYNTHETIC_L as L
+    from tests.helpers import synthetic_capture
 
     from topovlm.scoring import ScoringContext
 

@@ -10,42 +10,15 @@ import pytest
 import dionysus  # noqa: E402,F401
 import gudhi  # noqa: E402,F401
 
+from tests.helpers import SYNTHETIC_D as D  # noqa: E402
+from tests.helpers import SYNTHETIC_L as L  # noqa: E402
+from tests.helpers import SYNTHETIC_N as N  # noqa: E402
+from tests.helpers import synthetic_capture  # noqa: E402
 from topovlm.capture import Capture  # noqa: E402
 from topovlm.scoring import ScoringContext  # noqa: E402
 from topovlm.topo.scorer import TopoScorer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-L, N, D = 8, 36, 10
-
-
-def synthetic_capture(seed: int = 0, n: int = N, no_vision: int = 0) -> Capture:
-    """Circle clouds that drift, then collapse to a blob in the last layers.
-
-    The norm outputs are the residual states scaled to unit RMS (what an RMS norm with unit
-    weight gives), the final norm's applied to the last layer's output."""
-    rng = np.random.default_rng(seed)
-    theta = 2 * np.pi * (np.arange(n) + 0.2 * rng.random(n)) / n
-    base = np.zeros((n, D))
-    base[:, 0], base[:, 1] = np.cos(theta), np.sin(theta)
-    pooled = {}
-    for name, shift in (("last", 0.0), ("text_mean", 1.0), ("vision_mean", -1.0)):
-        layers = [base + shift + 0.01 * rng.normal(size=base.shape)]
-        for l in range(L):
-            x = layers[-1] + 0.005 * rng.normal(size=base.shape)
-            if l >= L - 2:
-                x = 0.02 * rng.normal(size=base.shape)
-            layers.append(x)
-        pooled[name] = np.stack(layers).astype(np.float32)
-    if no_vision:
-        pooled["vision_mean"][:, :no_vision] = np.nan
-    norms = {}
-    for name, x in pooled.items():
-        out = x[1:]
-        rms = np.sqrt((out ** 2).mean(axis=2, keepdims=True))
-        unit = out / np.where(rms > 0, rms, 1.0)
-        norms[name] = np.concatenate([unit, unit[-1:]], axis=0).astype(np.float32)
-    ids = [f"q{i:03d}" for i in range(n)]
-    return Capture(num_layers=L, sample_ids=ids, domains=["a"] * n, pooled=pooled, norms=norms)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def permuted(capture: Capture, seed: int = 1) -> Capture:
