@@ -5,8 +5,6 @@ also importable from here. Tests under tests/integration/ are marked ``integrati
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -21,8 +19,7 @@ INTEGRATION = ROOT / "tests" / "integration"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The directory is the marker: tests/integration/ is ``integration``, nothing else is."""
     for item in items:
-        inside = Path(str(item.path)).is_relative_to(INTEGRATION)
-        if inside:
+        if item.path.is_relative_to(INTEGRATION):
             item.add_marker(pytest.mark.integration)
         elif item.get_closest_marker("integration"):
             raise pytest.UsageError(f"{item.nodeid} is marked integration: move it under tests/integration/")

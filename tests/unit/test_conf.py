@@ -60,7 +60,7 @@ def _body(path: Path) -> dict:
 
 
 def _defaults(path: Path) -> list:
-    return list(OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []) if path.stat().st_size else []
+    return list(OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or [])
 
 
 def _base(group: str, path: Path) -> DictConfig:
