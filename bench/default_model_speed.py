@@ -5,7 +5,7 @@
     python bench/default_model_speed.py --layer-drop    # + accuracy with 30% of layers removed at random
 
 Timings: building/loading the model, evaluating the test split (greedy, batched, as the
-harness's ``vqa`` evaluator: chat template, ``max_new_tokens`` from conf/task/shapes.yaml)
+harness's ``vqa`` evaluator: chat template, ``max_new_tokens`` of task=shapes)
 and one forward pass with hidden states over N=128 calibration samples (what a scorer
 sees). Accuracy: exact match overall, per domain and per category; with
 ``--layer-drop``, the same after removing ``round(0.3 * 30) = 9`` decoder layers chosen

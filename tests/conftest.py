@@ -1,19 +1,28 @@
-"""Shared fixtures: tiny random models (built in-process), composed Hydra configs, temp caches."""
-from __future__ import annotations
+"""Shared fixtures: tiny random models (built in-process), real captures, an isolated W&B.
 
-from pathlib import Path
+Helpers (compose, tiny_overrides, make_samples, ...) live in tests/helpers.py; they are
+also importable from here. Tests under tests/integration/ are marked ``integration``.
+"""
+from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
-from topovlm.data.types import VQASample
+from tests.helpers import CONF, ROOT, compose, make_samples, tiny_overrides  # noqa: F401
 
 # tiny models run fastest on one thread (and the suite must fit a 2-core machine)
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+INTEGRATION = ROOT / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The directory is the marker: tests/integration/ is ``integration``, nothing else is."""
+    for item in items:
+        if item.path.is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
+        elif item.get_closest_marker("integration"):
+            raise pytest.UsageError(f"{item.nodeid} is marked integration: move it under tests/integration/")
 
 
 @pytest.fixture(autouse=True)
@@ -22,38 +31,6 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
-
-
-def compose(overrides: list[str] | None = None):
-    """The app's config exactly as launch.py composes it (no Hydra runtime dirs)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from topovlm.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
-
-
-def tiny_overrides(tmp: Path, *extra: str) -> list[str]:
-    """A fast job on the tiny LLaVA model and a few shapes questions, cached under ``tmp``."""
-    return [
-        "model=tiny_llava", "task.dataset.n=16", "calibration.n=12", "calibration.batch_size=6",
-        "logger=none", f"cache_dir={tmp / 'cache'}", *extra,
-    ]
-
-
-def make_samples(n: int = 8, with_image: bool = True) -> list[VQASample]:
-    out = []
-    for i in range(n):
-        img = None
-        if with_image:
-            img = Image.new("RGB", (32, 32), "white")
-            ImageDraw.Draw(img).ellipse((4 + i % 8, 4, 20 + i % 8, 20), fill=(40 * i % 255, 90, 200))
-        domain = "math" if i % 2 else "non_math"
-        out.append(VQASample(f"s{i}", img, f"How many circles are there? ({i})", str(i % 4), domain, "count"))
-    return out
 
 
 @pytest.fixture(scope="session")

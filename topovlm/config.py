@@ -115,8 +115,8 @@ class RunConfig:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
-    sparsity: float = 0.0
-    seed: int = 0
+    sparsity: float = 0.0  # fraction of decoder layers removed: k = floor(sparsity * L + 0.5)
+    seed: int = 0  # seeds python, numpy, torch and the random scorer
     num_threads: Optional[int] = None  # torch CPU threads per job (e.g. 1 with parallel launchers)
     cache_dir: str = "${oc.env:TOPOVLM_CACHE,${oc.env:HOME}/.cache/topovlm}"
     save_model: bool = False  # save the pruned model next to the run

@@ -44,12 +44,15 @@ class SelectionError(ValueError):
 
 @dataclass
 class SelectionConfig:
-    policy: str = "auto"  # auto = the scorer's default_policy
-    protect: list[int] = field(default_factory=lambda: [0])  # negative indices count from the end
-    eps: float = 0.9  # threshold policy: remove layers with redundancy >= lo + eps * (hi - lo)
+    # auto (the scorer's default_policy) | topk | block | threshold | adaptive (the scorer's own
+    # rule: topo, topo_llm) | spacing
+    policy: str = "auto"
+    protect: list[int] = field(default_factory=lambda: [0])  # never removed; negative indices count from the end
+    # threshold policy: remove layers with redundancy >= lo + eps * (hi - lo) (range of the unprotected layers)
+    eps: float = 0.9
     min_gap: int = 2  # spacing policy: removed layers are at least this far apart
     even: bool = False  # spacing policy: evenly spaced instead of top-k with a gap
-    spacing_above: float | None = None  # use the spacing policy when sparsity > this
+    spacing_above: float | None = None  # use the spacing policy when sparsity > this (None: never)
 
 
 def num_to_remove(sparsity: float, num_layers: int) -> int:

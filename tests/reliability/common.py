@@ -7,15 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 HERE = Path(__file__).resolve().parent
 
 
 def fast(tmp: Path, *extra: str) -> list[str]:
     """The cheapest real job: tiny LLaVA, 4 questions, 6 calibration samples, no timing."""
-    return ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "logger=none",
-            "reference=false", "++efficiency.enabled=false", "num_threads=1", "hydra.callbacks.summary.plots=false",
+    return ["debug=smoke", "reference=false", "num_threads=1", "hydra.callbacks.summary.plots=false",
             f"cache_dir={tmp / 'cache'}", *extra]
 
 

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import compose
+from tests.helpers import compose
 from topovlm.runner import run_job
 
 
 def overrides(tmp: Path, *extra: str) -> list[str]:
-    return ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "logger=none",
-            "scorer=shortgpt", "++efficiency.enabled=false", f"cache_dir={tmp / 'cache'}", *extra]
+    return ["debug=smoke", "scorer=shortgpt", f"cache_dir={tmp / 'cache'}", *extra]
 
 
 def _one(cache: Path, pattern: str) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose
+from tests.helpers import ROOT, compose
 from tests.reliability.common import fast, launch, log_of
 from topovlm.config import ConfigError
 from topovlm.identity import code_digest
@@ -19,8 +19,7 @@ from topovlm.runner import job_key, run_job
 
 
 def overrides(tmp: Path, *extra: str) -> list[str]:
-    return ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "logger=none",
-            "scorer=cosine", "++efficiency.enabled=false", f"cache_dir={tmp / 'cache'}", *extra]
+    return ["debug=smoke", "scorer=cosine", f"cache_dir={tmp / 'cache'}", *extra]
 
 
 def _readme_block(first_line: str) -> str:

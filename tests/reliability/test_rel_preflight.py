@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, ROOT, compose
+from tests.helpers import CONF, ROOT, compose
 from topovlm.config import ConfigError, validate
 
 TINY = ["model=tiny_llava", "logger=none"]  # 12 decoder layers, known from the config alone

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock, Timeout
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from tests.reliability.common import env, fast, launch, log_of, rows
 
 pytestmark = pytest.mark.slow
@@ -100,12 +100,10 @@ def test_identical_jobs_at_once_compute_once_and_two_shells_share_one_sweep(tmp_
 def test_force_reruns_and_a_truncated_result_never_duplicate_a_row(tmp_path):
     """In-process: the same one-job sweep rerun, forced twice, and recovered from a truncated
     results.json keeps exactly one row."""
-    from tests.conftest import compose
+    from tests.helpers import compose
     from topovlm.runner import run_job
 
-    ov = ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "logger=none",
-          "scorer=tail", "sparsity=0.25", "reference=false", "++efficiency.enabled=false",
-          f"cache_dir={tmp_path / 'cache'}"]
+    ov = ["debug=smoke", "scorer=tail", "sparsity=0.25", "reference=false", f"cache_dir={tmp_path / 'cache'}"]
     sweep, job = tmp_path / "sweep", tmp_path / "sweep" / "0_tail_s0.25"
     for extra in ([], ["+force=true"], ["+force=true"], []):
         run_job(compose([*ov, *extra]), job, sweep_dir=sweep)

@@ -8,9 +8,10 @@ import logging
 import time
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import compose
+from tests.helpers import compose
 from topovlm.runner import run_job
 from topovlm.tracking import WandbRun, run_name
 
@@ -54,6 +55,7 @@ def test_run_names_are_unique_in_a_group():
     assert run_name("cosine", 0.1, seed=0, task="shapes") == "cosine-s0.1"  # nothing swept: the short name
 
 
+@pytest.mark.slow
 def test_a_resumed_job_has_a_run_in_the_new_sweeps_group_and_the_outputs(tmp_path):
     import os
 
@@ -68,8 +70,7 @@ def test_a_resumed_job_has_a_run_in_the_new_sweeps_group_and_the_outputs(tmp_pat
 
 
 def _resumed(tmp_path):
-    ov = ["model=tiny_llava", "task.dataset.n=4", "calibration.n=6", "calibration.batch_size=6", "scorer=topo",
-          "scorer.k=3", "sparsity=0.25", "reference=false", "++efficiency.enabled=false", "logger=wandb",
+    ov = ["debug=smoke", "scorer=topo", "scorer.k=3", "sparsity=0.25", "reference=false", "logger=wandb",
           f"cache_dir={tmp_path / 'cache'}"]
     first = run_job(compose(ov), tmp_path / "sweep_a" / "0_job", sweep_dir=tmp_path / "sweep_a", group="sweep-a")
     assert first["wandb"]["group"] == "sweep-a"

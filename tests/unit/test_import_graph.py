@@ -1,0 +1,51 @@
+"""No import circles between the project's modules, eager or lazy (type-only imports aside)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _type_only(tree: ast.Module) -> set[int]:
+    """ids of import nodes under ``if TYPE_CHECKING:``."""
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return skip
+
+
+def import_graph() -> nx.DiGraph:
+    modules = {}
+    for path in (ROOT / "topovlm").rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph = nx.DiGraph()
+    graph.add_nodes_from(modules)
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skip = _type_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            graph.add_edges_from((name, t) for t in targets if t in modules and t != name)
+    return graph
+
+
+def test_no_import_cycles():
+    cycles = [sorted(c) for c in nx.simple_cycles(import_graph())]
+    assert not cycles, f"import circles: {cycles}"
+
+
+def test_interfaces_import_nothing_of_the_project():
+    graph = import_graph()
+    for module in ("topovlm.api", "topovlm.errors"):
+        assert not list(graph.successors(module)), f"{module} imports {list(graph.successors(module))}"
