@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, tiny_overrides
 from topovlm.runner import run_job
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from topovlm.summary import build_summary, jaccard, kendall_tau
 
 NUM_LAYERS = 8
@@ -256,8 +256,8 @@ def test_summary_run_history_has_one_row_per_sparsity(sweep: Path):
     assert rows[1]["curve/m/t/accuracy/cosine"] == 0.8 and rows[2]["curve/m/t/accuracy/topo"] == 0.6
 
 
-# The multirun-end callback on real sweeps: tests/test_launchers.py (joblib, submitit) and
-# tests/test_resume.py (the basic launcher, a re-run with seeds).
+# The multirun-end callback on real sweeps: tests/unit/test_launchers.py (joblib, submitit) and
+# tests/unit/test_resume.py (the basic launcher, a re-run with seeds).
 
 
 def test_each_task_gets_its_own_headline_metric(tmp_path: Path):

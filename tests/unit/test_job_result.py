@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose, tiny_overrides
+from tests.helpers import compose, tiny_overrides
 from topovlm.results import (NOT_IDENTITY, RESULTS_FILE, SCHEMA_VERSION, JobResult, SchemaVersionError, read_result,
                              write_result)
 from topovlm.summary import NOT_VARIANT, build_summary, load_jobs
