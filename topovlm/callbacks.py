@@ -85,6 +85,15 @@ def preflight(config: DictConfig, arguments: list[str] | None = None,
     return len(jobs), bad
 
 
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job directories (Hydra writes ``.hydra/`` into each), not other folders
+    placed in it, such as a shared ``logger.wandb.dir`` whose runs belong to several jobs."""
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (p / ".hydra").is_dir())
+
+
 class SweepGuard(Callback):
     def __init__(self, preflight: bool = True, abort_on_bad_config: bool = False) -> None:
         self.preflight = preflight
@@ -120,7 +129,7 @@ class SweepGuard(Callback):
         from topovlm.tracking import set_aside_incomplete_runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        for d in [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")] if sweep_dir.is_dir() else []:
+        for d in job_dirs(sweep_dir):
             res = read_result(d / RESULTS_FILE)
             set_aside_incomplete_runs(d, keep=(res.wandb or {}).get("run_dir") if res is not None else None)
         rows = rebuild_table(sweep_dir)

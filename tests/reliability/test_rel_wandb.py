@@ -89,3 +89,20 @@ def _resumed(tmp_path):
 
     np.testing.assert_array_equal(np.load(job_b / "clouds.npz")["clouds"], np.load(tmp_path / "sweep_a" / "0_job" / "clouds.npz")["clouds"])
     assert json.loads((tmp_path / "sweep_b" / "results.jsonl").read_text().splitlines()[0])["status"] == "ok"
+
+
+def test_a_shared_wandb_dir_inside_the_sweep_keeps_the_complete_jobs_runs(tmp_path):
+    """logger.wandb.dir=<sweep>/wb: that folder is no job, so its runs are not set aside."""
+    from topovlm.callbacks import SweepGuard, job_dirs
+
+    sweep = tmp_path / "sweep"
+    shared = sweep / "wb" / "wandb" / "offline-run-20260101_000000-abc"
+    shared.mkdir(parents=True)
+    job = sweep / "0_cosine_s0.25"
+    (job / ".hydra").mkdir(parents=True)
+    killed = job / "wandb" / "offline-run-20260101_000001-def"  # a job dir's own unfinished run
+    killed.mkdir(parents=True)
+    assert job_dirs(sweep) == [job]
+    SweepGuard(preflight=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert shared.is_dir()  # untouched
+    assert not killed.exists() and (job / "wandb" / ".incomplete" / killed.name).is_dir()
