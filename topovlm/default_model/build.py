@@ -2,11 +2,11 @@
 
 Architecture (``LlavaForConditionalGeneration``):
 
-* vision tower: ``CLIPVisionModel`` trained from scratch, 64x64 input, 32x32 patches
-  (each patch covers 2x2 cells of the shapes benchmark grid), 4 layers, width 192;
-  ``vision_feature_layer=-1``, ``vision_feature_select_strategy="default"`` (the CLS
-  token is dropped), so an image becomes 4 visual tokens (few tokens keep CPU
-  training and evaluation cheap);
+* vision tower: ``CLIPVisionModel`` trained from scratch, 64x64 input, 16x16 patches
+  (one patch per cell of the shapes benchmark's 4x4 grid, so positions are visible to
+  the language model), 4 layers, width 192; ``vision_feature_layer=-1``,
+  ``vision_feature_select_strategy="default"`` (the CLS token is dropped), so an image
+  becomes 16 visual tokens;
 * projector: the standard LLaVA 2-layer GELU MLP (192 -> 576 -> 576);
 * language model: the pretrained SmolLM2-135M-Instruct (Llama, 30 layers, width 576),
   with one added token ``<image>`` (id 49152);
@@ -30,7 +30,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = WEIGHTS_DIR / "vision.safetensors"
 IMAGE_TOKEN = "<image>"
 IMAGE_SIZE = 64
-PATCH_SIZE = 32
+PATCH_SIZE = 16  # one visual token per grid cell (shapes.CELL)
 NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 
 VISION_CONFIG = dict(
