@@ -22,8 +22,8 @@ from topovlm.default_model import build as dm_build
 from topovlm.default_model import smollm2
 
 # Accuracy floor of the committed model on the first 48 test questions, well above chance
-# (0.32) with room for sampling noise (its full-test accuracy, 0.615 on 400 questions, is in
-# bench/results/default_model_accuracy.md).
+# (0.32) with room for sampling noise (its full-test accuracy, 0.665 on 400 questions, is in
+# docs/default_model.md and bench/results/compare_scorers_2026-12-01.md).
 ACCURACY_FLOOR = 0.42
 
 
