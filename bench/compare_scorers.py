@@ -55,12 +55,18 @@ def main() -> int:
     ap.add_argument("--sweep-dir", default=None, help="where the sweeps go (default multirun/compare_<time>)")
     ap.add_argument("--only", default=None, help="comma-separated sweep labels to run: " + ",".join(s for s, _ in SWEEPS))
     ap.add_argument("--full", action="store_true", help="every scorer at every sparsity (about 3x longer)")
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="run nothing: summarize the sweeps already under --sweep-dir (e.g. run by hand)")
     args, extra = ap.parse_known_args()
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     root = Path(args.sweep_dir or ROOT / "multirun" / f"compare_{stamp}")
     todo = [s for s in (FULL if args.full else SWEEPS) if not args.only or s[0] in args.only.split(",")]
+    if args.summarize_only:
+        if not args.sweep_dir:
+            ap.error("--summarize-only needs --sweep-dir")
+        todo = [(p.name, []) for p in sorted(root.iterdir()) if (p / "multirun.yaml").is_file()]
     start = time.time()
-    for label, overrides in todo:
+    for label, overrides in ([] if args.summarize_only else todo):
         cmd = [sys.executable, "launch.py", "-m", *overrides, "logger=none", f"hydra.sweep.dir={root / label}",
                "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "num_threads=1",
                "hydra.callbacks.summary.enabled=false", *extra]
@@ -70,7 +76,9 @@ def main() -> int:
     summary = build_summary([root / label for label, _ in todo], out_dir=root, plots=True)
     jobs = summary.jobs
     lines = [f"# Scorer comparison on the embedded default ({dt.date.today().isoformat()})", "",
-             f"Machine: {machine()}. Wall time of the sweeps: {wall / 60:.1f} min.", "",
+             f"Machine: {machine()}. "
+             + (f"Wall time of the sweeps: {wall / 60:.1f} min." if not args.summarize_only else
+                "Sweeps run beforehand; their commands are in each sweep's multirun.yaml."), "",
              "Command: `.venv/bin/python bench/compare_scorers.py " + " ".join(extra) + "`", ""]
     lines += quality_bar(jobs)
     lines += ["", summary.full_markdown()]
