@@ -79,7 +79,7 @@ def main() -> int:
              f"Machine: {machine()}. "
              + (f"Wall time of the sweeps: {wall / 60:.1f} min." if not args.summarize_only else
                 "Sweeps run beforehand; their commands are in each sweep's multirun.yaml."), "",
-             "Command: `.venv/bin/python bench/compare_scorers.py " + " ".join(extra) + "`", ""]
+             "Command: `.venv/bin/python bench/compare_scorers.py " + " ".join(sys.argv[1:]) + "`", ""]
     lines += quality_bar(jobs)
     lines += ["", summary.full_markdown()]
     out = ROOT / "bench" / "results" / f"compare_scorers_{dt.date.today().isoformat()}.md"
@@ -89,19 +89,19 @@ def main() -> int:
     return 0
 
 
-def quality_bar(jobs: list[dict], metrics: tuple[str, ...] = ("accuracy", "accuracy_mc")) -> list[str]:
+def quality_bar(jobs: list, metrics: tuple[str, ...] = ("accuracy", "accuracy_mc")) -> list[str]:
     """The embedded benchmark's discrimination bar, on exact match and on multiple choice."""
     out: list[str] = []
     for metric in metrics:
-        ref = [j["reference_metrics"][metric] for j in jobs if metric in (j.get("reference_metrics") or {})]
+        ref = [j.reference_metrics[metric] for j in jobs if metric in (j.reference_metrics or {})]
         if not ref:
             out += [f"(no reference {metric} recorded)", ""]
             continue
         unpruned = statistics.fmean(ref)
         at30 = defaultdict(list)
         for j in jobs:
-            if abs(float(j["sparsity"]) - 0.3) < 1e-9 and metric in j["metrics"]:
-                at30[j["label"]].append(j["metrics"][metric])
+            if abs(float(j.sparsity) - 0.3) < 1e-9 and metric in j.metrics:
+                at30[j.label].append(j.metrics[metric])
         means = {k: statistics.fmean(v) for k, v in at30.items()}
         out.append(f"**{metric}**: unpruned {unpruned:.3f}.")
         if "random" in means:
