@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from topovlm.results import JobResult
+    from topovlm.summary.load import SummaryJob
 
 
-def _jobs(sweep_dir: Path) -> list["JobResult"]:
-    from topovlm.results import RESULTS_FILE, read_result
+def _jobs(sweep_dir: Path) -> list["SummaryJob"]:
+    """The sweep's finished jobs as the summary reads them (one per job key, with labels)."""
+    from topovlm.summary.load import load_jobs
 
-    jobs = [read_result(p) for p in sorted(sweep_dir.rglob(RESULTS_FILE))]
-    return [j for j in jobs if j is not None and j.metrics]
+    return [j for j in load_jobs([sweep_dir]) if j.metrics]
 
 
 def headline_metrics(jobs: list["JobResult"]) -> dict[str, str]:
@@ -35,13 +36,12 @@ def headline_metrics(jobs: list["JobResult"]) -> dict[str, str]:
     return out
 
 
-def curve_keys(sweep: Path, metrics: dict[str, str]) -> dict[tuple[str, str], list[str]]:
+def curve_keys(jobs: list["SummaryJob"], metrics: dict[str, str]) -> dict[tuple[str, str], list[str]]:
     """(task, metric) -> the summary run's history keys, one per scorer label and model."""
-    from topovlm.summary.load import load_jobs
     from topovlm.summary.wandb import curve_key
 
     out: dict[tuple[str, str], set[str]] = {}
-    for j in load_jobs([sweep]):
+    for j in jobs:
         if j.task in metrics:
             out.setdefault((j.task, metrics[j.task]), set()).add(curve_key(j.model, j.task, metrics[j.task], j.label))
     return {k: sorted(v) for k, v in out.items()}
@@ -76,7 +76,7 @@ def build_report(sweep_dir: str | Path, entity: str, project: str, title: str | 
     summary = wr.Runset(entity=entity, project=project, name=f"{group} summary",
                         filters=f"Metric('Group') == '{group}' and Metric('JobType') == 'summary'")
     curves = [wr.LinePlot(title=f"{task}: {metric} vs sparsity (means, summary run)", x="sparsity", y=keys)
-              for (task, metric), keys in sorted(curve_keys(sweep, headline_metrics(jobs)).items())]
+              for (task, metric), keys in sorted(curve_keys(jobs, headline_metrics(jobs)).items())]
     blocks += [wr.H2(text="Removed layers, ranking agreement, intervals"),
                wr.P(text="Tables and plots of the sweep's summary run (job_type=summary): each scorer's mean "
                          "against sparsity (its history, one row per sparsity), the removed-layer map, "

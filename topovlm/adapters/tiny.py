@@ -98,25 +98,11 @@ def tiny_llava(num_layers: int = 12, hidden_size: int = 64, image_size: int = 32
 def tiny_qwen2_vl(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, tokenizer: Any = None,
                   **text_overrides: Any) -> tuple[Any, Any]:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
-    from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
-    from topovlm.adapters.processors import image_only
-
-    tok, ids, text = _qwen_text(tokenizer, num_layers, hidden_size, text_overrides)
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config).eval()
-    image_processor = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=32 * 32, max_pixels=32 * 32)
-    processor = image_only(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok,
-                                              chat_template=tok.chat_template)
-    return model, processor
+    vision = dict(depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
+                  patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+    return _qwen_replica(Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, vision,
+                         tokenizer, num_layers, hidden_size, seed, text_overrides, max_pixels=32 * 32)
 
 
 def tiny_llama(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, **text_overrides: Any) -> tuple[Any, Any]:
@@ -158,25 +144,35 @@ def tiny_qwen2_5_vl(num_layers: int = 8, hidden_size: int = 64, seed: int = 0, t
                     **text_overrides: Any) -> tuple[Any, Any]:
     """Qwen2.5-VL: windowed vision attention, the Qwen2.5-VL processor (image-only without torchvision)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
+                  patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                  window_size=32, fullatt_block_indexes=[1])
+    return _qwen_replica(Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, vision,
+                         tokenizer, num_layers, hidden_size, seed, text_overrides, max_pixels=64 * 64)
+
+
+def _qwen_replica(config_cls: Any, model_cls: Any, processor_cls: Any, vision: dict[str, Any], tokenizer: Any,
+                  num_layers: int, hidden_size: int, seed: int, text_overrides: dict[str, Any],
+                  max_pixels: int) -> tuple[Any, Any]:
+    """A seeded Qwen-VL-family model and its image-only processor; the classes and the vision
+    config are what differ between Qwen2-VL and Qwen2.5-VL."""
     from transformers.models.qwen2_vl import Qwen2VLImageProcessorPil
 
     from topovlm.adapters.processors import image_only
 
     tok, ids, text = _qwen_text(tokenizer, num_layers, hidden_size, text_overrides)
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-                           window_size=32, fullatt_block_indexes=[1]),
+    config = config_cls(
+        text_config=text, vision_config=vision,
         image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model = model_cls(config).eval()
     image_processor = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=32 * 32, max_pixels=64 * 64)
-    processor = image_only(Qwen2_5_VLProcessor)(image_processor=image_processor, tokenizer=tok,
-                                                 chat_template=tok.chat_template)
+                                               min_pixels=32 * 32, max_pixels=max_pixels)
+    processor = image_only(processor_cls)(image_processor=image_processor, tokenizer=tok,
+                                          chat_template=tok.chat_template)
     return model, processor
 
 
