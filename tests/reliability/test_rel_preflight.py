@@ -60,7 +60,7 @@ def _readme_commands() -> list[list[str]]:
     for args in found:
         if "..." in args or "scorer=plugin" in args or args.startswith("--"):  # placeholder, plugin, --help
             continue
-        out.append(shlex.split(args))
+        out.append(shlex.split(args, comments=True))  # as a shell reads it
     return out
 
 
