@@ -53,13 +53,15 @@ COLOUR_IDS = {c: i + 1 for i, c in enumerate(shapes.COLOURS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(shapes.SHAPES)}
 
 
-def _global_specs():
+def _global_specs(relations: bool = False):
     """Image-level auxiliary targets: (name, number of classes, function of a scene).
 
     Besides counts they include the values that questions ask for (sums and
     differences of counts, the colour of each shape, the shape of each colour, the row
     and column of each colour-shape combination), so the visual tokens carry
     answer-relevant global information that the language model only has to look up.
+    With ``relations`` they also include, for every pair of colour-shape combinations,
+    which one is further left and which one is higher (the spatial questions' answers).
     """
     specs = []
     attrs = list(shapes.COLOURS) + list(shapes.SHAPES)
@@ -97,10 +99,29 @@ def _global_specs():
             for axis in ("row", "col"):
                 specs.append((f"{axis}:{c} {sh}", shapes.GRID + 1,
                               lambda sc, c=c, sh=sh, axis=axis: where(sc, c, sh, axis)))
+    if relations:
+        # appended last, so that a run without them is a prefix (see --init-from)
+        combos = [(c, sh) for c in shapes.COLOURS for sh in shapes.SHAPES]
+
+        def order(sc, a, b, axis):
+            pa, pb = where(sc, *a, axis), where(sc, *b, axis)
+            return 0 if not (pa and pb) or pa == pb else (1 if pa < pb else 2)
+
+        for i, a in enumerate(combos):
+            for b in combos[i + 1:]:
+                for axis in ("col", "row"):
+                    specs.append((f"order:{axis}:{' '.join(a)}|{' '.join(b)}", 3,
+                                  lambda sc, a=a, b=b, axis=axis: order(sc, a, b, axis)))
     return specs
 
 
 GLOBAL_SPECS = _global_specs()
+
+
+def use_relation_targets() -> None:
+    """Switch the auxiliary targets to :func:`_global_specs` with relations."""
+    global GLOBAL_SPECS
+    GLOBAL_SPECS = _global_specs(relations=True)
 
 
 def log(msg: str, fh=None) -> None:
@@ -220,6 +241,17 @@ class AuxHeads(nn.Module):
                 "global": (pred == tgt["counts"]).float().mean().item(),
             }
         return lc + ls + lcount, acc
+
+
+def load_heads_prefix(heads: AuxHeads, state: dict[str, torch.Tensor]) -> None:
+    """Load auxiliary heads trained on a prefix of the current ``GLOBAL_SPECS``."""
+    own = heads.state_dict()
+    for k, v in state.items():
+        if own[k].shape == v.shape:
+            own[k] = v
+        else:  # counts head: rows are (spec, class), the earlier specs come first
+            own[k][: v.shape[0]] = v
+    heads.load_state_dict(own)
 
 
 def visual_tokens(model, pix: torch.Tensor) -> torch.Tensor:
@@ -370,8 +402,15 @@ def main(argv=None):
                     help="time budget of stage B: the LR schedule follows max(step, time) progress")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--stage-a", default=None, help="reuse a stage_a.pt from an earlier run")
+    ap.add_argument("--relation-targets", action="store_true",
+                    help="auxiliary targets also say which of two objects is left of / above the other")
+    ap.add_argument("--init-from", default=None,
+                    help="start from an earlier run's checkpoint.pt (vision tower, heads, projector, "
+                         "LoRA); stage A then runs --aux-steps on top of it")
     args = ap.parse_args(argv)
 
+    if args.relation_targets:
+        use_relation_targets()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -411,6 +450,13 @@ def main(argv=None):
     ckpt_path = out / "checkpoint.pt"
     state = torch.load(ckpt_path, weights_only=False) if (args.resume and ckpt_path.exists()) else None
     timings = state["timings"] if state else {}
+    init = None
+    if args.init_from and state is None:
+        init = torch.load(args.init_from, weights_only=False)
+        assert init.get("stage") == "B" and "proj" in init, f"{args.init_from}: no stage-B checkpoint"
+        vt.load_state_dict(init["vt"])
+        load_heads_prefix(heads, init["heads"])
+        log(f"initialised from {args.init_from} (its step {init['step']})", fh)
 
     # ---------------- stage A
     if state is None and args.stage_a:
@@ -475,6 +521,12 @@ def main(argv=None):
         opt.load_state_dict(state["opt"])
         start = state["step"]
         log(f"resumed stage B at step {start}", fh)
+    elif init is not None:
+        proj.load_state_dict(init["proj"])
+        assert set(init["lora"]) == set(loras), "--init-from needs the same LoRA targets"
+        for name, m in loras.items():
+            m.A.data.copy_(init["lora"][name]["A"])
+            m.B.data.copy_(init["lora"][name]["B"])
     else:
         match_projector_scale(model, train_pix[:256], fh)
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
@@ -542,6 +594,9 @@ def save_weights(model, loras, out: Path, args, timings, step, history) -> None:
         "val_history": history[-3:],
         "frozen_language_model": not loras,
     }
+    if args.init_from:  # the run this one continued, so the whole chain stays reproducible
+        earlier = Path(args.init_from).with_name("meta.json")
+        meta["init_from"] = json.loads(earlier.read_text()) if earlier.exists() else str(args.init_from)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 

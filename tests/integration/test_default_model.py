@@ -112,3 +112,16 @@ def test_training_script_runs(tmp_path, model_dir):
     lm_dir = smollm2.ensure_language_model()
     model, _ = dm_build.build_model(lm_dir, out / "vision.safetensors")
     assert len(model.model.language_model.layers) == 30
+
+    # a continuation with relation targets and no steps exports exactly what it started from
+    out2 = tmp_path / "continued"
+    cmd2 = [sys.executable, str(ROOT / "scripts" / "train_default_model.py"), "--out", str(out2),
+            "--train-size", "40", "--val-size", "8", "--aux-steps", "0", "--lm-steps", "0",
+            "--threads", "1", "--relation-targets", "--init-from", str(out / "checkpoint.pt")]
+    proc = subprocess.run(cmd2, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state2 = load_file(str(out2 / "vision.safetensors"))
+    assert state2.keys() == state.keys()
+    assert all(torch.equal(state2[k], state[k]) for k in state)
+    meta2 = json.loads((out2 / "meta.json").read_text())
+    assert meta2["init_from"]["recipe"] == meta["recipe"] and meta2["recipe"]["relation_targets"]

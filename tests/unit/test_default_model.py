@@ -93,3 +93,26 @@ def test_drop_layers_renumbers():
     layers = model.model.language_model.layers
     assert [layer.self_attn.layer_idx for layer in layers] == [0, 1, 2, 3]
     assert model.config.text_config.num_hidden_layers == 4
+
+
+def test_relation_targets_say_which_object_is_left_and_higher():
+    import importlib.util
+
+    from tests.helpers import ROOT
+    from topovlm.data.shapes import Scene, ShapeObject
+
+    spec = importlib.util.spec_from_file_location("train_dm", ROOT / "scripts" / "train_default_model.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    plain, with_rel = train._global_specs(), train._global_specs(relations=True)
+    assert [n for n, _, _ in with_rel[: len(plain)]] == [n for n, _, _ in plain]  # a prefix
+    rel = {n: fn for n, _, fn in with_rel[len(plain):]}
+    assert len(rel) == 12 * 11 // 2 * 2
+    # red circle at row 0, col 2; blue square at row 3, col 2; green triangle at row 1, col 0
+    scene = Scene((ShapeObject(0, 2, "red", "circle"), ShapeObject(1, 0, "green", "triangle"),
+                   ShapeObject(3, 2, "blue", "square")))
+    assert rel["order:col:red circle|blue square"](scene) == 0  # same column
+    assert rel["order:row:red circle|blue square"](scene) == 1  # red is higher
+    assert rel["order:col:red circle|green triangle"](scene) == 2  # red is further right
+    assert rel["order:row:red circle|green triangle"](scene) == 1
+    assert rel["order:col:red square|blue square"](scene) == 0  # red square absent
