@@ -122,7 +122,8 @@ def quality_bar(jobs: list, metrics: tuple[str, ...] = ("accuracy", "accuracy_mc
         if means:
             best, worst = max(means, key=means.get), min(means, key=means.get)
             gap = means[best] - means[worst]
-            draws = f" (means of {min(map(len, at30.values()))}-{max(map(len, at30.values()))} jobs)"
+            lo, hi = min(map(len, at30.values())), max(map(len, at30.values()))
+            draws = f" (mean of {lo} jobs each)" if lo == hi else f" (means of {lo} to {hi} jobs)"
             out.append(f"- At 30%{draws}: best {best} {means[best]:.3f}, worst {worst} {means[worst]:.3f}, gap "
                        f"{100 * gap:.1f} points (bar: >= 10): {'met' if gap >= 0.10 else 'NOT met'}.")
         out.append("")
