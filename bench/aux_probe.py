@@ -87,7 +87,7 @@ def main() -> int:
     # the whole model as the checkpoint left it (vision tower, projector, merged LoRA)
     weights = Path(args.checkpoint).with_name("vision.safetensors")
     model, processor = build_model(lm_dir, weights=weights)
-    model.model.vision_tower.load_state_dict(state["vt"])
+    model.model.vision_tower.load_state_dict(state["vt"])  # float32, as the heads were trained on
     heads = train.AuxHeads(model.config.vision_config.hidden_size)
     heads.load_state_dict(state["heads"])
     model.eval()
@@ -97,8 +97,7 @@ def main() -> int:
     for s in range(0, len(samples), 100):
         batch = samples[s: s + 100]
         toks = train.visual_tokens(model, train.pixels([x.image for x in batch]))
-        glob = heads.counts(toks).view(len(batch), toks.shape[1], len(heads.sizes), heads.kmax) + heads.mask
-        pred = glob.mean(1).argmax(-1)
+        pred = heads.global_logits(toks).mean(1).argmax(-1)  # as the training script scores them
         for i, x in enumerate(batch):
             ans = head_answer(x, dict(zip(names, pred[i].tolist())))
             if ans is not None:
@@ -113,6 +112,7 @@ def main() -> int:
         head = f"{head_right[cat] / answered[cat]:.3f}" if answered[cat] else "no head"
         print(f"| {cat} | {n_cat[cat]} | {head} | {lm[f'accuracy/{cat}']:.3f} |")
     return 0
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -223,6 +223,11 @@ class AuxHeads(nn.Module):
             mask[j, k:] = -1e4
         self.register_buffer("mask", mask, persistent=False)
 
+    def global_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_specs, kmax) logits of the image-level targets, every token predicting all."""
+        B, T, _ = tokens.shape
+        return self.counts(tokens).view(B, T, len(self.sizes), self.kmax) + self.mask
+
     def loss(self, tokens: torch.Tensor, tgt: dict[str, torch.Tensor]):
         """tokens: (B, T, W) visual tokens before the projector."""
         B, T, _ = tokens.shape
@@ -230,7 +235,7 @@ class AuxHeads(nn.Module):
         shp = self.shape(tokens).view(B, T, self.slots, -1)
         lc = F.cross_entropy(col.flatten(0, 2), tgt["colour"].flatten())
         ls = F.cross_entropy(shp.flatten(0, 2), tgt["shape"].flatten())
-        glob = self.counts(tokens).view(B, T, len(self.sizes), self.kmax) + self.mask
+        glob = self.global_logits(tokens)
         lcount = F.cross_entropy(glob.flatten(0, 2),
                                  tgt["counts"][:, None, :].expand(B, T, -1).flatten())
         pred = glob.mean(1).argmax(-1)
