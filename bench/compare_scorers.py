@@ -8,7 +8,10 @@ model is every job's reference. Then it writes the sweeps' summary tables, with 
 (random 30% removal loses >= 10 points over 3 seeds; best - worst scorer at 30% >= 10
 points, on the mean over the calibration draws run) is checked and printed.
 
-    .venv/bin/python bench/compare_scorers.py [--sweep-dir DIR] [extra Hydra overrides]
+    .venv/bin/python bench/compare_scorers.py [--sweep-dir DIR] [--out FILE] [extra Hydra overrides]
+
+With ``--summarize-only`` the header lists every sweep's overrides as its multirun.yaml recorded
+them, so sweeps run by hand stay traceable from the results file alone.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from topovlm.default_model.build import weights_digest  # noqa: E402
 from topovlm.summary import build_summary  # noqa: E402
 
 SPARSITIES = "0.1,0.2,0.3"
@@ -67,6 +71,8 @@ def main() -> int:
                     help="also calibration draws 1 and 2 of every deterministic scorer at 30%%")
     ap.add_argument("--summarize-only", action="store_true",
                     help="run nothing: summarize the sweeps already under --sweep-dir (e.g. run by hand)")
+    ap.add_argument("--out", default=None,
+                    help="results file (default bench/results/compare_scorers_<date>.md)")
     args, extra = ap.parse_known_args()
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     root = Path(args.sweep_dir or ROOT / "multirun" / f"compare_{stamp}")
@@ -86,18 +92,29 @@ def main() -> int:
     wall = time.time() - start
     summary = build_summary([root / label for label, _ in todo], out_dir=root, plots=True)
     jobs = summary.jobs
+    ran = (f"Wall time of the sweeps: {wall / 60:.1f} min." if not args.summarize_only else
+           "Sweeps run beforehand, each with the overrides below (from its multirun.yaml):")
     lines = [f"# Scorer comparison on the embedded default ({dt.date.today().isoformat()})", "",
-             f"Machine: {machine()}. "
-             + (f"Wall time of the sweeps: {wall / 60:.1f} min." if not args.summarize_only else
-                "Sweeps run beforehand; their commands are in each sweep's multirun.yaml."), "",
-             "Command: `.venv/bin/python bench/compare_scorers.py " + " ".join(sys.argv[1:]) + "`", ""]
+             f"Machine: {machine()}. Embedded weights when written: sha256 {weights_digest()[:16]}. {ran}", ""]
+    if args.summarize_only:
+        lines += [f"- {label}: `{sweep_overrides(root / label)}`" for label, _ in todo] + [""]
+    lines += ["Command: `.venv/bin/python bench/compare_scorers.py " + " ".join(sys.argv[1:]) + "`", ""]
     lines += quality_bar(jobs)
     lines += ["", summary.full_markdown()]
-    out = ROOT / "bench" / "results" / f"compare_scorers_{dt.date.today().isoformat()}.md"
+    out = Path(args.out or ROOT / "bench" / "results" / f"compare_scorers_{dt.date.today().isoformat()}.md")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:20]))
     print(f"wrote {out}")
     return 0
+
+
+def sweep_overrides(sweep_dir: Path) -> str:
+    """The command-line overrides a sweep ran with, as Hydra recorded them."""
+    import yaml
+
+    overrides = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]
+    return " ".join(o for o in overrides["task"] + overrides["hydra"]
+                    if not o.startswith(("hydra.mode=", "hydra.sweep.dir=")))
 
 
 def quality_bar(jobs: list, metrics: tuple[str, ...] = ("accuracy", "accuracy_mc")) -> list[str]:
