@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -413,6 +414,7 @@ def main(argv=None):
                     help="start from an earlier run's checkpoint.pt (vision tower, heads, projector, "
                          "LoRA); stage A then runs --aux-steps on top of it")
     args = ap.parse_args(argv)
+    args.command = "python scripts/train_default_model.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     if args.relation_targets:
         use_relation_targets()
@@ -591,12 +593,13 @@ def save_weights(model, loras, out: Path, args, timings, step, history) -> None:
 
     save_file(export_state(model, loras), str(out / "vision.safetensors"))
     meta = {
-        "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "cache_dir", "resume")},
+        "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "cache_dir", "resume", "command")},
         "lm_steps_done": step,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                     f"torch {torch.__version__} threads={torch.get_num_threads()}",
-        "val_history": history[-3:],
+        "command": args.command,
+        "val_history": history,  # every validation point: where accuracy was heading when the run stopped
         "frozen_language_model": not loras,
     }
     if args.init_from:  # the run this one continued, so the whole chain stays reproducible

@@ -108,6 +108,9 @@ def test_training_script_runs(tmp_path, model_dir):
     assert any(k.startswith("lora.") for k in state)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["lm_steps_done"] == 2
+    # the exact command and every validation point, so a committed meta.json needs no hand edits
+    assert meta["command"] == "python scripts/train_default_model.py " + " ".join(cmd[2:])
+    assert [p["step"] for p in meta["val_history"]][-1] == 2 and "overall" in meta["val_history"][0]
     # the produced weights load into the model
     lm_dir = smollm2.ensure_language_model()
     model, _ = dm_build.build_model(lm_dir, out / "vision.safetensors")
