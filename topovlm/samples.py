@@ -93,8 +93,9 @@ def join_reference(records: list[dict[str, Any]], reference: dict[str, dict[str,
         ref = (reference or {}).get(r["key"])
         r = dict(r)
         r["reference_prediction"] = ref.get("prediction") if ref else None
-        if "correct" in r:
-            r["reference_correct"] = ref.get("correct") if ref else None
+        for field in ("correct", "correct_mc"):
+            if field in r:
+                r[f"reference_{field}"] = ref.get(field) if ref else None
         if "loss" in r:
             r["reference_loss"] = ref.get("loss") if ref else None
         r["agree"] = same_answer(r.get("prediction"), r["reference_prediction"]) if ref else None

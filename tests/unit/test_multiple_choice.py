@@ -46,3 +46,26 @@ def test_accuracy_mc_in_results_and_sample_records(tmp_path):
     for r in recs:
         answers.setdefault(r["category"], set()).add(r["target"])
     assert all(r["prediction_mc"] in answers[r["category"]] for r in recs)
+
+
+def test_accuracy_mc_gets_per_sample_intervals_like_exact_match():
+    from topovlm.samples import join_reference
+    from topovlm.summary.statistics import _reference_view, cell_interval, cell_samples, metric_samples
+
+    def rec(i, correct, correct_mc, category):
+        return {"key": f"k{i}", "prediction": "x", "correct": correct, "correct_mc": correct_mc,
+                "domain": "non_math", "category": category}
+
+    pruned = [rec(0, False, True, "colour"), rec(1, False, False, "colour"), rec(2, True, True, "shape")]
+    unpruned = {r["key"]: r for r in [rec(0, True, True, "colour"), rec(1, True, False, "colour"),
+                                      rec(2, True, True, "shape")]}
+    joined = join_reference(pruned, unpruned)
+    assert [r["reference_correct_mc"] for r in joined] == [True, False, True]
+    assert metric_samples(joined, "accuracy_mc") == ("proportion", {"k0": 1.0, "k1": 0.0, "k2": 1.0})
+    assert metric_samples(joined, "accuracy_mc/colour") == ("proportion", {"k0": 1.0, "k1": 0.0})
+    assert metric_samples(joined, "accuracy") == ("proportion", {"k0": 0.0, "k1": 0.0, "k2": 1.0})
+    # the unpruned model's view reads the reference fields of the same records
+    assert metric_samples(_reference_view(joined), "accuracy_mc")[1] == {"k0": 1.0, "k1": 0.0, "k2": 1.0}
+    assert metric_samples(_reference_view(joined), "accuracy")[1] == {"k0": 1.0, "k1": 1.0, "k2": 1.0}
+    ci = cell_interval(cell_samples([joined], "accuracy_mc"), "accuracy_mc")
+    assert ci.low < 2 / 3 < ci.high

@@ -53,21 +53,28 @@ def _reference_view(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("reference_correct") is None and r.get("reference_loss") is None:
             continue
         out.append({**r, "prediction": r.get("reference_prediction"), "correct": r.get("reference_correct"),
+                    "correct_mc": r.get("reference_correct_mc"),
                     "loss": r.get("reference_loss"), "agree": True})
     return out
 
 
+# the per-sample 0/1 record field behind each accuracy metric (and its /<domain or category> parts):
+# exact match of the generated answer, and the likeliest candidate of the category's answer set
+CORRECTNESS_FIELD = {"accuracy": "correct", "accuracy_mc": "correct_mc"}
+
+
 def metric_samples(records: list[dict[str, Any]] | None, metric: str) -> tuple[str | None, dict[str, Any]]:
     """``(kind, key -> per-sample value)`` for ``metric``: ``proportion`` (0/1 correct, for
-    ``accuracy`` and ``accuracy/<domain or category>``), ``ratio`` ((nll_sum, num_tokens) for
+    ``accuracy`` / ``accuracy_mc`` and their ``/<domain or category>`` parts), ``ratio`` ((nll_sum, num_tokens) for
     ``perplexity`` / ``nll``), ``mean`` (a per-sample value the evaluator logged under
     ``metrics``), or ``(None, {})`` when the records do not resolve the metric."""
     if not records:
         return None, {}
-    if metric == "accuracy" or metric.startswith("accuracy/"):
-        group = metric.split("/", 1)[1] if "/" in metric else None
-        vals = {r["key"]: float(bool(r["correct"])) for r in records if r.get("correct") is not None
-                and (group is None or group in (r.get("domain"), r.get("category")))}
+    base, _, group = metric.partition("/")
+    if base in CORRECTNESS_FIELD:
+        field = CORRECTNESS_FIELD[base]
+        vals = {r["key"]: float(bool(r[field])) for r in records if r.get(field) is not None
+                and (not group or group in (r.get("domain"), r.get("category")))}
         return ("proportion", vals) if vals else (None, {})
     if metric in ("perplexity", "nll") and all("nll_sum" in r for r in records):
         return "ratio", {r["key"]: (float(r["nll_sum"]), float(r["num_tokens"])) for r in records}
