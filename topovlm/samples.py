@@ -86,6 +86,10 @@ def same_answer(a: Any, b: Any) -> bool | None:
     return normalize_answer(str(a)) == normalize_answer(str(b))
 
 
+# per-sample fields joined from the unpruned model's record of the same key, as reference_<field>
+REFERENCE_FIELDS = ("correct", "correct_mc", "loss")
+
+
 def join_reference(records: list[dict[str, Any]], reference: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Each record with the unpruned model's prediction / correctness / loss for the same key."""
     out = []
@@ -93,11 +97,9 @@ def join_reference(records: list[dict[str, Any]], reference: dict[str, dict[str,
         ref = (reference or {}).get(r["key"])
         r = dict(r)
         r["reference_prediction"] = ref.get("prediction") if ref else None
-        for field in ("correct", "correct_mc"):
+        for field in REFERENCE_FIELDS:
             if field in r:
                 r[f"reference_{field}"] = ref.get(field) if ref else None
-        if "loss" in r:
-            r["reference_loss"] = ref.get("loss") if ref else None
         r["agree"] = same_answer(r.get("prediction"), r["reference_prediction"]) if ref else None
         out.append(r)
     return out

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from topovlm.samples import REFERENCE_FIELDS
 from topovlm.summary.load import SEED_KEYS, SummaryJob, is_reference
 from topovlm.summary.tables import (VERDICT_BEST, VERDICT_NA, VERDICT_SAME, VERDICT_WORSE, MetricTable, Stat, fmt_value,
                                     write_csv)
@@ -52,9 +53,8 @@ def _reference_view(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r.get("reference_correct") is None and r.get("reference_loss") is None:
             continue
-        out.append({**r, "prediction": r.get("reference_prediction"), "correct": r.get("reference_correct"),
-                    "correct_mc": r.get("reference_correct_mc"),
-                    "loss": r.get("reference_loss"), "agree": True})
+        out.append({**r, "prediction": r.get("reference_prediction"),
+                    **{f: r.get(f"reference_{f}") for f in REFERENCE_FIELDS}, "agree": True})
     return out
 
 
