@@ -379,6 +379,28 @@ def lr_at(step, total, warmup, base, final_frac=0.05, progress=0.0):
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+def parse_oversample(spec: str) -> dict[str, float]:
+    """``'spatial=2,count=0.5'`` -> {category: sampling factor}; checked before any model loads."""
+    factors = {}
+    for item in filter(None, spec.split(",")):
+        cat, _, factor = item.partition("=")
+        try:
+            factors[cat] = float(factor)
+        except ValueError:
+            factors[cat] = -1.0
+        if cat not in shapes.CATEGORIES or factors[cat] <= 0:
+            raise SystemExit(f"--oversample: {item!r} is not CATEGORY=FACTOR with a positive FACTOR "
+                             f"and CATEGORY one of {', '.join(shapes.CATEGORIES)}")
+    return factors
+
+
+def sampling_weights(samples, factors: dict[str, float]) -> torch.Tensor | None:
+    """Per-sample stage-B sampling weights (None: uniform, the sampling of runs without them)."""
+    if not factors:
+        return None
+    return torch.tensor([factors.get(s.category, 1.0) for s in samples], dtype=torch.double)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -408,6 +430,9 @@ def main(argv=None):
                     help="time budget of stage B: the LR schedule follows max(step, time) progress")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--stage-a", default=None, help="reuse a stage_a.pt from an earlier run")
+    ap.add_argument("--oversample", default="",
+                    help="stage-B sampling weights per category, e.g. 'spatial=2' (default: uniform "
+                         "over training questions)")
     ap.add_argument("--relation-targets", action="store_true",
                     help="auxiliary targets also say which of two objects is left of / above the other")
     ap.add_argument("--init-from", default=None,
@@ -416,6 +441,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.command = "python scripts/train_default_model.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
+    oversample = parse_oversample(args.oversample)
     if args.relation_targets:
         use_relation_targets()
     if args.threads:
@@ -540,6 +566,7 @@ def main(argv=None):
     log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
 
     g = torch.Generator().manual_seed(args.seed + 2 + start)
+    weights = sampling_weights(train_samples, oversample)
     tB = time.time()
     prev_b = timings.get("stage_b_s", 0.0)
     history = []
@@ -550,7 +577,10 @@ def main(argv=None):
         progress = elapsed / (args.max_minutes * 60) if args.max_minutes else 0.0
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, args.lm_steps, args.warmup, pg["base"], progress=progress)
-        idx = torch.randint(0, len(train), (args.lm_batch,), generator=g).tolist()
+        if weights is None:
+            idx = torch.randint(0, len(train), (args.lm_batch,), generator=g).tolist()
+        else:
+            idx = torch.multinomial(weights, args.lm_batch, replacement=True, generator=g).tolist()
         ids, attn, labels = tok_train.batch(idx, pad_id)
         loss, correct, toks = lm_forward(model, ids, attn, labels, train_pix[idx], args.bf16)
         aux_loss, _ = heads.loss(toks.float(), {k: v[idx] for k, v in train_aux.items()})

@@ -116,3 +116,23 @@ def test_relation_targets_say_which_object_is_left_and_higher():
     assert rel["order:col:red circle|green triangle"](scene) == 2  # red is further right
     assert rel["order:row:red circle|green triangle"](scene) == 1
     assert rel["order:col:red square|blue square"](scene) == 0  # red square absent
+
+
+def test_oversample_weights_categories_and_rejects_unknown_ones():
+    import importlib.util
+
+    from tests.helpers import ROOT
+    from topovlm.data import shapes
+
+    spec = importlib.util.spec_from_file_location("train_dm", ROOT / "scripts" / "train_default_model.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    assert train.parse_oversample("") == {}
+    assert train.sampling_weights([], {}) is None  # uniform: the sampling of earlier runs
+    samples = shapes.generate_split("train", 40, seed=3)
+    w = train.sampling_weights(samples, train.parse_oversample("spatial=3"))
+    assert {(s.category, float(x)) for s, x in zip(samples, w)} == \
+        {(c, 3.0 if c == "spatial" else 1.0) for c in {s.category for s in samples}}
+    for bad in ("spatail=2", "spatial=", "spatial=-1", "spatial=two"):
+        with pytest.raises(SystemExit, match="--oversample: .*colour, shape, spatial"):
+            train.parse_oversample(bad)
