@@ -95,15 +95,22 @@ def test_drop_layers_renumbers():
     assert model.config.text_config.num_hidden_layers == 4
 
 
-def test_relation_targets_say_which_object_is_left_and_higher():
+def _train_script():
+    """scripts/train_default_model.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
     from tests.helpers import ROOT
-    from topovlm.data.shapes import Scene, ShapeObject
 
     spec = importlib.util.spec_from_file_location("train_dm", ROOT / "scripts" / "train_default_model.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
+    return train
+
+
+def test_relation_targets_say_which_object_is_left_and_higher():
+    from topovlm.data.shapes import Scene, ShapeObject
+
+    train = _train_script()
     plain, with_rel = train._global_specs(), train._global_specs(relations=True)
     assert [n for n, _, _ in with_rel[: len(plain)]] == [n for n, _, _ in plain]  # a prefix
     rel = {n: fn for n, _, fn in with_rel[len(plain):]}
@@ -119,14 +126,9 @@ def test_relation_targets_say_which_object_is_left_and_higher():
 
 
 def test_oversample_weights_categories_and_rejects_unknown_ones():
-    import importlib.util
-
-    from tests.helpers import ROOT
     from topovlm.data import shapes
 
-    spec = importlib.util.spec_from_file_location("train_dm", ROOT / "scripts" / "train_default_model.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = _train_script()
     assert train.parse_oversample("") == {}
     assert train.sampling_weights([], {}) is None  # uniform: the sampling of earlier runs
     samples = shapes.generate_split("train", 40, seed=3)
