@@ -41,12 +41,19 @@ SWEEPS = [
     ("random", ["scorer=random", "seed=0,1,2", f"sparsity={SPARSITIES}"]),
 ]
 # --draws: two more calibration draws at 30% (the discrimination bar's sparsity), so that the bar
-# is checked on the mean over three draws rather than on one; random already has three seeds
-DRAWS = [
-    ("draws", ["scorer=topo,cosine,shortgpt,short_lvlm,domain_aware,angular,tail", "calibration.seed=1,2",
-               "sparsity=0.3"]),
-    ("topo_llm_draws", ["scorer=topo_llm", "selection.policy=topk", "calibration.seed=1,2", "sparsity=0.3"]),
-]
+# is checked on the mean over three draws rather than on one; random already has three seeds.
+# --draws-at names other sparsities; their sweeps get their own labels next to the 30% ones.
+def draws(sparsities: str = "0.3") -> list[tuple[str, list[str]]]:
+    tag = "" if sparsities == "0.3" else "_at_" + sparsities.replace(",", "_")
+    return [
+        ("draws" + tag, ["scorer=topo,cosine,shortgpt,short_lvlm,domain_aware,angular,tail",
+                         "calibration.seed=1,2", f"sparsity={sparsities}"]),
+        ("topo_llm_draws" + tag, ["scorer=topo_llm", "selection.policy=topk", "calibration.seed=1,2",
+                                  f"sparsity={sparsities}"]),
+    ]
+
+
+DRAWS = draws()
 FULL = [
     *SWEEPS[:2],
     ("scp", ["scorer=short_lvlm", "scorer.compensation=scp", f"sparsity={SPARSITIES}"]),
@@ -69,6 +76,7 @@ def main() -> int:
     ap.add_argument("--full", action="store_true", help="every scorer at every sparsity (about 3x longer)")
     ap.add_argument("--draws", action="store_true",
                     help="also calibration draws 1 and 2 of every deterministic scorer at 30%%")
+    ap.add_argument("--draws-at", default="0.3", help="the sparsities of --draws (comma-separated)")
     ap.add_argument("--summarize-only", action="store_true",
                     help="run nothing: summarize the sweeps already under --sweep-dir (e.g. run by hand)")
     ap.add_argument("--out", default=None,
@@ -76,8 +84,8 @@ def main() -> int:
     args, extra = ap.parse_known_args()
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     root = Path(args.sweep_dir or ROOT / "multirun" / f"compare_{stamp}")
-    grid = (FULL if args.full else SWEEPS) + (DRAWS if args.draws else [])
-    todo = [s for s in grid if not args.only or s[0] in args.only.split(",")]
+    grid = (FULL if args.full else SWEEPS) + (draws(args.draws_at) if args.draws else [])
+    todo = [s for s in grid if not args.only or s[0].split("_at_")[0] in args.only.split(",")]
     if args.summarize_only:
         if not args.sweep_dir:
             ap.error("--summarize-only needs --sweep-dir")
