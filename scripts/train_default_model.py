@@ -9,12 +9,17 @@ Recipe (defaults):
    visual token predicts its cell's colour and shape, and every token also predicts
    the image's global counts (per colour, per shape, total), so that the 16 tokens
    carry both local and global, answer-relevant information.
-2. Stage B, alignment through the frozen SmolLM2-135M-Instruct: the prompt is built
+2. Stage B, alignment through SmolLM2-135M-Instruct: the prompt is built
    exactly as at evaluation time (``processor.apply_chat_template`` with an image and
    the question, generation prompt, then the answer and ``<|im_end|>``); the loss is
    cross-entropy on the answer tokens and the end-of-turn token only, plus the stage-A
-   auxiliary loss (weight ``--aux-weight``). Trainable: vision tower, projector, and
-   optionally LoRA adapters on the language model's attention (``--lora-rank``).
+   auxiliary loss (weight ``--aux-weight``). Trainable: vision tower, projector and
+   rank-8 LoRA adapters on the language model's q/v/o/up/down projections
+   (``--lora-rank``, ``--lora-targets``; rank 0 keeps the language model frozen).
+   Options the committed weights' last run used: ``--relation-targets`` (the auxiliary
+   targets also say, for every pair of colour-shape combinations, which one is further
+   left and which one is higher) and ``--oversample spatial=2`` (stage B draws spatial
+   questions twice as often); ``--init-from`` continues an earlier run's checkpoint.
 3. The result (``vision.safetensors``; float16 vision tower + projector [+ LoRA]) and
    ``meta.json`` (recipe, timings, accuracies) are written to ``--out``; copy them to
    ``topovlm/default_model/weights/`` to make them the default.
