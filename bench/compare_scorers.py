@@ -75,7 +75,8 @@ def main() -> int:
                     help="comma-separated sweep labels to run: " + ",".join(s for s, _ in SWEEPS + DRAWS))
     ap.add_argument("--full", action="store_true", help="every scorer at every sparsity (about 3x longer)")
     ap.add_argument("--draws", action="store_true",
-                    help="also calibration draws 1 and 2 of every deterministic scorer at 30%%")
+                    help="also calibration draws 1 and 2 of every deterministic scorer at 30%% "
+                         "(or at --draws-at)")
     ap.add_argument("--draws-at", default="0.3", help="the sparsities of --draws (comma-separated)")
     ap.add_argument("--summarize-only", action="store_true",
                     help="run nothing: summarize the sweeps already under --sweep-dir (e.g. run by hand)")

@@ -388,14 +388,15 @@ def parse_oversample(spec: str) -> dict[str, float]:
     """``'spatial=2,count=0.5'`` -> {category: sampling factor}; checked before any model loads."""
     factors = {}
     for item in filter(None, spec.split(",")):
-        cat, _, factor = item.partition("=")
+        cat, _, text = item.partition("=")
         try:
-            factors[cat] = float(factor)
+            factor = float(text)
         except ValueError:
-            factors[cat] = -1.0
-        if cat not in shapes.CATEGORIES or factors[cat] <= 0:
+            factor = 0.0
+        if cat not in shapes.CATEGORIES or not factor > 0:  # also rejects nan
             raise SystemExit(f"--oversample: {item!r} is not CATEGORY=FACTOR with a positive FACTOR "
                              f"and CATEGORY one of {', '.join(shapes.CATEGORIES)}")
+        factors[cat] = factor
     return factors
 
 
