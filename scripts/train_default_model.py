@@ -19,7 +19,11 @@ Recipe (defaults):
    Options the committed weights' last run used: ``--relation-targets`` (the auxiliary
    targets also say, for every pair of colour-shape combinations, which one is further
    left and which one is higher) and ``--oversample spatial=2`` (stage B draws spatial
-   questions twice as often); ``--init-from`` continues an earlier run's checkpoint.
+   questions twice as often); ``--init-from`` continues an earlier run's checkpoint, or
+   a weights file such as the committed one (its auxiliary heads are not in the file:
+   stage A then fits them on the frozen vision tower; ``--lora-rank`` may grow).
+   ``--where-questions N`` adds N training-only questions about one object's row or
+   column (category ``where``), the lookups that every spatial question is made of.
 3. The result (``vision.safetensors``; float16 vision tower + projector [+ LoRA]) and
    ``meta.json`` (recipe, timings, accuracies) are written to ``--out``; copy them to
    ``topovlm/default_model/weights/`` to make them the default.
@@ -170,6 +174,36 @@ def aux_targets(scenes) -> dict[str, torch.Tensor]:
     return {"colour": colour, "shape": shape, "counts": counts}
 
 
+WHERE_CATEGORY = "where"  # training-only questions; never in a benchmark split
+
+
+def where_questions(records, n: int, seed: int) -> list:
+    """``n`` training-only questions about one object's row or column, asked on the
+    images of ``records`` ("In which column is the red circle, counting from the left?"),
+    as (index of the record, question) pairs.
+
+    The spatial questions compare two objects' positions: 264 ordered pairs and axes,
+    each rarely seen. These questions teach the 24 single-object position lookups
+    that every spatial question is made of, shared across all pairs.
+    """
+    from topovlm.data.types import VQASample
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = rng.randrange(len(records))
+        r = records[k]
+        o = rng.choice(r.scene.objects)
+        if rng.random() < 0.5:
+            q, a = f"In which column is the {o.name}, counting from the left?", o.col + 1
+        else:
+            q, a = f"In which row is the {o.name}, counting from the top?", o.row + 1
+        out.append((k, VQASample(id=f"where-{seed}-{i:06d}", image=r.sample.image,
+                                 question=f"{q} Answer with a number.", answer=str(a),
+                                 domain="non_math", category=WHERE_CATEGORY)))
+    return out
+
+
 def prompt(processor, question: str) -> str:
     conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     return processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
@@ -263,6 +297,55 @@ def load_heads_prefix(heads: AuxHeads, state: dict[str, torch.Tensor]) -> None:
         else:  # counts head: rows are (spec, class), the earlier specs come first
             own[k][: v.shape[0]] = v
     heads.load_state_dict(own)
+
+
+def load_init(path: str) -> dict:
+    """An earlier run to continue: its ``checkpoint.pt``, or a weights file / directory
+    (``vision.safetensors``, e.g. the committed default), which has no auxiliary heads."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "vision.safetensors"
+    if p.suffix != ".safetensors":
+        init = torch.load(p, weights_only=False)
+        assert init.get("stage") == "B" and "proj" in init, f"{path}: no stage-B checkpoint"
+        return init
+    from safetensors.torch import load_file
+
+    sd = {k: v.float() for k, v in load_file(str(p)).items()}
+    lora = {}
+    for k, v in sd.items():
+        if k.startswith("lora."):
+            name, part = k[len("lora."):].rsplit(".", 1)
+            lora.setdefault(name, {})[part] = v
+    scale = float(sd["lora_scale"].item()) if "lora_scale" in sd else 1.0
+    for ab in lora.values():  # the file holds B * scale; "B_eff" is the product the model uses
+        ab["B_eff"] = ab.pop("B") * scale
+    return {
+        "stage": "B", "step": 0, "heads": None, "file": str(p),
+        "vt": {k[len("vision_tower."):]: v for k, v in sd.items() if k.startswith("vision_tower.")},
+        "proj": {k[len("multi_modal_projector."):]: v for k, v in sd.items()
+                 if k.startswith("multi_modal_projector.")},
+        "lora": lora,
+    }
+
+
+def load_lora_init(loras: dict[str, LoRALinear], init_lora: dict) -> None:
+    """Copy earlier adapters into ``loras``. From a weights file the rank may grow: the
+    earlier adapter fills the first rows and the extra rows start as a fresh adapter
+    (random A, zero B), so the model computes the same function at the start."""
+    assert set(init_lora) == set(loras), "--init-from needs the same LoRA targets"
+    for name, m in loras.items():
+        a = init_lora[name]["A"]
+        if "B_eff" in init_lora[name]:
+            b = init_lora[name]["B_eff"] / m.scale
+        else:  # a checkpoint's B goes with its own scale, alpha / rank
+            b = init_lora[name]["B"]
+            assert a.shape == m.A.shape, "--init-from a checkpoint.pt needs the same --lora-rank"
+        r = a.shape[0]
+        assert r <= m.A.shape[0], f"--lora-rank {m.A.shape[0]} is below the earlier run's rank {r}"
+        m.A.data[:r].copy_(a)
+        m.B.data.zero_()
+        m.B.data[:, :r].copy_(b)
 
 
 def visual_tokens(model, pix: torch.Tensor) -> torch.Tensor:
@@ -393,9 +476,10 @@ def parse_oversample(spec: str) -> dict[str, float]:
             factor = float(text)
         except ValueError:
             factor = 0.0
-        if cat not in shapes.CATEGORIES or not factor > 0:  # also rejects nan
+        allowed = (*shapes.CATEGORIES, WHERE_CATEGORY)
+        if cat not in allowed or not factor > 0:  # also rejects nan
             raise SystemExit(f"--oversample: {item!r} is not CATEGORY=FACTOR with a positive FACTOR "
-                             f"and CATEGORY one of {', '.join(shapes.CATEGORIES)}")
+                             f"and CATEGORY one of {', '.join(allowed)}")
         factors[cat] = factor
     return factors
 
@@ -439,6 +523,9 @@ def main(argv=None):
     ap.add_argument("--oversample", default="",
                     help="stage-B sampling weights per category, e.g. 'spatial=2' (default: uniform "
                          "over training questions)")
+    ap.add_argument("--where-questions", type=int, default=0,
+                    help="add this many training-only questions about one object's row or column "
+                         "(category 'where', also accepted by --oversample)")
     ap.add_argument("--relation-targets", action="store_true",
                     help="auxiliary targets also say which of two objects is left of / above the other")
     ap.add_argument("--init-from", default=None,
@@ -473,15 +560,28 @@ def main(argv=None):
 
     t0 = time.time()
     train = shapes.generate_records("train", args.train_size, seed=args.seed)
-    val = shapes.generate_split("train", args.val_size, seed=10_000 + args.seed)
+    val_records = shapes.generate_records("train", args.val_size, seed=10_000 + args.seed)
+    val = [r.sample for r in val_records]
     train_samples = [r.sample for r in train]
-    train_pix = pixels([s.image for s in train_samples])
+    record_of = list(range(len(train)))  # training question -> its image / scene
+    val_where = []
+    if args.where_questions:
+        where = where_questions(train, args.where_questions, seed=args.seed)
+        train_samples += [q for _, q in where]
+        record_of += [i for i, _ in where]
+        # the same kind of question on validation images, to watch it being learnt
+        val_where = [q for _, q in where_questions(val_records, args.val_size // 2, seed=args.seed + 1)]
+    record_of = torch.tensor(record_of)
+    train_pix = pixels([r.sample.image for r in train])
     val_pix = pixels([s.image for s in val])
+    val_where_pix = pixels([s.image for s in val_where]) if val_where else None
     train_aux = aux_targets([r.scene for r in train])
     tok_train = Tokenized(processor, train_samples)
     tok_val = Tokenized(processor, val)
+    tok_val_where = Tokenized(processor, val_where) if val_where else None
     check_prompt_path(processor, train_samples, tok_train)
-    log(f"data: {len(train)} train, {len(val)} val in {time.time() - t0:.1f}s", fh)
+    log(f"data: {len(train)} train (+{len(train_samples) - len(train)} where-questions), "
+        f"{len(val)} val in {time.time() - t0:.1f}s", fh)
 
     vt = model.model.vision_tower
     proj = model.model.multi_modal_projector
@@ -491,11 +591,12 @@ def main(argv=None):
     timings = state["timings"] if state else {}
     init = None
     if args.init_from and state is None:
-        init = torch.load(args.init_from, weights_only=False)
-        assert init.get("stage") == "B" and "proj" in init, f"{args.init_from}: no stage-B checkpoint"
+        init = load_init(args.init_from)
         vt.load_state_dict(init["vt"])
-        load_heads_prefix(heads, init["heads"])
-        log(f"initialised from {args.init_from} (its step {init['step']})", fh)
+        if init["heads"] is not None:
+            load_heads_prefix(heads, init["heads"])
+        log(f"initialised from {args.init_from} (its step {init['step']}"
+            f"{'; no auxiliary heads: stage A trains them on the frozen vision tower' if init['heads'] is None else ''})", fh)
 
     # ---------------- stage A
     if state is None and args.stage_a:
@@ -503,9 +604,12 @@ def main(argv=None):
         state = {"stage": "B", "step": 0, "vt": sa["vt"], "heads": sa["heads"], "timings": {}}
         log(f"stage A weights from {args.stage_a}", fh)
     if state is None or state["stage"] == "A":
+        # new heads on a trained tower (a weights file): fit the heads alone first, so
+        # their random start does not disturb the features the language model reads
+        heads_only = init is not None and init["heads"] is None
         for p in vt.parameters():
-            p.requires_grad_(True)
-        opt = torch.optim.AdamW(list(vt.parameters()) + list(heads.parameters()),
+            p.requires_grad_(not heads_only)
+        opt = torch.optim.AdamW(list(heads.parameters()) + ([] if heads_only else list(vt.parameters())),
                                 lr=args.aux_lr, weight_decay=0.01)
         g = torch.Generator().manual_seed(args.seed + 1)
         tA = time.time()
@@ -514,7 +618,8 @@ def main(argv=None):
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(step, args.aux_steps, 50, args.aux_lr)
             idx = torch.randint(0, len(train), (args.aux_batch,), generator=g)
-            toks = visual_tokens(model, train_pix[idx])
+            with torch.set_grad_enabled(not heads_only):
+                toks = visual_tokens(model, train_pix[idx])
             loss, acc = heads.loss(toks, {k: v[idx] for k, v in train_aux.items()})
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -562,15 +667,15 @@ def main(argv=None):
         log(f"resumed stage B at step {start}", fh)
     elif init is not None:
         proj.load_state_dict(init["proj"])
-        assert set(init["lora"]) == set(loras), "--init-from needs the same LoRA targets"
-        for name, m in loras.items():
-            m.A.data.copy_(init["lora"][name]["A"])
-            m.B.data.copy_(init["lora"][name]["B"])
+        load_lora_init(loras, init["lora"])
     else:
         match_projector_scale(model, train_pix[:256], fh)
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
     log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
 
+    if init is not None and start == 0:  # the run continued, as loaded: its accuracy before any step
+        res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16)
+        log(f"B     0 VAL (as initialised) {fmt(res)}", fh)
     g = torch.Generator().manual_seed(args.seed + 2 + start)
     weights = sampling_weights(train_samples, oversample)
     tB = time.time()
@@ -584,12 +689,13 @@ def main(argv=None):
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, args.lm_steps, args.warmup, pg["base"], progress=progress)
         if weights is None:
-            idx = torch.randint(0, len(train), (args.lm_batch,), generator=g).tolist()
+            idx = torch.randint(0, len(train_samples), (args.lm_batch,), generator=g).tolist()
         else:
             idx = torch.multinomial(weights, args.lm_batch, replacement=True, generator=g).tolist()
         ids, attn, labels = tok_train.batch(idx, pad_id)
-        loss, correct, toks = lm_forward(model, ids, attn, labels, train_pix[idx], args.bf16)
-        aux_loss, _ = heads.loss(toks.float(), {k: v[idx] for k, v in train_aux.items()})
+        rec = record_of[idx]
+        loss, correct, toks = lm_forward(model, ids, attn, labels, train_pix[rec], args.bf16)
+        aux_loss, _ = heads.loss(toks.float(), {k: v[rec] for k, v in train_aux.items()})
         total = loss + args.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -604,6 +710,9 @@ def main(argv=None):
         stop = args.max_minutes and elapsed > args.max_minutes * 60
         if step % args.eval_every == 0 or step == args.lm_steps or stop:
             res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16)
+            if val_where:
+                res[WHERE_CATEGORY] = evaluate(model, tok_val_where, val_where_pix, val_where,
+                                               pad_id, args.bf16)["overall"]
             history.append({"step": step, **res})
             log(f"B {step:5d} VAL {fmt(res)}", fh)
             (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -639,7 +748,8 @@ def save_weights(model, loras, out: Path, args, timings, step, history) -> None:
         "frozen_language_model": not loras,
     }
     if args.init_from:  # the run this one continued, so the whole chain stays reproducible
-        earlier = Path(args.init_from).with_name("meta.json")
+        init_path = Path(args.init_from)
+        earlier = init_path / "meta.json" if init_path.is_dir() else init_path.with_name("meta.json")
         meta["init_from"] = json.loads(earlier.read_text()) if earlier.exists() else str(args.init_from)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
 

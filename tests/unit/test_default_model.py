@@ -138,3 +138,38 @@ def test_oversample_weights_categories_and_rejects_unknown_ones():
     for bad in ("spatail=2", "spatial=", "spatial=-1", "spatial=two"):
         with pytest.raises(SystemExit, match="--oversample: .*colour, shape, spatial"):
             train.parse_oversample(bad)
+
+
+def test_where_questions_ask_an_objects_row_or_column_on_its_own_image():
+    from topovlm.data import shapes
+
+    train = _train_script()
+    records = shapes.generate_records("train", 30, seed=5)
+    where = train.where_questions(records, 60, seed=1)
+    assert {q.category for _, q in where} == {"where"} and train.parse_oversample("where=2")
+    kinds = set()
+    for k, q in where:
+        rec = records[k]
+        assert q.image is rec.sample.image
+        obj = next(o for o in rec.scene.objects if f"the {o.name}," in q.question)
+        axis = "column" if "column" in q.question else "row"
+        kinds.add(axis)
+        assert q.answer == str(1 + (obj.col if axis == "column" else obj.row))
+    assert kinds == {"row", "column"}
+    assert [q.question for _, q in where] == [q.question for _, q in train.where_questions(records, 60, seed=1)]
+
+
+def test_lora_from_a_weights_file_may_grow_its_rank_without_changing_the_model():
+    train = _train_script()
+    torch.manual_seed(0)
+    base = torch.nn.Linear(12, 7)
+    old = train.LoRALinear(base, rank=4, alpha=16.0)
+    old.B.data.normal_()
+    x = torch.randn(5, 12)
+    exported = {"A": old.A.data.clone(), "B_eff": old.B.data * old.scale}  # as export_state writes it
+    for rank in (4, 8):
+        new = {"m": train.LoRALinear(base, rank=rank, alpha=16.0)}
+        train.load_lora_init(new, {"m": exported})
+        assert torch.allclose(new["m"](x), old(x), atol=1e-5)
+    with pytest.raises(AssertionError, match="below the earlier run's rank"):
+        train.load_lora_init({"m": train.LoRALinear(base, rank=2, alpha=16.0)}, {"m": exported})
