@@ -673,14 +673,15 @@ def main(argv=None):
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
     log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
 
+    history = []
     if init is not None and start == 0:  # the run continued, as loaded: its accuracy before any step
         res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16)
+        history.append({"step": 0, **res})
         log(f"B     0 VAL (as initialised) {fmt(res)}", fh)
     g = torch.Generator().manual_seed(args.seed + 2 + start)
     weights = sampling_weights(train_samples, oversample)
     tB = time.time()
     prev_b = timings.get("stage_b_s", 0.0)
-    history = []
     step = start
     while step < args.lm_steps:
         model.train()

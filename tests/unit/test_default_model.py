@@ -173,3 +173,22 @@ def test_lora_from_a_weights_file_may_grow_its_rank_without_changing_the_model()
         assert torch.allclose(new["m"](x), old(x), atol=1e-5)
     with pytest.raises(AssertionError, match="below the earlier run's rank"):
         train.load_lora_init({"m": train.LoRALinear(base, rank=2, alpha=16.0)}, {"m": exported})
+
+
+def test_lm_probe_labels_follow_the_question_and_the_scene():
+    import importlib.util
+
+    from tests.helpers import ROOT
+    from topovlm.data import shapes
+
+    spec = importlib.util.spec_from_file_location("lm_probe", ROOT / "bench" / "lm_probe.py")
+    lm_probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lm_probe)
+    records = [r for r in shapes.generate_records("train", 60, seed=2) if r.sample.category == "spatial"]
+    assert records
+    for r in records:
+        lab = lm_probe.labels_of(r)
+        below_or_right = any(w in r.sample.question for w in (" below ", " to the right of "))
+        holds = (lab["position_a"] > lab["position_b"]) if below_or_right else lab["comparison"]
+        assert lab["answer"] == int(holds)  # the benchmark's answer, recomputed from the labels
+        assert lab["comparison"] == int(lab["position_a"] < lab["position_b"])
