@@ -321,7 +321,7 @@ def load_init(path: str) -> dict:
     for ab in lora.values():  # the file holds B * scale; "B_eff" is the product the model uses
         ab["B_eff"] = ab.pop("B") * scale
     return {
-        "stage": "B", "step": 0, "heads": None, "file": str(p),
+        "stage": "B", "step": 0, "heads": None,
         "vt": {k[len("vision_tower."):]: v for k, v in sd.items() if k.startswith("vision_tower.")},
         "proj": {k[len("multi_modal_projector."):]: v for k, v in sd.items()
                  if k.startswith("multi_modal_projector.")},
@@ -467,6 +467,13 @@ def lr_at(step, total, warmup, base, final_frac=0.05, progress=0.0):
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+def _non_negative(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
 def parse_oversample(spec: str) -> dict[str, float]:
     """``'spatial=2,count=0.5'`` -> {category: sampling factor}; checked before any model loads."""
     factors = {}
@@ -523,7 +530,7 @@ def main(argv=None):
     ap.add_argument("--oversample", default="",
                     help="stage-B sampling weights per category, e.g. 'spatial=2' (default: uniform "
                          "over training questions)")
-    ap.add_argument("--where-questions", type=int, default=0,
+    ap.add_argument("--where-questions", type=_non_negative, default=0,
                     help="add this many training-only questions about one object's row or column "
                          "(category 'where', also accepted by --oversample)")
     ap.add_argument("--relation-targets", action="store_true",
@@ -595,8 +602,10 @@ def main(argv=None):
         vt.load_state_dict(init["vt"])
         if init["heads"] is not None:
             load_heads_prefix(heads, init["heads"])
-        log(f"initialised from {args.init_from} (its step {init['step']}"
-            f"{'; no auxiliary heads: stage A trains them on the frozen vision tower' if init['heads'] is None else ''})", fh)
+            log(f"initialised from {args.init_from} (its step {init['step']})", fh)
+        else:
+            log(f"initialised from {args.init_from} (a weights file: stage A fits the auxiliary "
+                "heads on the frozen vision tower)", fh)
 
     # ---------------- stage A
     if state is None and args.stage_a:
