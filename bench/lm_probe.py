@@ -16,6 +16,11 @@ and two controls, which show that the probe reads what is there:
 * ``relation`` (from the text): left of, right of, above or below;
 * ``objects`` (from the image): how many objects the image holds, 2-5.
 
+A third position, the first object's own visual token (the one covering its grid cell),
+asks whether its position is there to be fetched. The text comes later in the causal order, so
+the question's axis is unknown there: the probes read the object's ``column_a`` and ``row_a``
+(0-3), with ``objects`` as the control.
+
 Accuracy at the majority-class level means the label is not linearly readable there.
 
     .venv/bin/python bench/lm_probe.py                      # the committed weights
@@ -35,13 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model.build import build_model  # noqa: E402
+from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, build_model  # noqa: E402
 from topovlm.default_model.quick_eval import build_prompt  # noqa: E402
 from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
 
 _QUESTION = re.compile(r"Is the (\w+ \w+) (to the left of|to the right of|above|below) the (\w+ \w+)\?")
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 LABELS = ("answer", "comparison", "position_a", "position_b", "relation", "objects")
+TOKEN_LABELS = ("column_a", "row_a", "objects")  # at the first object's visual token
 
 
 def labels_of(record) -> dict[str, int]:
@@ -51,14 +57,21 @@ def labels_of(record) -> dict[str, int]:
     pa, pb = getattr(objs[a], axis), getattr(objs[b], axis)
     return {"answer": int(record.sample.answer == "yes"), "comparison": int(pa < pb),
             "position_a": pa, "position_b": pb, "relation": RELATIONS.index(rel),
-            "objects": len(record.scene.objects)}
+            "objects": len(record.scene.objects), "column_a": objs[a].col, "row_a": objs[a].row}
+
+
+def visual_token_of(obj) -> int:
+    """Index, among the image's visual tokens (row-major patches), of the patch covering ``obj``."""
+    cells_per_patch = PATCH_SIZE // shapes.CELL
+    return (obj.row // cells_per_patch) * (IMAGE_SIZE // PATCH_SIZE) + obj.col // cells_per_patch
 
 
 @torch.no_grad()
 def hidden_states(model, processor, records, batch: int = 50):
-    """(n, layers + 1, width) hidden states at the first object's mention and at the last position."""
+    """(n, layers + 1, width) hidden states at the first object's mention, at the last position
+    and at the first object's visual token."""
     processor.tokenizer.padding_side = "left"
-    at_a, at_end = [], []
+    at_a, at_end, at_token = [], [], []
     for i in range(0, len(records), batch):
         chunk = records[i: i + batch]
         texts = [build_prompt(processor, r.sample.question) for r in chunk]
@@ -72,7 +85,10 @@ def hidden_states(model, processor, records, batch: int = 50):
             pad = inputs["input_ids"].shape[1] - int(inputs["attention_mask"][j].sum())
             at_a.append(hs[j, :, pad + n_prefix - 1].float())
             at_end.append(hs[j, :, -1].float())
-    return torch.stack(at_a).numpy(), torch.stack(at_end).numpy()
+            image_positions = (inputs["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0]
+            obj_a = next(o for o in r.scene.objects if o.name == name_a)
+            at_token.append(hs[j, :, image_positions[visual_token_of(obj_a)]].float())
+    return torch.stack(at_a).numpy(), torch.stack(at_end).numpy(), torch.stack(at_token).numpy()
 
 
 def probe(x: np.ndarray, y: np.ndarray) -> float:
@@ -96,14 +112,16 @@ def main() -> int:
     model.eval()
     records = [r for r in shapes.generate_records("train", args.n, seed=30_000)
                if r.sample.category == "spatial"]
-    at_a, at_end = hidden_states(model, processor, records)
+    at_a, at_end, at_token = hidden_states(model, processor, records)
     layers = list(range(0, at_end.shape[1], args.every))
     print(f"weights {args.weights}; {len(records)} spatial questions (training split, seed 30000); "
           f"3-fold cross-validated logistic regression accuracy per layer (0 = embeddings)\n")
     print("| position | label | majority class | " + " | ".join(f"L{k}" for k in layers) + " |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in layers) + " |")
-    for where, states in (("first object's mention", at_a), ("last prompt position", at_end)):
-        for name in LABELS:
+    for where, states, names in (("first object's mention", at_a, LABELS),
+                                 ("last prompt position", at_end, LABELS),
+                                 ("first object's visual token", at_token, TOKEN_LABELS)):
+        for name in names:
             y = np.array([labels_of(r)[name] for r in records])
             majority = np.bincount(y).max() / len(y)  # bincount over 0..max: empty classes add nothing
             cells = " | ".join(f"{probe(states[:, k], y):.2f}" for k in layers)

@@ -288,6 +288,38 @@ class AuxHeads(nn.Module):
         return lc + ls + lcount, acc
 
 
+class TokenPositionHead(nn.Module):
+    """Each projected visual token (what the language model reads) predicts its own patch's
+    row and column.
+
+    The auxiliary targets of :class:`AuxHeads` ask every token for the same image-level
+    features, and a probe of the committed weights (``bench/lm_probe.py``) reads an object's
+    row or column from its own projected token at chance: attention that finds the object by
+    its content would fetch no position. This head makes the position part of the token.
+    """
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.per_side = shapes.IMAGE_SIZE // PATCH_SIZE
+        self.linear = nn.Linear(width, 2 * self.per_side)
+
+    def targets(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, column) of each visual token, in the vision tower's row-major patch order."""
+        t = torch.arange(n_tokens)
+        return t // self.per_side, t % self.per_side
+
+    def loss(self, feats: torch.Tensor):
+        """feats: (B, T, W) projected visual tokens. Returns the loss and the accuracy of both."""
+        B, T, _ = feats.shape
+        logits = self.linear(feats).view(B, T, 2, self.per_side)
+        row, col = self.targets(T)
+        tgt = torch.stack([row, col], -1).expand(B, T, 2)
+        loss = F.cross_entropy(logits.flatten(0, 2), tgt.flatten())
+        with torch.no_grad():
+            acc = (logits.argmax(-1) == tgt).all(-1).float().mean().item()
+        return loss, acc
+
+
 def load_heads_prefix(heads: AuxHeads, state: dict[str, torch.Tensor]) -> None:
     """Load auxiliary heads trained on a prefix of the current ``GLOBAL_SPECS``."""
     own = heads.state_dict()
@@ -435,7 +467,7 @@ def lm_forward(model, input_ids, attn, labels, pix, autocast: bool):
     rows = sel.nonzero()[:, 0]
     wrong = logits.argmax(-1) != y
     correct[rows[wrong]] = False
-    return loss, correct, vis_tokens
+    return loss, correct, vis_tokens, feats
 
 
 @torch.no_grad()
@@ -445,7 +477,7 @@ def evaluate(model, tokd, pix_all, samples, pad_id, autocast, batch=64):
     for s in range(0, len(samples), batch):
         idx = list(range(s, min(len(samples), s + batch)))
         ids, attn, labels = tokd.batch(idx, pad_id)
-        _, c, _ = lm_forward(model, ids, attn, labels, pix_all[idx], autocast)
+        _, c, _, _ = lm_forward(model, ids, attn, labels, pix_all[idx], autocast)
         correct.append(c)
     correct = torch.cat(correct)
     res = {"overall": correct.float().mean().item()}
@@ -535,6 +567,9 @@ def main(argv=None):
                          "(category 'where', also accepted by --oversample)")
     ap.add_argument("--relation-targets", action="store_true",
                     help="auxiliary targets also say which of two objects is left of / above the other")
+    ap.add_argument("--token-positions", action="store_true",
+                    help="stage B: each projected visual token also predicts its own row and "
+                         "column (TokenPositionHead), weighted as the auxiliary loss")
     ap.add_argument("--init-from", default=None,
                     help="start from an earlier run's checkpoint.pt (vision tower, heads, projector, "
                          "LoRA); stage A then runs --aux-steps on top of it")
@@ -655,10 +690,12 @@ def main(argv=None):
     for p in proj.parameters():
         p.requires_grad_(True)
     lora_params = [p for m in loras.values() for p in (m.A, m.B)]
+    pos_head = TokenPositionHead(model.config.text_config.hidden_size) if args.token_positions else None
     groups = [
         {"params": list(vt.parameters()) + list(heads.parameters()), "lr": args.vision_lr,
          "base": args.vision_lr},
-        {"params": list(proj.parameters()), "lr": args.lr, "base": args.lr},
+        {"params": list(proj.parameters()) + (list(pos_head.parameters()) if pos_head else []),
+         "lr": args.lr, "base": args.lr},
     ]
     if lora_params:
         groups.append({"params": lora_params, "lr": args.lr, "base": args.lr})
@@ -671,12 +708,16 @@ def main(argv=None):
         for name, m in loras.items():
             m.A.data.copy_(state["lora"][name]["A"])
             m.B.data.copy_(state["lora"][name]["B"])
+        if pos_head is not None:
+            pos_head.load_state_dict(state["pos_head"])
         opt.load_state_dict(state["opt"])
         start = state["step"]
         log(f"resumed stage B at step {start}", fh)
     elif init is not None:
         proj.load_state_dict(init["proj"])
         load_lora_init(loras, init["lora"])
+        if pos_head is not None and init.get("pos_head") is not None:
+            pos_head.load_state_dict(init["pos_head"])
     else:
         match_projector_scale(model, train_pix[:256], fh)
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
@@ -704,8 +745,12 @@ def main(argv=None):
             idx = torch.multinomial(weights, args.lm_batch, replacement=True, generator=g).tolist()
         ids, attn, labels = tok_train.batch(idx, pad_id)
         rec = record_of[idx]
-        loss, correct, toks = lm_forward(model, ids, attn, labels, train_pix[rec], args.bf16)
+        loss, correct, toks, feats = lm_forward(model, ids, attn, labels, train_pix[rec], args.bf16)
         aux_loss, _ = heads.loss(toks.float(), {k: v[rec] for k, v in train_aux.items()})
+        pos_acc = None
+        if pos_head is not None:
+            pos_loss, pos_acc = pos_head.loss(feats.float())
+            aux_loss = aux_loss + pos_loss
         total = loss + args.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -715,7 +760,9 @@ def main(argv=None):
         elapsed = prev_b + time.time() - tB
         if step % 10 == 0:
             log(f"B {step:5d} loss={loss.item():.4f} aux={aux_loss.item():.3f} "
-                f"train_em={correct.float().mean().item():.3f} ({elapsed:.0f}s, "
+                f"train_em={correct.float().mean().item():.3f}"
+                + ("" if pos_acc is None else f" token_position={pos_acc:.3f}")
+                + f" ({elapsed:.0f}s, "
                 f"{elapsed / max(1, step - 0):.2f}s/step)", fh)
         stop = args.max_minutes and elapsed > args.max_minutes * 60
         if step % args.eval_every == 0 or step == args.lm_steps or stop:
@@ -731,6 +778,7 @@ def main(argv=None):
             torch.save({"stage": "B", "step": step, "vt": vt.state_dict(),
                         "heads": heads.state_dict(), "proj": proj.state_dict(),
                         "lora": {n: {"A": m.A.data, "B": m.B.data} for n, m in loras.items()},
+                        "pos_head": pos_head.state_dict() if pos_head is not None else None,
                         "opt": opt.state_dict(), "timings": timings}, ckpt_path)
             save_weights(model, loras, out, args, timings, step, history)
         if stop:

@@ -175,15 +175,21 @@ def test_lora_from_a_weights_file_may_grow_its_rank_without_changing_the_model()
         train.load_lora_init({"m": train.LoRALinear(base, rank=2, alpha=16.0)}, {"m": exported})
 
 
-def test_lm_probe_labels_follow_the_question_and_the_scene():
+def _lm_probe():
     import importlib.util
 
     from tests.helpers import ROOT
-    from topovlm.data import shapes
 
     spec = importlib.util.spec_from_file_location("lm_probe", ROOT / "bench" / "lm_probe.py")
     lm_probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lm_probe)
+    return lm_probe
+
+
+def test_lm_probe_labels_follow_the_question_and_the_scene():
+    from topovlm.data import shapes
+
+    lm_probe = _lm_probe()
     records = [r for r in shapes.generate_records("train", 60, seed=2) if r.sample.category == "spatial"]
     assert records
     for r in records:
@@ -192,3 +198,52 @@ def test_lm_probe_labels_follow_the_question_and_the_scene():
         holds = (lab["position_a"] > lab["position_b"]) if below_or_right else lab["comparison"]
         assert lab["answer"] == int(holds)  # the benchmark's answer, recomputed from the labels
         assert lab["comparison"] == int(lab["position_a"] < lab["position_b"])
+        horizontal = any(w in r.sample.question for w in (" to the left of ", " to the right of "))
+        assert lab["position_a"] == lab["column_a" if horizontal else "row_a"]
+
+
+def test_lm_probe_visual_token_is_the_patch_that_shows_the_object():
+    import numpy as np
+
+    from topovlm.data import shapes
+    from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE
+
+    lm_probe = _lm_probe()
+    per_side = IMAGE_SIZE // PATCH_SIZE
+    for r in shapes.generate_records("train", 10, seed=3):
+        pixels = np.asarray(r.sample.image.convert("RGB"))
+        shown = set()
+        for t in range(per_side * per_side):  # patches, row-major, as the vision tower reads them
+            y, x = (t // per_side) * PATCH_SIZE, (t % per_side) * PATCH_SIZE
+            if (pixels[y: y + PATCH_SIZE, x: x + PATCH_SIZE] != shapes.BACKGROUND).any():
+                shown.add(t)
+        assert shown == {lm_probe.visual_token_of(o) for o in r.scene.objects}
+
+
+def test_token_position_head_targets_are_each_tokens_own_cell_and_can_be_learnt():
+    import torch
+
+    from topovlm.data import shapes
+
+    train = _train_script()
+    lm_probe = _lm_probe()
+    head = train.TokenPositionHead(width=24)
+    row, col = head.targets(train.NUM_IMAGE_TOKENS)
+    for r in shapes.generate_records("train", 10, seed=4):
+        for o in r.scene.objects:  # one token per cell: the token showing the object is at its cell
+            t = lm_probe.visual_token_of(o)
+            assert (row[t].item(), col[t].item()) == (o.row, o.col)
+    # features that hold the position (with noise) are learnt to 1.0; shuffled rows are not
+    torch.manual_seed(0)
+    T = train.NUM_IMAGE_TOKENS
+    feats = torch.eye(T, 24).expand(8, T, 24) + 0.1 * torch.randn(8, T, 24)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    first, _ = head.loss(feats)
+    for _ in range(200):
+        loss, acc = head.loss(feats)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert acc == 1.0 and loss.item() < 0.1 * first.item()
+    _, shuffled = head.loss(feats[:, torch.randperm(T)])
+    assert shuffled < 0.5
