@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, build_model  # noqa: E402
+from topovlm.default_model.build import build_model, visual_token_index  # noqa: E402
 from topovlm.default_model.quick_eval import build_prompt  # noqa: E402
 from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
 
@@ -58,12 +58,6 @@ def labels_of(record) -> dict[str, int]:
     return {"answer": int(record.sample.answer == "yes"), "comparison": int(pa < pb),
             "position_a": pa, "position_b": pb, "relation": RELATIONS.index(rel),
             "objects": len(record.scene.objects), "column_a": objs[a].col, "row_a": objs[a].row}
-
-
-def visual_token_of(obj) -> int:
-    """Index, among the image's visual tokens (row-major patches), of the patch covering ``obj``."""
-    cells_per_patch = PATCH_SIZE // shapes.CELL
-    return (obj.row // cells_per_patch) * (IMAGE_SIZE // PATCH_SIZE) + obj.col // cells_per_patch
 
 
 @torch.no_grad()
@@ -87,7 +81,8 @@ def hidden_states(model, processor, records, batch: int = 50):
             at_end.append(hs[j, :, -1].float())
             image_positions = (inputs["input_ids"][j] == model.config.image_token_id).nonzero()[:, 0]
             obj_a = next(o for o in r.scene.objects if o.name == name_a)
-            at_token.append(hs[j, :, image_positions[visual_token_of(obj_a)]].float())
+            token = image_positions[visual_token_index(obj_a.row, obj_a.col, shapes.CELL)]
+            at_token.append(hs[j, :, token].float())
     return torch.stack(at_a).numpy(), torch.stack(at_end).numpy(), torch.stack(at_token).numpy()
 
 

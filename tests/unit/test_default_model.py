@@ -202,13 +202,12 @@ def test_lm_probe_labels_follow_the_question_and_the_scene():
         assert lab["position_a"] == lab["column_a" if horizontal else "row_a"]
 
 
-def test_lm_probe_visual_token_is_the_patch_that_shows_the_object():
+def test_visual_token_index_is_the_patch_that_shows_the_object():
     import numpy as np
 
     from topovlm.data import shapes
-    from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE
+    from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, visual_token_index
 
-    lm_probe = _lm_probe()
     per_side = IMAGE_SIZE // PATCH_SIZE
     for r in shapes.generate_records("train", 10, seed=3):
         pixels = np.asarray(r.sample.image.convert("RGB"))
@@ -217,21 +216,21 @@ def test_lm_probe_visual_token_is_the_patch_that_shows_the_object():
             y, x = (t // per_side) * PATCH_SIZE, (t % per_side) * PATCH_SIZE
             if (pixels[y: y + PATCH_SIZE, x: x + PATCH_SIZE] != shapes.BACKGROUND).any():
                 shown.add(t)
-        assert shown == {lm_probe.visual_token_of(o) for o in r.scene.objects}
+        assert shown == {visual_token_index(o.row, o.col, shapes.CELL) for o in r.scene.objects}
 
 
 def test_token_position_head_targets_are_each_tokens_own_cell_and_can_be_learnt():
     import torch
 
     from topovlm.data import shapes
+    from topovlm.default_model.build import visual_token_index
 
     train = _train_script()
-    lm_probe = _lm_probe()
     head = train.TokenPositionHead(width=24)
     row, col = head.targets(train.NUM_IMAGE_TOKENS)
     for r in shapes.generate_records("train", 10, seed=4):
         for o in r.scene.objects:  # one token per cell: the token showing the object is at its cell
-            t = lm_probe.visual_token_of(o)
+            t = visual_token_index(o.row, o.col, shapes.CELL)
             assert (row[t].item(), col[t].item()) == (o.row, o.col)
     # features that hold the position (with noise) are learnt to 1.0; shuffled rows are not
     torch.manual_seed(0)

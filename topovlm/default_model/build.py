@@ -33,6 +33,12 @@ IMAGE_SIZE = 64
 PATCH_SIZE = 16  # one visual token per grid cell (shapes.CELL)
 NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 
+
+def visual_token_index(row: int, col: int, cell: int) -> int:
+    """Index, among an image's visual tokens (row-major patches, as the vision tower reads them),
+    of the patch covering grid cell (``row``, ``col``) of ``cell``-pixel cells."""
+    return (row * cell // PATCH_SIZE) * (IMAGE_SIZE // PATCH_SIZE) + col * cell // PATCH_SIZE
+
 VISION_CONFIG = dict(
     hidden_size=192,
     intermediate_size=768,

@@ -1,0 +1,80 @@
+"""Where along the visual path a token's own grid position is lost: linear probes of each
+vision-tower layer and of the projector output (what the language model reads).
+
+``bench/lm_probe.py`` finds that an object's row or column cannot be read from its own visual
+token inside the language model. This follows the token back: for every visual token of
+``--n`` images (training split, seed 30000), a logistic regression (scikit-learn, 3-fold
+cross-validation) predicts the token's row and column (0-3, chance 0.25) from each layer's
+hidden state, over all tokens and over the tokens that show an object.
+
+    .venv/bin/python bench/token_position_probe.py                      # the committed weights
+    .venv/bin/python bench/token_position_probe.py --weights runs/x/vision.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from topovlm.data import shapes  # noqa: E402
+from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, build_model, visual_token_index  # noqa: E402
+from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
+
+
+@torch.no_grad()
+def token_states(model, processor, images) -> list[tuple[str, np.ndarray]]:
+    """(layer name, (images, tokens, width)) for every vision-tower layer and the projector."""
+    pix = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    out = model.model.vision_tower(pix.to(model.dtype), output_hidden_states=True)
+    states = [h[:, 1:] for h in out.hidden_states]  # the CLS token is dropped, as the model does
+    layer = model.config.vision_feature_layer
+    named = [(f"tower layer {k}" if k else "tower embeddings", h) for k, h in enumerate(states)]
+    named.append(("projector output", model.model.multi_modal_projector(states[layer])))
+    return [(name, h.float().numpy()) for name, h in named]
+
+
+def probe(x: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
+    return float(cross_val_score(clf, x, y, cv=3).mean())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default="default", help="a vision.safetensors (default: the committed one)")
+    ap.add_argument("--n", type=int, default=200, help="images (training split, seed 30000)")
+    args = ap.parse_args()
+    model, processor = build_model(ensure_language_model(None), weights=args.weights)
+    model.eval()
+    records = shapes.generate_records("train", args.n, seed=30_000)
+    per_side = IMAGE_SIZE // PATCH_SIZE
+    tokens = per_side * per_side
+    shows = np.zeros((len(records), tokens), dtype=bool)
+    for i, r in enumerate(records):
+        for o in r.scene.objects:
+            shows[i, visual_token_index(o.row, o.col, shapes.CELL)] = True
+    index = np.tile(np.arange(tokens), len(records))
+    row, col = index // per_side, index % per_side
+    print(f"weights {args.weights}; {len(records)} images x {tokens} visual tokens (training split, "
+          "seed 30000); 3-fold cross-validated logistic regression accuracy, chance 0.25\n")
+    print("| layer | row | column | row (tokens showing an object) | column (tokens showing an object) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, h in token_states(model, processor, [r.sample.image for r in records]):
+        x = h.reshape(len(index), -1)
+        cells = [probe(x[m], y[m]) for m in (slice(None), shows.ravel()) for y in (row, col)]
+        print(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
