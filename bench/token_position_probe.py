@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.lm_probe import probe  # noqa: E402
 from topovlm.data import shapes  # noqa: E402
 from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, build_model, visual_token_index  # noqa: E402
 from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
@@ -37,16 +38,6 @@ def token_states(model, processor, images) -> list[tuple[str, np.ndarray]]:
     named = [(f"tower layer {k}" if k else "tower embeddings", h) for k, h in enumerate(states)]
     named.append(("projector output", model.model.multi_modal_projector(states[layer])))
     return [(name, h.float().numpy()) for name, h in named]
-
-
-def probe(x: np.ndarray, y: np.ndarray) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
-    return float(cross_val_score(clf, x, y, cv=3).mean())
 
 
 def main() -> int:

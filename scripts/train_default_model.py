@@ -292,10 +292,10 @@ class TokenPositionHead(nn.Module):
     """Each projected visual token (what the language model reads) predicts its own patch's
     row and column.
 
-    The auxiliary targets of :class:`AuxHeads` ask every token for the same image-level
-    features, and a probe of the committed weights (``bench/lm_probe.py``) reads an object's
-    row or column from its own projected token at chance: attention that finds the object by
-    its content would fetch no position. This head makes the position part of the token.
+    The vision tower keeps each token's position, but the projector of the committed weights
+    drops it (``bench/token_position_probe.py``: chance at the projector output), so attention
+    that finds an object's token by its content fetches no position. This head makes the
+    position part of what the language model reads.
     """
 
     def __init__(self, width: int):
@@ -708,6 +708,10 @@ def main(argv=None):
         for name, m in loras.items():
             m.A.data.copy_(state["lora"][name]["A"])
             m.B.data.copy_(state["lora"][name]["B"])
+        if (state.get("pos_head") is not None) != args.token_positions:
+            raise SystemExit(f"--resume: {ckpt_path} was written "
+                             f"{'without' if args.token_positions else 'with'} --token-positions; "
+                             "resume with the same flags")
         if pos_head is not None:
             pos_head.load_state_dict(state["pos_head"])
         opt.load_state_dict(state["opt"])
