@@ -34,6 +34,7 @@ end-of-turn token are the argmax), which equals greedy-decoding exact match.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -445,6 +446,45 @@ def match_projector_scale(model, pix, fh=None) -> None:
         f"projected {proj(v).norm(dim=-1).mean():.2f} (word embeddings {target:.2f})", fh)
 
 
+def fit_token_positions(model, pos_head, pix, steps: int, lr: float, batch: int, seed: int,
+                        drift_weight: float = 1.0, fh=None) -> dict[str, float]:
+    """Teach the projector to carry each visual token's position before stage B.
+
+    The projector and the position head are trained alone (the vision tower and the language
+    model are frozen), with the position loss plus a loss that keeps the projector's output
+    where the language model has learnt to read it: the squared distance to the initial
+    projector's output, relative to that output's mean squared norm. Without it the position
+    would be learnt through stage B's language-model steps (about 500 on the committed weights,
+    half an hour here) before the language model could start to use it.
+    """
+    proj = model.model.multi_modal_projector
+    with torch.no_grad():
+        base_proj = copy.deepcopy(proj)
+    params = list(proj.parameters()) + list(pos_head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed + 3)
+    t0 = time.time()
+    for step in range(steps):
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, steps, min(50, steps // 10), lr)
+        idx = torch.randint(0, len(pix), (batch,), generator=g)
+        with torch.no_grad():
+            toks = visual_tokens(model, pix[idx])
+            ref = base_proj(toks)
+        feats = proj(toks)
+        keep = (feats - ref).pow(2).sum(-1).mean() / ref.pow(2).sum(-1).mean()
+        pos_loss, pos_acc = pos_head.loss(feats)
+        opt.zero_grad(set_to_none=True)
+        (pos_loss + drift_weight * keep).backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"P {step:5d} token_position={pos_acc:.3f} position_loss={pos_loss.item():.4f} "
+                f"drift={keep.item():.4f} ({time.time() - t0:.0f}s)", fh)
+    return {"token_position": pos_acc, "drift": keep.item(), "seconds": time.time() - t0}
+
+
 # ----------------------------------------------------------------------------- LM step
 def lm_forward(model, input_ids, attn, labels, pix, autocast: bool):
     """Answer-token loss and per-sample exact match; the LM head runs on target rows only."""
@@ -570,12 +610,21 @@ def main(argv=None):
     ap.add_argument("--token-positions", action="store_true",
                     help="stage B: each projected visual token also predicts its own row and "
                          "column (TokenPositionHead), weighted as the auxiliary loss")
+    ap.add_argument("--position-steps", type=_non_negative, default=0,
+                    help="with --token-positions: steps fitting the projector and the position "
+                         "head alone before stage B (see fit_token_positions)")
+    ap.add_argument("--position-lr", type=float, default=2e-3,
+                    help="learning rate of those steps")
+    ap.add_argument("--position-drift-weight", type=float, default=10.0,
+                    help="weight of the projector-drift loss in those steps")
     ap.add_argument("--init-from", default=None,
                     help="start from an earlier run's checkpoint.pt (vision tower, heads, projector, "
                          "LoRA); stage A then runs --aux-steps on top of it")
     args = ap.parse_args(argv)
     args.command = "python scripts/train_default_model.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
+    if args.position_steps and not args.token_positions:
+        ap.error("--position-steps needs --token-positions (it fits the token-position head)")
     oversample = parse_oversample(args.oversample)
     if args.relation_targets:
         use_relation_targets()
@@ -724,6 +773,10 @@ def main(argv=None):
             pos_head.load_state_dict(init["pos_head"])
     else:
         match_projector_scale(model, train_pix[:256], fh)
+    if args.position_steps and start == 0:
+        fit = fit_token_positions(model, pos_head, train_pix, args.position_steps, args.position_lr,
+                                  args.aux_batch, args.seed, args.position_drift_weight, fh)
+        timings["position_fit_s"] = fit["seconds"]
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
     log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
 
