@@ -447,7 +447,7 @@ def match_projector_scale(model, pix, fh=None) -> None:
 
 
 def fit_token_positions(model, pos_head, pix, steps: int, lr: float, batch: int, seed: int,
-                        drift_weight: float = 1.0, fh=None) -> dict[str, float]:
+                        drift_weight: float = 10.0, fh=None) -> dict[str, float]:
     """Teach the projector to carry each visual token's position before stage B.
 
     The projector and the position head are trained alone (the vision tower and the language
