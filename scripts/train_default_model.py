@@ -458,8 +458,7 @@ def fit_token_positions(model, pos_head, pix, steps: int, lr: float, batch: int,
     half an hour here) before the language model could start to use it.
     """
     proj = model.model.multi_modal_projector
-    with torch.no_grad():
-        base_proj = copy.deepcopy(proj)
+    base_proj = copy.deepcopy(proj).requires_grad_(False)  # the output to stay close to
     params = list(proj.parameters()) + list(pos_head.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -470,7 +469,7 @@ def fit_token_positions(model, pos_head, pix, steps: int, lr: float, batch: int,
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, steps, min(50, steps // 10), lr)
         idx = torch.randint(0, len(pix), (batch,), generator=g)
-        with torch.no_grad():
+        with torch.no_grad():  # the tower and the reference projector are not trained
             toks = visual_tokens(model, pix[idx])
             ref = base_proj(toks)
         feats = proj(toks)
