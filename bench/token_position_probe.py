@@ -1,11 +1,12 @@
-"""Where along the visual path a token's own grid position is lost: linear probes of each
-vision-tower layer and of the projector output (what the language model reads).
+"""Where along the visual path a token's own grid position and content are lost: linear probes
+of each vision-tower layer and of the projector output (what the language model reads).
 
 ``bench/lm_probe.py`` finds that an object's row or column cannot be read from its own visual
 token inside the language model. This follows the token back: for every visual token of
 ``--n`` images (training split, seed 30000), a logistic regression (scikit-learn, 3-fold
 cross-validation) predicts the token's row and column (0-3, chance 0.25) from each layer's
-hidden state, over all tokens and over the tokens that show an object.
+hidden state, over all tokens and over the tokens that show an object, and the token's own
+content: whether its cell holds an object, and that object's colour and shape.
 
     .venv/bin/python bench/token_position_probe.py                      # the committed weights
     .venv/bin/python bench/token_position_probe.py --weights runs/x/vision.safetensors
@@ -40,6 +41,10 @@ def token_states(model, processor, images) -> list[tuple[str, np.ndarray]]:
     return [(name, h.float().numpy()) for name, h in named]
 
 
+def _majority(labels: np.ndarray) -> float:
+    return np.unique(labels, return_counts=True)[1].max() / len(labels)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="default", help="a vision.safetensors (default: the committed one)")
@@ -51,18 +56,30 @@ def main() -> int:
     per_side = IMAGE_SIZE // PATCH_SIZE
     tokens = per_side * per_side
     shows = np.zeros((len(records), tokens), dtype=bool)
+    colour = np.zeros((len(records), tokens), dtype=object)
+    shape = np.zeros((len(records), tokens), dtype=object)
     for i, r in enumerate(records):
         for o in r.scene.objects:
-            shows[i, visual_token_index(o.row, o.col, shapes.CELL)] = True
+            t = visual_token_index(o.row, o.col, shapes.CELL)
+            shows[i, t], colour[i, t], shape[i, t] = True, o.colour, o.shape
+    obj = shows.ravel()
+    colour, shape = colour.ravel()[obj].astype(str), shape.ravel()[obj].astype(str)
     index = np.tile(np.arange(tokens), len(records))
     row, col = index // per_side, index % per_side
     print(f"weights {args.weights}; {len(records)} images x {tokens} visual tokens (training split, "
-          "seed 30000); 3-fold cross-validated logistic regression accuracy, chance 0.25\n")
-    print("| layer | row | column | row (tokens showing an object) | column (tokens showing an object) |")
-    print("| --- | --- | --- | --- | --- |")
+          "seed 30000); 3-fold cross-validated logistic regression accuracy; chance: row and "
+          f"column 0.25, occupied {max(obj.mean(), 1 - obj.mean()):.2f}, the shown object's colour "
+          f"{_majority(colour):.2f} and shape {_majority(shape):.2f}\n")
+    # Position (where a token is) and content (what its own cell shows): a question's object can
+    # only be found by attention if its token carries its own content, and read off if it
+    # carries its own position.
+    print("| layer | row | column | row (tokens showing an object) | column (tokens showing an object) "
+          "| occupied | colour (tokens showing an object) | shape (tokens showing an object) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, h in token_states(model, processor, [r.sample.image for r in records]):
         x = h.reshape(len(index), -1)
-        cells = [probe(x[m], y[m]) for m in (slice(None), shows.ravel()) for y in (row, col)]
+        cells = [probe(x[m], y[m]) for m in (slice(None), obj) for y in (row, col)]
+        cells += [probe(x, obj), probe(x[obj], colour), probe(x[obj], shape)]
         print(f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     return 0
 

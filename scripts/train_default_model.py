@@ -291,33 +291,50 @@ class AuxHeads(nn.Module):
 
 class TokenPositionHead(nn.Module):
     """Each projected visual token (what the language model reads) predicts its own patch's
-    row and column.
+    row and column, and with ``content`` also what its own cell shows (colour and shape, or
+    empty).
 
-    The vision tower keeps each token's position, but the projector of the committed weights
-    drops it (``bench/token_position_probe.py``: chance at the projector output), so attention
-    that finds an object's token by its content fetches no position. This head makes the
-    position part of what the language model reads.
+    The vision tower keeps each token's position and content, but the projector of the
+    committed weights drops the position and most of the content
+    (``bench/token_position_probe.py``), so attention cannot find an object's token by its
+    content, nor fetch a position from it. This head makes both part of what the language
+    model reads.
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, content: bool = False):
         super().__init__()
         self.per_side = shapes.IMAGE_SIZE // PATCH_SIZE
         self.linear = nn.Linear(width, 2 * self.per_side)
+        self.content = content
+        if content:
+            self.slots = (PATCH_SIZE // shapes.CELL) ** 2
+            self.colour = nn.Linear(width, self.slots * (len(COLOUR_IDS) + 1))
+            self.shape = nn.Linear(width, self.slots * (len(SHAPE_IDS) + 1))
 
     def targets(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, column) of each visual token, in the vision tower's row-major patch order."""
         t = torch.arange(n_tokens)
         return t // self.per_side, t % self.per_side
 
-    def loss(self, feats: torch.Tensor):
-        """feats: (B, T, W) projected visual tokens. Returns the loss and the accuracy of both."""
+    def loss(self, feats: torch.Tensor, cells: dict[str, torch.Tensor] | None = None):
+        """feats: (B, T, W) projected visual tokens; ``cells``: the images' ``aux_targets``
+        (``colour`` and ``shape``, (B, T, slots), 0 = empty), needed with ``content``.
+        Returns the loss and the accuracies: ``token_position`` (row and column both right)
+        and, with ``content``, ``token_content`` (colour and shape of every slot right)."""
         B, T, _ = feats.shape
         logits = self.linear(feats).view(B, T, 2, self.per_side)
         row, col = self.targets(T)
         tgt = torch.stack([row, col], -1).expand(B, T, 2)
         loss = F.cross_entropy(logits.flatten(0, 2), tgt.flatten())
         with torch.no_grad():
-            acc = (logits.argmax(-1) == tgt).all(-1).float().mean().item()
+            acc = {"token_position": (logits.argmax(-1) == tgt).all(-1).float().mean().item()}
+        if self.content:
+            right = torch.ones(B, T, self.slots, dtype=torch.bool)
+            for name in ("colour", "shape"):
+                lg = getattr(self, name)(feats).view(B, T, self.slots, -1)
+                loss = loss + F.cross_entropy(lg.flatten(0, 2), cells[name].flatten())
+                right &= lg.argmax(-1) == cells[name]
+            acc["token_content"] = right.all(-1).float().mean().item()
         return loss, acc
 
 
@@ -365,9 +382,13 @@ def load_init(path: str) -> dict:
 def load_lora_init(loras: dict[str, LoRALinear], init_lora: dict) -> None:
     """Copy earlier adapters into ``loras``. From a weights file the rank may grow: the
     earlier adapter fills the first rows and the extra rows start as a fresh adapter
-    (random A, zero B), so the model computes the same function at the start."""
-    assert set(init_lora) == set(loras), "--init-from needs the same LoRA targets"
+    (random A, zero B), so the model computes the same function at the start. For the
+    same reason targets may be added (they start fresh), never dropped."""
+    dropped = sorted({n.rsplit(".", 1)[-1] for n in set(init_lora) - set(loras)})
+    assert not dropped, f"--lora-targets must keep the earlier run's targets; missing: {dropped}"
     for name, m in loras.items():
+        if name not in init_lora:
+            continue  # an added target: random A, zero B
         a = init_lora[name]["A"]
         if "B_eff" in init_lora[name]:
             b = init_lora[name]["B_eff"] / m.scale
@@ -447,8 +468,9 @@ def match_projector_scale(model, pix, fh=None) -> None:
 
 
 def fit_token_positions(model, pos_head, pix, steps: int, lr: float, batch: int, seed: int,
-                        drift_weight: float = 10.0, fh=None) -> dict[str, float]:
-    """Teach the projector to carry each visual token's position before stage B.
+                        drift_weight: float = 10.0, fh=None, cells=None) -> dict[str, float]:
+    """Teach the projector to carry each visual token's position (and with a content head its
+    own cell's content, from ``cells``, the images' ``aux_targets``) before stage B.
 
     The projector and the position head are trained alone (the vision tower and the language
     model are frozen), with the position loss plus a loss that keeps the projector's output
@@ -474,14 +496,23 @@ def fit_token_positions(model, pos_head, pix, steps: int, lr: float, batch: int,
             ref = base_proj(toks)
         feats = proj(toks)
         keep = (feats - ref).pow(2).sum(-1).mean() / ref.pow(2).sum(-1).mean()
-        pos_loss, pos_acc = pos_head.loss(feats)
+        pos_loss, accs = pos_head.loss(feats, _cells_of(cells, idx, pos_head))
         opt.zero_grad(set_to_none=True)
         (pos_loss + drift_weight * keep).backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            log(f"P {step:5d} token_position={pos_acc:.3f} position_loss={pos_loss.item():.4f} "
+            log(f"P {step:5d} {_fmt_accs(accs)} position_loss={pos_loss.item():.4f} "
                 f"drift={keep.item():.4f} ({time.time() - t0:.0f}s)", fh)
-    return {"token_position": pos_acc, "drift": keep.item(), "seconds": time.time() - t0}
+    return {**accs, "drift": keep.item(), "seconds": time.time() - t0}
+
+
+def _cells_of(cells, idx, pos_head):
+    """The content targets of images ``idx``, where the head predicts content."""
+    return {k: cells[k][idx] for k in ("colour", "shape")} if pos_head.content else None
+
+
+def _fmt_accs(accs: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in accs.items())
 
 
 # ----------------------------------------------------------------------------- LM step
@@ -609,6 +640,10 @@ def main(argv=None):
     ap.add_argument("--token-positions", action="store_true",
                     help="stage B: each projected visual token also predicts its own row and "
                          "column (TokenPositionHead), weighted as the auxiliary loss")
+    ap.add_argument("--token-content", action="store_true",
+                    help="with --token-positions: the head also predicts each token's own cell "
+                         "content (colour and shape, or empty), so that attention can find an "
+                         "object's token by what it shows")
     ap.add_argument("--position-steps", type=_non_negative, default=0,
                     help="with --token-positions: steps fitting the projector and the position "
                          "head alone before stage B (see fit_token_positions)")
@@ -624,6 +659,8 @@ def main(argv=None):
 
     if args.position_steps and not args.token_positions:
         ap.error("--position-steps needs --token-positions (it fits the token-position head)")
+    if args.token_content and not args.token_positions:
+        ap.error("--token-content needs --token-positions (it extends the token-position head)")
     oversample = parse_oversample(args.oversample)
     if args.relation_targets:
         use_relation_targets()
@@ -738,7 +775,8 @@ def main(argv=None):
     for p in proj.parameters():
         p.requires_grad_(True)
     lora_params = [p for m in loras.values() for p in (m.A, m.B)]
-    pos_head = TokenPositionHead(model.config.text_config.hidden_size) if args.token_positions else None
+    pos_head = (TokenPositionHead(model.config.text_config.hidden_size, content=args.token_content)
+                if args.token_positions else None)
     groups = [
         {"params": list(vt.parameters()) + list(heads.parameters()), "lr": args.vision_lr,
          "base": args.vision_lr},
@@ -769,12 +807,16 @@ def main(argv=None):
         proj.load_state_dict(init["proj"])
         load_lora_init(loras, init["lora"])
         if pos_head is not None and init.get("pos_head") is not None:
-            pos_head.load_state_dict(init["pos_head"])
+            # an earlier run's head may lack the content part, which then starts fresh
+            missing, unexpected = pos_head.load_state_dict(init["pos_head"], strict=False)
+            assert not unexpected and all(k.split(".")[0] in ("colour", "shape") for k in missing), \
+                f"--init-from: position head mismatch ({missing + unexpected})"
     else:
         match_projector_scale(model, train_pix[:256], fh)
     if args.position_steps and start == 0:
         fit = fit_token_positions(model, pos_head, train_pix, args.position_steps, args.position_lr,
-                                  args.aux_batch, args.seed, args.position_drift_weight, fh)
+                                  args.aux_batch, args.seed, args.position_drift_weight, fh,
+                                  cells=train_aux)
         timings["position_fit_s"] = fit["seconds"]
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
     log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
@@ -803,9 +845,9 @@ def main(argv=None):
         rec = record_of[idx]
         loss, correct, toks, feats = lm_forward(model, ids, attn, labels, train_pix[rec], args.bf16)
         aux_loss, _ = heads.loss(toks.float(), {k: v[rec] for k, v in train_aux.items()})
-        pos_acc = None
+        pos_accs = None
         if pos_head is not None:
-            pos_loss, pos_acc = pos_head.loss(feats.float())
+            pos_loss, pos_accs = pos_head.loss(feats.float(), _cells_of(train_aux, rec, pos_head))
             aux_loss = aux_loss + pos_loss
         total = loss + args.aux_weight * aux_loss
         opt.zero_grad(set_to_none=True)
@@ -817,7 +859,7 @@ def main(argv=None):
         if step % 10 == 0:
             log(f"B {step:5d} loss={loss.item():.4f} aux={aux_loss.item():.3f} "
                 f"train_em={correct.float().mean().item():.3f}"
-                + ("" if pos_acc is None else f" token_position={pos_acc:.3f}")
+                + ("" if pos_accs is None else " " + _fmt_accs(pos_accs))
                 + f" ({elapsed:.0f}s, "
                 f"{elapsed / max(1, step - 0):.2f}s/step)", fh)
         stop = args.max_minutes and elapsed > args.max_minutes * 60
