@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 
 from topovlm.data import shapes  # noqa: E402
 from topovlm.default_model.build import (  # noqa: E402
-    IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH_SIZE, build_model,
+    IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH_SIZE, build_model, visual_token_index,
 )
 from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
 
@@ -515,6 +515,96 @@ def _fmt_accs(accs: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in accs.items())
 
 
+# ----------------------------------------------------------------------------- grounding
+GROUNDED_CATEGORIES = ("spatial", WHERE_CATEGORY)  # questions whose answer is a named object's position
+
+
+def named_objects(question: str, scene) -> list:
+    """The objects of ``scene`` that ``question`` names ("the red circle"), in the order named."""
+    found = sorted((question.find(f"the {o.name}"), k) for k, o in enumerate(scene.objects))
+    return [scene.objects[k] for at, k in found if at >= 0]
+
+
+def grounding_pairs(processor, samples, scenes, tokd: Tokenized) -> list[list[tuple[int, int]]]:
+    """For every sample of a grounded category, one (query, key) pair of token positions per
+    named object: the last token of the object's name in the prompt, and the object's own
+    visual token (:func:`visual_token_index` among the image tokens). Other samples: none."""
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    expanded = IMAGE_TOKEN * NUM_IMAGE_TOKENS
+    out = []
+    for s, scene, ids in zip(samples, scenes, tokd.ids):
+        pairs = []
+        if s.category in GROUNDED_CATEGORIES:
+            p = prompt(processor, s.question).replace(IMAGE_TOKEN, expanded)
+            first_image = ids.index(image_id)
+            for o in named_objects(s.question, scene):
+                head = p[: p.index(f"the {o.name}") + len(f"the {o.name}")]
+                head_ids = tok(head, add_special_tokens=False)["input_ids"]
+                assert head_ids == ids[: len(head_ids)], f"{s.id}: the name does not end on a token boundary"
+                pairs.append((len(head_ids) - 1, first_image + visual_token_index(o.row, o.col, shapes.CELL)))
+        out.append(pairs)
+    return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class GroundingLoss:
+    """Attention supervision of a lookup: heads ``heads`` of decoder layer ``layer``, at the
+    last token of a named object's name, attend to that object's own visual token.
+
+    Every spatial question is made of two such lookups, and stage B alone forms them too slowly
+    here (``bench/attention_probe.py``: twice uniform after 1000 steps). The loss is the negative
+    log of the attention probability on the object's token, over all keys the query sees,
+    recomputed from the layer's own (LoRA-adapted) query and key projections and rotary
+    embeddings, so it trains exactly the attention the model runs. At inference the model is
+    unchanged: nothing is added to it.
+    """
+
+    def __init__(self, model, layer: int, heads: tuple[int, ...]):
+        layers = model.model.language_model.layers
+        n_heads = model.config.text_config.num_attention_heads
+        if not 0 <= layer < len(layers):
+            raise SystemExit(f"--ground-layer {layer}: the language model has layers 0-{len(layers) - 1}")
+        if not heads or not all(0 <= h < n_heads for h in heads):
+            raise SystemExit(f"--ground-heads {','.join(map(str, heads))}: heads are 0-{n_heads - 1}")
+        self.attn = layers[layer].self_attn
+        self.heads = torch.tensor(heads)
+        self.n_heads = n_heads
+        self.pairs = None  # (row in batch, query position, key position), set per step
+        self.result = self.probs = None
+        self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def set(self, batch_pairs: list[list[tuple[int, int]]]) -> None:
+        rows = [(r, q, k) for r, pairs in enumerate(batch_pairs) for q, k in pairs]
+        self.pairs = torch.tensor(rows, dtype=torch.long).view(-1, 3) if rows else None
+        self.result = None
+
+    def _hook(self, module, args, kwargs):
+        if self.pairs is None:
+            return
+        hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
+        b, q, k = self.pairs.unbind(1)
+        B, T, _ = hs.shape
+        cos, sin = cos.expand(B, T, -1), sin.expand(B, T, -1)  # one row when positions are shared
+        hd = module.head_dim
+        keys = module.k_proj(hs).view(B, T, -1, hd)
+        keys = keys * cos[:, :, None] + _rotate_half(keys) * sin[:, :, None]
+        query = module.q_proj(hs[b, q]).view(len(b), self.n_heads, hd)[:, self.heads]
+        query = query * cos[b, q][:, None] + _rotate_half(query) * sin[b, q][:, None]
+        kv = self.heads // (self.n_heads // keys.shape[2])  # grouped-query attention
+        scores = torch.einsum("nhd,nthd->nht", query.float(), keys[b][:, :, kv].float()) * hd ** -0.5
+        causal = torch.arange(T)[None, :] > q[:, None]  # keys after the query are not seen
+        logp = scores.masked_fill(causal[:, None], float("-inf")).log_softmax(-1)
+        on_target = logp[torch.arange(len(b)), :, k]  # n, heads
+        self.probs = on_target.detach().exp()
+        self.result = (-on_target.mean(), self.probs.mean().item())
+
+
 # ----------------------------------------------------------------------------- LM step
 def lm_forward(model, input_ids, attn, labels, pix, autocast: bool):
     """Answer-token loss and per-sample exact match; the LM head runs on target rows only."""
@@ -541,19 +631,30 @@ def lm_forward(model, input_ids, attn, labels, pix, autocast: bool):
 
 
 @torch.no_grad()
-def evaluate(model, tokd, pix_all, samples, pad_id, autocast, batch=64):
+def evaluate(model, tokd, pix_all, samples, pad_id, autocast, batch=64, grounding=None, pairs=None):
+    """Exact match overall and per domain and category; with ``grounding`` and the samples'
+    ``pairs`` also ``ground_share``, the mean attention of the grounded heads on the named
+    objects' tokens."""
     model.eval()
-    correct = []
+    correct, shares = [], []
     for s in range(0, len(samples), batch):
         idx = list(range(s, min(len(samples), s + batch)))
         ids, attn, labels = tokd.batch(idx, pad_id)
+        if grounding is not None:
+            grounding.set([pairs[i] for i in idx])
         _, c, _, _ = lm_forward(model, ids, attn, labels, pix_all[idx], autocast)
         correct.append(c)
+        if grounding is not None and grounding.result is not None:
+            shares.append((grounding.result[1], int(grounding.pairs.shape[0])))
+    if grounding is not None:
+        grounding.set([])
     correct = torch.cat(correct)
     res = {"overall": correct.float().mean().item()}
     for key in list(shapes.DOMAINS) + list(shapes.CATEGORIES):
         m = torch.tensor([key in (x.domain, x.category) for x in samples])
         res[key] = correct[m].float().mean().item() if m.any() else float("nan")
+    if shares:
+        res["ground_share"] = sum(v * n for v, n in shares) / sum(n for _, n in shares)
     return res
 
 
@@ -574,6 +675,16 @@ def _non_negative(text: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
     return n
+
+
+def _heads(text: str) -> tuple[int, ...]:
+    try:
+        heads = tuple(int(h) for h in text.split(",") if h.strip())
+    except ValueError:
+        heads = ()
+    if not heads or min(heads) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated head indices, got {text!r}")
+    return heads
 
 
 def parse_oversample(spec: str) -> dict[str, float]:
@@ -651,6 +762,14 @@ def main(argv=None):
                     help="learning rate of those steps")
     ap.add_argument("--position-drift-weight", type=float, default=10.0,
                     help="weight of the projector-drift loss in those steps")
+    ap.add_argument("--ground-heads", type=_heads, default=(),
+                    help="stage B: these heads of --ground-layer, at each object a spatial or "
+                         "where-question names, are trained to attend to that object's own visual "
+                         "token (GroundingLoss), e.g. '0,4'; default: none")
+    ap.add_argument("--ground-layer", type=_non_negative, default=8,
+                    help="decoder layer of --ground-heads")
+    ap.add_argument("--ground-weight", type=float, default=1.0,
+                    help="weight of the grounding loss")
     ap.add_argument("--init-from", default=None,
                     help="start from an earlier run's checkpoint.pt (vision tower, heads, projector, "
                          "LoRA); stage A then runs --aux-steps on top of it")
@@ -818,12 +937,22 @@ def main(argv=None):
                                   args.aux_batch, args.seed, args.position_drift_weight, fh,
                                   cells=train_aux)
         timings["position_fit_s"] = fit["seconds"]
+    grounding = ground_pairs = None
+    val_ground = {}  # evaluate() keywords: held-out attention on the named objects
+    if args.ground_heads:
+        grounding = GroundingLoss(model, args.ground_layer, args.ground_heads)
+        ground_pairs = grounding_pairs(processor, train_samples, [train[i].scene for i in record_of.tolist()],
+                                       tok_train)
+        val_ground = {"grounding": grounding,
+                      "pairs": grounding_pairs(processor, val, [r.scene for r in val_records], tok_val)}
+        log(f"grounding: layer {args.ground_layer} heads {list(args.ground_heads)}, "
+            f"{sum(map(len, ground_pairs))} lookups in {sum(1 for p in ground_pairs if p)} questions", fh)
     n_trainable = sum(p.numel() for g_ in groups for p in g_["params"])
     log(f"stage B: {n_trainable} trainable parameters, lora={len(loras)} modules", fh)
 
     history = []
     if init is not None and start == 0:  # the run continued, as loaded: its accuracy before any step
-        res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16)
+        res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16, **val_ground)
         history.append({"step": 0, **res})
         log(f"B     0 VAL (as initialised) {fmt(res)}", fh)
     g = torch.Generator().manual_seed(args.seed + 2 + start)
@@ -843,6 +972,8 @@ def main(argv=None):
             idx = torch.multinomial(weights, args.lm_batch, replacement=True, generator=g).tolist()
         ids, attn, labels = tok_train.batch(idx, pad_id)
         rec = record_of[idx]
+        if grounding is not None:
+            grounding.set([ground_pairs[i] for i in idx])
         loss, correct, toks, feats = lm_forward(model, ids, attn, labels, train_pix[rec], args.bf16)
         aux_loss, _ = heads.loss(toks.float(), {k: v[rec] for k, v in train_aux.items()})
         pos_accs = None
@@ -850,6 +981,10 @@ def main(argv=None):
             pos_loss, pos_accs = pos_head.loss(feats.float(), _cells_of(train_aux, rec, pos_head))
             aux_loss = aux_loss + pos_loss
         total = loss + args.aux_weight * aux_loss
+        if grounding is not None and grounding.result is not None:
+            ground_loss, ground_share = grounding.result
+            total = total + args.ground_weight * ground_loss
+            pos_accs = {**(pos_accs or {}), "ground_share": ground_share}
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_([p for g_ in groups for p in g_["params"]], 1.0)
@@ -864,7 +999,7 @@ def main(argv=None):
                 f"{elapsed / max(1, step - 0):.2f}s/step)", fh)
         stop = args.max_minutes and elapsed > args.max_minutes * 60
         if step % args.eval_every == 0 or step == args.lm_steps or stop:
-            res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16)
+            res = evaluate(model, tok_val, val_pix, val, pad_id, args.bf16, **val_ground)
             if val_where:
                 res[WHERE_CATEGORY] = evaluate(model, tok_val_where, val_where_pix, val_where,
                                                pad_id, args.bf16)["overall"]

@@ -330,3 +330,88 @@ def test_token_positions_are_fitted_into_the_projector_without_moving_its_output
     # learns it within the same steps
     content = fit(0.0, content=True)
     assert content["token_content"] > 0.95
+
+
+def _tiny_llama_lm(seed: int = 0):
+    """A 3-layer Llama with grouped-query attention (4 query heads on 2 key-value heads)."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=64, attn_implementation="eager")
+    lm = LlamaModel(cfg).eval()
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    return lm
+
+
+class _AsLlava:
+    """The attribute path GroundingLoss reads (``model.model.language_model``) around a bare LM."""
+
+    def __init__(self, lm):
+        self.model = type("Inner", (), {"language_model": lm})()
+        self.config = type("Config", (), {"text_config": lm.config})()
+
+
+def test_grounding_loss_recomputes_the_attention_the_model_runs():
+    train = _train_script()
+    lm = _tiny_llama_lm()
+    ground = train.GroundingLoss(_AsLlava(lm), layer=1, heads=(0, 3))
+    embeds = torch.randn(2, 12, 32)
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[1, 10:] = 0  # a right-padded row, as in training batches
+    pairs = [[(5, 2), (9, 7)], [(8, 1)]]
+    ground.set(pairs)
+    att = lm(inputs_embeds=embeds, attention_mask=mask, output_attentions=True).attentions[1]
+    want = torch.stack([att[0, [0, 3], 5, 2], att[0, [0, 3], 9, 7], att[1, [0, 3], 8, 1]])
+    loss, share = ground.result
+    assert torch.allclose(ground.probs, want, atol=1e-5)  # rotary, grouped-query and causal mask right
+    assert share == pytest.approx(want.mean().item(), abs=1e-5)
+    assert loss.item() == pytest.approx(-want.log().mean().item(), abs=1e-4)
+    ground.set([[], []])  # a batch without grounded questions adds no loss
+    lm(inputs_embeds=embeds, attention_mask=mask)
+    assert ground.result is None
+
+
+def test_grounding_loss_teaches_a_head_to_find_the_named_token():
+    train = _train_script()
+    lm = _tiny_llama_lm(seed=1)
+    ground = train.GroundingLoss(_AsLlava(lm), layer=2, heads=(1,))
+    table = torch.randn(8, 32)  # eight "objects"; the query position names one of them
+    torch.manual_seed(2)
+
+    def batch(n=32):
+        objs = torch.stack([torch.randperm(8)[:4] for _ in range(n)])  # 4 objects in slots 0-3
+        named = torch.randint(0, 4, (n,))
+        x = torch.randn(n, 6, 32) * 0.1
+        x[:, :4] += table[objs]
+        x[:, 5] += table[objs[torch.arange(n), named]]  # the mention, at the last position
+        return x, [[(5, int(k))] for k in named]
+
+    params = []
+    for name in ("q_proj", "k_proj"):
+        lin = getattr(lm.layers[2].self_attn, name)
+        lin.weight.requires_grad_(True)
+        params.append(lin.weight)
+    opt = torch.optim.Adam(params, lr=1e-2)
+
+    def share(x, pairs):
+        ground.set(pairs)
+        lm(inputs_embeds=x)
+        return ground.result
+
+    x_val, p_val = batch(256)
+    with torch.no_grad():
+        before = share(x_val, p_val)[1]
+    for _ in range(150):
+        loss, _ = share(*batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = share(x_val, p_val)[1]
+    assert before < 0.3 and after > 0.6  # 4 candidates and 2 other keys: chance about 1/6
+    with pytest.raises(SystemExit, match="heads are 0-3"):
+        train.GroundingLoss(_AsLlava(lm), layer=0, heads=(4,))
+    with pytest.raises(SystemExit, match="layers 0-2"):
+        train.GroundingLoss(_AsLlava(lm), layer=3, heads=(0,))
