@@ -525,10 +525,11 @@ def named_objects(question: str, scene) -> list:
     return [scene.objects[k] for at, k in found if at >= 0]
 
 
-def grounding_pairs(processor, samples, scenes, tokd: Tokenized) -> list[list[tuple[int, int]]]:
-    """For every sample of a grounded category, one (query, key) pair of token positions per
-    named object: the last token of the object's name in the prompt, and the object's own
-    visual token (:func:`visual_token_index` among the image tokens). Other samples: none."""
+def grounding_pairs(processor, samples, scenes, tokd: Tokenized) -> list[list[tuple[int, int, int]]]:
+    """For every sample of a grounded category, one (query, key, token) triple per named object:
+    the positions of the last token of the object's name in the prompt and of the object's own
+    visual token, and that token's index among the image's (:func:`visual_token_index`). Other
+    samples: none."""
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
     expanded = IMAGE_TOKEN * NUM_IMAGE_TOKENS
@@ -542,7 +543,8 @@ def grounding_pairs(processor, samples, scenes, tokd: Tokenized) -> list[list[tu
                 head = p[: p.index(f"the {o.name}") + len(f"the {o.name}")]
                 head_ids = tok(head, add_special_tokens=False)["input_ids"]
                 assert head_ids == ids[: len(head_ids)], f"{s.id}: the name does not end on a token boundary"
-                pairs.append((len(head_ids) - 1, first_image + visual_token_index(o.row, o.col, shapes.CELL)))
+                token = visual_token_index(o.row, o.col, shapes.CELL)
+                pairs.append((len(head_ids) - 1, first_image + token, token))
         out.append(pairs)
     return out
 
@@ -562,9 +564,15 @@ class GroundingLoss:
     recomputed from the layer's own (LoRA-adapted) query and key projections and rotary
     embeddings, so it trains exactly the attention the model runs. At inference the model is
     unchanged: nothing is added to it.
+
+    With ``position`` a linear head (``self.head``, trained with the adapters) also reads the
+    named object's row and column from the layer's attention output at the mention: attention
+    alone fetches what the object is, not where it is (``bench/lm_probe.py``: the position is
+    not readable at the mention after the heads attend to the object), and this makes the
+    fetched value carry the position.
     """
 
-    def __init__(self, model, layer: int, heads: tuple[int, ...]):
+    def __init__(self, model, layer: int, heads: tuple[int, ...], position: bool = False):
         layers = model.model.language_model.layers
         n_heads = model.config.text_config.num_attention_heads
         if not 0 <= layer < len(layers):
@@ -574,21 +582,39 @@ class GroundingLoss:
         self.attn = layers[layer].self_attn
         self.heads = torch.tensor(heads)
         self.n_heads = n_heads
-        self.pairs = None  # (row in batch, query position, key position), set per step
-        self.result = self.probs = None
+        self.pairs = None  # (row in batch, query position, key position, visual token), set per step
+        self.result = self.probs = self.position_acc = None
+        self.per_side = shapes.IMAGE_SIZE // PATCH_SIZE
+        self.head = (nn.Linear(model.config.text_config.hidden_size, 2 * self.per_side)
+                     if position else None)
         self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        if position:
+            self.attn.register_forward_hook(self._position_hook)
 
-    def set(self, batch_pairs: list[list[tuple[int, int]]]) -> None:
-        rows = [(r, q, k) for r, pairs in enumerate(batch_pairs) for q, k in pairs]
-        self.pairs = torch.tensor(rows, dtype=torch.long).view(-1, 3) if rows else None
-        self.result = None
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters()) if self.head is not None else []
+
+    def set(self, batch_pairs: list[list[tuple[int, int, int]]]) -> None:
+        rows = [(r, *t) for r, pairs in enumerate(batch_pairs) for t in pairs]
+        self.pairs = torch.tensor(rows, dtype=torch.long).view(-1, 4) if rows else None
+        self.result = self.position_acc = None
+
+    def _position_hook(self, module, args, output):
+        if self.pairs is None:
+            return
+        b, q, _, token = self.pairs.unbind(1)
+        logits = self.head(output[0][b, q].float()).view(-1, 2, self.per_side)
+        target = torch.stack([token // self.per_side, token % self.per_side], -1)
+        loss = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+        self.position_acc = (logits.argmax(-1) == target).all(-1).float().mean().item()
+        self.result = (self.result[0] + loss, self.result[1])
 
     def _hook(self, module, args, kwargs):
         if self.pairs is None:
             return
         hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         cos, sin = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
-        b, q, k = self.pairs.unbind(1)
+        b, q, k, _ = self.pairs.unbind(1)
         B, T, _ = hs.shape
         cos, sin = cos.expand(B, T, -1), sin.expand(B, T, -1)  # one row when positions are shared
         hd = module.head_dim
@@ -770,6 +796,10 @@ def main(argv=None):
                     help="decoder layer of --ground-heads")
     ap.add_argument("--ground-weight", type=float, default=1.0,
                     help="weight of the grounding loss")
+    ap.add_argument("--ground-position", action="store_true",
+                    help="with --ground-heads: the layer's attention output at each mention also "
+                         "predicts the named object's row and column (a linear head), so that the "
+                         "lookup fetches where the object is")
     ap.add_argument("--init-from", default=None,
                     help="start from an earlier run's checkpoint.pt (vision tower, heads, projector, "
                          "LoRA); stage A then runs --aux-steps on top of it")
@@ -778,6 +808,8 @@ def main(argv=None):
 
     if args.position_steps and not args.token_positions:
         ap.error("--position-steps needs --token-positions (it fits the token-position head)")
+    if args.ground_position and not args.ground_heads:
+        ap.error("--ground-position needs --ground-heads (it reads what those heads fetch)")
     if args.token_content and not args.token_positions:
         ap.error("--token-content needs --token-positions (it extends the token-position head)")
     oversample = parse_oversample(args.oversample)
@@ -896,11 +928,13 @@ def main(argv=None):
     lora_params = [p for m in loras.values() for p in (m.A, m.B)]
     pos_head = (TokenPositionHead(model.config.text_config.hidden_size, content=args.token_content)
                 if args.token_positions else None)
+    grounding = (GroundingLoss(model, args.ground_layer, args.ground_heads, position=args.ground_position)
+                 if args.ground_heads else None)
     groups = [
         {"params": list(vt.parameters()) + list(heads.parameters()), "lr": args.vision_lr,
          "base": args.vision_lr},
-        {"params": list(proj.parameters()) + (list(pos_head.parameters()) if pos_head else []),
-         "lr": args.lr, "base": args.lr},
+        {"params": list(proj.parameters()) + (list(pos_head.parameters()) if pos_head else [])
+         + (grounding.parameters() if grounding else []), "lr": args.lr, "base": args.lr},
     ]
     if lora_params:
         groups.append({"params": lora_params, "lr": args.lr, "base": args.lr})
@@ -919,6 +953,11 @@ def main(argv=None):
                              "resume with the same flags")
         if pos_head is not None:
             pos_head.load_state_dict(state["pos_head"])
+        if (state.get("ground_head") is not None) != bool(grounding and grounding.head is not None):
+            raise SystemExit(f"--resume: {ckpt_path} was written with other --ground-position; "
+                             "resume with the same flags")
+        if state.get("ground_head") is not None:
+            grounding.head.load_state_dict(state["ground_head"])
         opt.load_state_dict(state["opt"])
         start = state["step"]
         log(f"resumed stage B at step {start}", fh)
@@ -930,6 +969,8 @@ def main(argv=None):
             missing, unexpected = pos_head.load_state_dict(init["pos_head"], strict=False)
             assert not unexpected and all(k.split(".")[0] in ("colour", "shape") for k in missing), \
                 f"--init-from: position head mismatch ({missing + unexpected})"
+        if grounding is not None and grounding.head is not None and init.get("ground_head") is not None:
+            grounding.head.load_state_dict(init["ground_head"])
     else:
         match_projector_scale(model, train_pix[:256], fh)
     if args.position_steps and start == 0:
@@ -937,10 +978,9 @@ def main(argv=None):
                                   args.aux_batch, args.seed, args.position_drift_weight, fh,
                                   cells=train_aux)
         timings["position_fit_s"] = fit["seconds"]
-    grounding = ground_pairs = None
+    ground_pairs = None
     val_ground = {}  # evaluate() keywords: held-out attention on the named objects
-    if args.ground_heads:
-        grounding = GroundingLoss(model, args.ground_layer, args.ground_heads)
+    if grounding is not None:
         ground_pairs = grounding_pairs(processor, train_samples, [train[i].scene for i in record_of.tolist()],
                                        tok_train)
         val_ground = {"grounding": grounding,
@@ -985,6 +1025,8 @@ def main(argv=None):
             ground_loss, ground_share = grounding.result
             total = total + args.ground_weight * ground_loss
             pos_accs = {**(pos_accs or {}), "ground_share": ground_share}
+            if grounding.position_acc is not None:
+                pos_accs["ground_position"] = grounding.position_acc
         opt.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_([p for g_ in groups for p in g_["params"]], 1.0)
@@ -1012,6 +1054,8 @@ def main(argv=None):
                         "heads": heads.state_dict(), "proj": proj.state_dict(),
                         "lora": {n: {"A": m.A.data, "B": m.B.data} for n, m in loras.items()},
                         "pos_head": pos_head.state_dict() if pos_head is not None else None,
+                        "ground_head": (grounding.head.state_dict()
+                                        if grounding is not None and grounding.head is not None else None),
                         "opt": opt.state_dict(), "timings": timings}, ckpt_path)
             save_weights(model, loras, out, args, timings, step, history)
         if stop:

@@ -101,7 +101,7 @@ def test_training_script_runs(tmp_path, model_dir):
     cmd = [sys.executable, str(ROOT / "scripts" / "train_default_model.py"), "--out", str(out),
            "--train-size", "40", "--val-size", "8", "--aux-steps", "3", "--aux-batch", "8",
            "--lm-steps", "2", "--lm-batch", "2", "--eval-every", "2", "--threads", "1",
-           "--where-questions", "6", "--ground-heads", "0,2", "--ground-layer", "4"]
+           "--where-questions", "6", "--ground-heads", "0,2", "--ground-layer", "4", "--ground-position"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,10 +156,10 @@ def test_grounding_pairs_point_from_each_named_object_to_its_own_visual_token(lo
         named = train.named_objects(s.question, scene)
         assert len(ps) == len(named) == (2 if s.category == "spatial" else 1)
         first_image = ids.index(model.config.image_token_id)
-        for (q, k), o in zip(ps, named):
+        for (q, k, token), o in zip(ps, named):
             assert tok.decode(ids[q]).strip() == o.shape  # the name's last word
             assert tok.decode(ids[q - 1]).strip() == o.colour
-            assert k - first_image == dm_build.visual_token_index(o.row, o.col, shapes.CELL)
+            assert k - first_image == token == dm_build.visual_token_index(o.row, o.col, shapes.CELL)
             assert first_image + 16 <= q < len(ids) - n_answer  # in the question, not the answer
             seen += 1
     assert seen >= 20

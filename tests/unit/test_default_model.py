@@ -360,7 +360,7 @@ def test_grounding_loss_recomputes_the_attention_the_model_runs():
     embeds = torch.randn(2, 12, 32)
     mask = torch.ones(2, 12, dtype=torch.long)
     mask[1, 10:] = 0  # a right-padded row, as in training batches
-    pairs = [[(5, 2), (9, 7)], [(8, 1)]]
+    pairs = [[(5, 2, 0), (9, 7, 5)], [(8, 1, 15)]]  # (query, key, visual token index)
     ground.set(pairs)
     att = lm(inputs_embeds=embeds, attention_mask=mask, output_attentions=True).attentions[1]
     want = torch.stack([att[0, [0, 3], 5, 2], att[0, [0, 3], 9, 7], att[1, [0, 3], 8, 1]])
@@ -371,25 +371,41 @@ def test_grounding_loss_recomputes_the_attention_the_model_runs():
     ground.set([[], []])  # a batch without grounded questions adds no loss
     lm(inputs_embeds=embeds, attention_mask=mask)
     assert ground.result is None
+    # with the position head, its cross-entropy on each named object's row and column is added
+    torch.manual_seed(0)
+    with_position = train.GroundingLoss(_AsLlava(lm), layer=1, heads=(0, 3), position=True)
+    with_position.set(pairs)
+    lm(inputs_embeds=embeds, attention_mask=mask)
+    extra = with_position.result[0] - ground_loss_of(train, lm, pairs, embeds, mask)
+    assert extra.item() > 0.5  # about 2 * log(4) for a fresh head
+    assert with_position.position_acc is not None
+
+
+def ground_loss_of(train, lm, pairs, embeds, mask):
+    ground = train.GroundingLoss(_AsLlava(lm), layer=1, heads=(0, 3))
+    ground.set(pairs)
+    lm(inputs_embeds=embeds, attention_mask=mask)
+    return ground.result[0]
 
 
 def test_grounding_loss_teaches_a_head_to_find_the_named_token():
     train = _train_script()
     lm = _tiny_llama_lm(seed=1)
-    ground = train.GroundingLoss(_AsLlava(lm), layer=2, heads=(1,))
+    ground = train.GroundingLoss(_AsLlava(lm), layer=2, heads=(1,), position=True)
     table = torch.randn(8, 32)  # eight "objects"; the query position names one of them
+    slot = torch.randn(4, 32) * 0.5  # what each slot's token carries about where it is
     torch.manual_seed(2)
 
     def batch(n=32):
         objs = torch.stack([torch.randperm(8)[:4] for _ in range(n)])  # 4 objects in slots 0-3
         named = torch.randint(0, 4, (n,))
         x = torch.randn(n, 6, 32) * 0.1
-        x[:, :4] += table[objs]
+        x[:, :4] += table[objs] + slot
         x[:, 5] += table[objs[torch.arange(n), named]]  # the mention, at the last position
-        return x, [[(5, int(k))] for k in named]
+        return x, [[(5, int(k), int(k))] for k in named]  # slot k: row 0, column k
 
-    params = []
-    for name in ("q_proj", "k_proj"):
+    params = list(ground.parameters())
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
         lin = getattr(lm.layers[2].self_attn, name)
         lin.weight.requires_grad_(True)
         params.append(lin.weight)
@@ -403,6 +419,7 @@ def test_grounding_loss_teaches_a_head_to_find_the_named_token():
     x_val, p_val = batch(256)
     with torch.no_grad():
         before = share(x_val, p_val)[1]
+        position_before = ground.position_acc
     for _ in range(150):
         loss, _ = share(*batch())
         opt.zero_grad()
@@ -411,6 +428,8 @@ def test_grounding_loss_teaches_a_head_to_find_the_named_token():
     with torch.no_grad():
         after = share(x_val, p_val)[1]
     assert before < 0.3 and after > 0.6  # 4 candidates and 2 other keys: chance about 1/6
+    # and the attention output at the mention says where the named object is (chance 1/4)
+    assert position_before < 0.5 and ground.position_acc > 0.8
     with pytest.raises(SystemExit, match="heads are 0-3"):
         train.GroundingLoss(_AsLlava(lm), layer=0, heads=(4,))
     with pytest.raises(SystemExit, match="layers 0-2"):
