@@ -24,6 +24,11 @@ Recipe (defaults):
    stage A then fits them on the frozen vision tower; ``--lora-rank`` may grow).
    ``--where-questions N`` adds N training-only questions about one object's row or
    column (category ``where``), the lookups that every spatial question is made of.
+   ``--ground-heads H --ground-layer L`` supervises that lookup's attention (GroundingLoss:
+   at each object a spatial or where-question names, heads H of layer L attend to the
+   object's own visual token), and ``--ground-position`` makes what they fetch carry the
+   object's row and column; ``bench/grounding_heads.py`` measures which heads look at the
+   image there.
 3. The result (``vision.safetensors``; float16 vision tower + projector [+ LoRA]) and
    ``meta.json`` (recipe, timings, accuracies) are written to ``--out``; copy them to
    ``topovlm/default_model/weights/`` to make them the default.
