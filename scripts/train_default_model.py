@@ -806,8 +806,8 @@ def main(argv=None):
                          "predicts the named object's row and column (a linear head), so that the "
                          "lookup fetches where the object is")
     ap.add_argument("--init-from", default=None,
-                    help="start from an earlier run's checkpoint.pt (vision tower, heads, projector, "
-                         "LoRA); stage A then runs --aux-steps on top of it")
+                    help="start from an earlier run's checkpoint.pt or continuation.pt (vision tower, "
+                         "heads, projector, LoRA); stage A then runs --aux-steps on top of it")
     args = ap.parse_args(argv)
     args.command = "python scripts/train_default_model.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
@@ -1055,13 +1055,16 @@ def main(argv=None):
             (out / "history.json").write_text(json.dumps(history, indent=1))
         if step % args.ckpt_every == 0 or step == args.lm_steps or stop:
             timings["stage_b_s"] = elapsed
-            torch.save({"stage": "B", "step": step, "vt": vt.state_dict(),
-                        "heads": heads.state_dict(), "proj": proj.state_dict(),
-                        "lora": {n: {"A": m.A.data, "B": m.B.data} for n, m in loras.items()},
-                        "pos_head": pos_head.state_dict() if pos_head is not None else None,
-                        "ground_head": (grounding.head.state_dict()
-                                        if grounding is not None and grounding.head is not None else None),
-                        "opt": opt.state_dict(), "timings": timings}, ckpt_path)
+            trained = {"stage": "B", "step": step, "vt": vt.state_dict(),
+                       "heads": heads.state_dict(), "proj": proj.state_dict(),
+                       "lora": {n: {"A": m.A.data, "B": m.B.data} for n, m in loras.items()},
+                       "pos_head": pos_head.state_dict() if pos_head is not None else None,
+                       "ground_head": (grounding.head.state_dict()
+                                       if grounding is not None and grounding.head is not None else None)}
+            torch.save({**trained, "opt": opt.state_dict(), "timings": timings}, ckpt_path)
+            # what a later run needs to continue (--init-from), without the optimizer's state and
+            # in float16: a quarter of checkpoint.pt, small enough to keep with the results
+            torch.save({**_half(trained), "timings": timings}, out / "continuation.pt")
             save_weights(model, loras, out, args, timings, step, history)
         if stop:
             log("time budget reached", fh)
@@ -1071,6 +1074,15 @@ def main(argv=None):
     save_weights(model, loras, out, args, timings, step, history)
     log(f"done in {timings['total_s']:.0f}s; weights in {out / 'vision.safetensors'}", fh)
     return out
+
+
+def _half(state):
+    """``state`` with every floating-point tensor in float16 (nested dicts kept)."""
+    if isinstance(state, dict):
+        return {k: _half(v) for k, v in state.items()}
+    if isinstance(state, torch.Tensor) and state.is_floating_point():
+        return state.to(torch.float16)
+    return state
 
 
 def save_weights(model, loras, out: Path, args, timings, step, history) -> None:

@@ -119,16 +119,20 @@ def test_training_script_runs(tmp_path, model_dir):
     model, _ = dm_build.build_model(lm_dir, out / "vision.safetensors")
     assert len(model.model.language_model.layers) == 30
 
-    # a continuation with relation targets and no steps exports exactly what it started from
+    # a continuation with relation targets and no steps exports exactly what it started from,
+    # also from continuation.pt (checkpoint.pt without the optimizer's state, in float16)
+    assert (out / "continuation.pt").stat().st_size < (out / "checkpoint.pt").stat().st_size / 2
     out2 = tmp_path / "continued"
     cmd2 = [sys.executable, str(ROOT / "scripts" / "train_default_model.py"), "--out", str(out2),
             "--train-size", "40", "--val-size", "8", "--aux-steps", "0", "--lm-steps", "0",
-            "--threads", "1", "--relation-targets", "--init-from", str(out / "checkpoint.pt")]
+            "--threads", "1", "--relation-targets", "--init-from", str(out / "continuation.pt")]
     proc = subprocess.run(cmd2, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state2 = load_file(str(out2 / "vision.safetensors"))
     assert state2.keys() == state.keys()
-    assert all(torch.equal(state2[k], state[k]) for k in state)
+    # float16 rounds B and B * scale differently only below its normal range (tiny adapters)
+    assert all(torch.allclose(state2[k].float(), state[k].float(), rtol=1e-3, atol=1e-7) for k in state)
+    assert all(torch.equal(state2[k], state[k]) for k in state if not k.endswith(".B"))
     meta2 = json.loads((out2 / "meta.json").read_text())
     assert meta2["init_from"]["recipe"] == meta["recipe"] and meta2["recipe"]["relation_targets"]
 
