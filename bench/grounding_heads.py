@@ -52,10 +52,10 @@ def head_attention(train, model, processor, records, layer: int) -> tuple[torch.
         return ground.probs
 
     target = probs(pairs).mean(0)
-    every_token = [[(q, first[r] + j) for q, _ in ps for j in range(NUM_IMAGE_TOKENS)]
+    every_token = [[(q, first[r] + j, j) for q, _, _ in ps for j in range(NUM_IMAGE_TOKENS)]
                    for r, ps in enumerate(pairs)]
     image = probs(every_token).view(-1, NUM_IMAGE_TOKENS, n_heads).sum(1).mean(0)
-    ground.attn._forward_pre_hooks.clear()
+    ground.remove()
     return image, target
 
 

@@ -592,9 +592,14 @@ class GroundingLoss:
         self.per_side = shapes.IMAGE_SIZE // PATCH_SIZE
         self.head = (nn.Linear(model.config.text_config.hidden_size, 2 * self.per_side)
                      if position else None)
-        self.attn.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self.hooks = [self.attn.register_forward_pre_hook(self._attention_hook, with_kwargs=True)]
         if position:
-            self.attn.register_forward_hook(self._position_hook)
+            self.hooks.append(self.attn.register_forward_hook(self._position_hook))
+
+    def remove(self) -> None:
+        """Detach from the layer (the model then runs as if never supervised)."""
+        for h in self.hooks:
+            h.remove()
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters()) if self.head is not None else []
@@ -614,7 +619,7 @@ class GroundingLoss:
         self.position_acc = (logits.argmax(-1) == target).all(-1).float().mean().item()
         self.result = (self.result[0] + loss, self.result[1])
 
-    def _hook(self, module, args, kwargs):
+    def _attention_hook(self, module, args, kwargs):
         if self.pairs is None:
             return
         hs = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
