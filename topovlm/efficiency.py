@@ -196,8 +196,9 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
         "new_tokens": s.new_tokens,
         "prefill_latency_s": t_prefill,
         "generate_latency_s": t_generate,
-        # NaN when the decode steps took no measurable time over the noise (loaded machine)
-        "decode_tokens_per_s": steps / decode_time if decode_time > 0 else float("nan"),
+        # None when the decode steps took no measurable time over the noise (loaded machine); None,
+        # not NaN, because JSON has no NaN: a cached baseline must equal a fresh one
+        "decode_tokens_per_s": steps / decode_time if decode_time > 0 else None,
         # repeat spread, for the variance of the medians above
         "prefill_latency_range_s": [min(prefill_times), max(prefill_times)],
         "decode_time_range_s": [min(decode_times), max(decode_times)],
@@ -220,7 +221,8 @@ def speedups(pruned: dict[str, Any], base: dict[str, Any], original_layers: int)
     out = {
         "ideal_speedup": original_layers / kept,
         "prefill_speedup": base["prefill_latency_s"] / pruned["prefill_latency_s"],
-        "decode_speedup": pruned["decode_tokens_per_s"] / base["decode_tokens_per_s"],
+        "decode_speedup": (pruned["decode_tokens_per_s"] / base["decode_tokens_per_s"]
+                           if pruned["decode_tokens_per_s"] and base["decode_tokens_per_s"] else None),
         "generate_speedup": base["generate_latency_s"] / pruned["generate_latency_s"],
         "params_ratio": pruned["params_total"] / base["params_total"],
         "decoder_params_ratio": pruned["params_decoder_layers"] / max(1, base["params_decoder_layers"]),

@@ -85,3 +85,15 @@ def test_runner_records_efficiency_and_speedup(tmp_path):
     res2 = run_job(compose(tiny_overrides(tmp_path, *base, "sparsity=0.5")), tmp_path / "b")
     assert res2["efficiency"]["baseline_from_cache"] is True  # a sweep measures the unpruned model once
     assert res2["efficiency"]["baseline"] == eff["baseline"]
+
+
+def test_unmeasurable_decode_is_none_and_survives_the_cache(fresh_tiny_llava):
+    # on a loaded machine the decode steps can take no measurable time over the noise: the
+    # baseline says None (not NaN, which JSON turns into null), so a cached copy equals a fresh one
+    from topovlm.results import to_jsonable
+
+    base = measure(fresh_tiny_llava, FAST)
+    base["decode_tokens_per_s"] = None
+    assert json.loads(json.dumps(to_jsonable(base))) == base
+    sp = speedups(dict(base, decode_tokens_per_s=12.0), base, original_layers=8)
+    assert sp["decode_speedup"] is None and sp["prefill_speedup"] > 0
