@@ -99,13 +99,17 @@ def test_draw_variance_keeps_sampling_apart():
     assert dv.sampling_half_width == pytest.approx(np.mean([iv.half_width for iv in ivs]))
 
 
-def test_regime_spread_and_label():
-    r = stats.regime(0.3, {"a": 0.5, "b": 0.45, "c": 0.1}, ["b"], lower_is_better=False)
-    assert (r.best, r.worst, r.n_indistinguishable, r.n_scorers) == ("a", "c", 2, 3)
-    assert r.spread == pytest.approx(0.4) and r.label == "ranking-sensitive"
-    assert stats.regime(0.1, {"a": 0.5, "b": 0.49}, ["b"], False).label == "convergent"
-    low = stats.regime(0.1, {"a": 10.0, "b": 12.0}, [], lower_is_better=True)
-    assert low.best == "a" and low.spread == pytest.approx(2.0)
+def test_regime_is_defined_by_what_the_tests_showed():
+    r = stats.regime(0.3, {"a": 0.5, "b": 0.45, "c": 0.1}, ["a", "b"], lower_is_better=False, margin=0.05)
+    assert (r.best, r.worst, r.n_not_shown_worse, r.n_scorers) == ("a", "c", 2, 3)
+    assert r.spread == pytest.approx(0.4) and r.label == "ranking-sensitive"  # c is shown worse
+    # nobody shown worse is not convergence: only equivalence (TOST) with the best is
+    assert stats.regime(0.1, {"a": 0.5, "b": 0.49}, ["a", "b"], False, margin=0.05).label == "undetermined"
+    conv = stats.regime(0.1, {"a": 0.5, "b": 0.49}, ["a", "b"], False, equivalent=["b"], spread_interval=(0.0, 0.03),
+                        margin=0.05)
+    assert conv.label == "convergent" and conv.n_equivalent == 2 and (conv.spread_low, conv.spread_high) == (0.0, 0.03)
+    low = stats.regime(0.1, {"a": 10.0, "b": 12.0}, ["a"], lower_is_better=True)
+    assert low.best == "a" and low.spread == pytest.approx(2.0) and low.label == "ranking-sensitive"
 
 
 def test_speedup_flags_and_pareto_front():

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -330,45 +331,80 @@ def stat_sweep(tmp_path: Path) -> Path:
 
 
 def test_summary_md_has_intervals_and_verdict_columns(stat_sweep: Path):
+    from statsmodels.stats.weightstats import ttost_paired
+
     from topovlm import stats
 
     s = build_summary([stat_sweep])
     md = (stat_sweep / "summary.md").read_text()
-    title = "#### m · t · accuracy: paired comparison with the best scorer"
+    title = "#### m · t · accuracy: comparison of scorers (confirmatory family"
     assert title in md
     header = md.split(title, 1)[1].split("| sparsity |", 1)[1].split("\n", 1)[0]
-    for col in ("value [95% CI]", "Δ vs best [95% CI]", "test", "p (Holm)", "verdict", "agreement with unpruned"):
+    for col in ("value [95% CI]", "new draw [95% PI]", "P(best)", "Δ vs best [95% simultaneous]", "test", "p (Holm)",
+                "verdict", "agreement with unpruned"):
         assert col in header
     lines = [line for line in md.split(title, 1)[1].split("\n\n####", 1)[0].splitlines() if line.startswith("| 0.25")]
     cells = {c[1]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines)}
-    assert cells["topo"][8] == "**best**"
-    assert cells["shortgpt"][8] == "**≈ best**" and cells["shortgpt"][6] == "1.000" and cells["shortgpt"][4] == "1 / 2"
-    assert cells["tail"][8] == "worse" and cells["tail"][4] == "0 / 40" and cells["tail"][5] == "McNemar exact"
-    # Holm over the two comparisons of the table: 2 * p_tail, p_shortgpt = 1
+    assert cells["topo"][11] == "**best**"
+    # one draw per cell: the questions are the unit, conditional on that draw
+    assert cells["shortgpt"][10] == "1.000" and cells["shortgpt"][7] == "1 / 2"
+    assert cells["shortgpt"][11] == "equivalent (±0.05)"  # shown by TOST, not by a failure to reject
+    assert cells["tail"][11] == "worse" and cells["tail"][7] == "0 / 40" and cells["tail"][8] == "McNemar exact (questions)"
+    # Holm over every pair at the sparsity (3 pairs), not only against the observed best
     p_tail = stats.mcnemar_exact(_flags(40), _flags(80)).p_value
     comp = {r["scorer"]: r for r in read_csv(stat_sweep / "comparison.csv") if r["metric"] == "accuracy"}
-    assert float(comp["tail"]["p_holm"]) == pytest.approx(min(1.0, 2 * p_tail))
+    assert float(comp["tail"]["p_holm"]) == pytest.approx(min(1.0, 3 * p_tail))
     assert float(comp["shortgpt"]["p_holm"]) == pytest.approx(1.0)
-    # the interval of a single job's accuracy is Wilson's; the headline table shows it and the ≈ mark
+    assert comp["tail"]["worse_than"] == "topo shortgpt" and comp["tail"]["family"] == "confirmatory"
+    assert comp["tail"]["family_size"] == "3"
+    # the equivalence claim: statsmodels' paired TOST at the printed margin, Holm over the two scorers
+    close = [float(v) for v in _flags(80)]
+    close[0], close[1], close[85] = 0.0, 0.0, 1.0
+    p_tost = ttost_paired(np.array(close), np.array(_flags(80), dtype=float), -0.05, 0.05)[0]
+    assert float(comp["shortgpt"]["tost_p_holm"]) == pytest.approx(min(1.0, 2 * p_tost))
+    assert float(comp["shortgpt"]["tost_margin"]) == 0.05
+    # the Δ interval next to the adjusted verdict is simultaneous (Bonferroni over the 3 pairs): wider
+    lo, hi = float(comp["tail"]["diff_simultaneous_ci_low"]), float(comp["tail"]["diff_simultaneous_ci_high"])
+    assert lo < float(comp["tail"]["diff_ci_low"]) < -0.4 < float(comp["tail"]["diff_ci_high"]) < hi
+    assert f"{-0.4:+.3f} [{lo:+.3f}, {hi:+.3f}]" == cells["tail"][6]
+    # P(best): a two-stage bootstrap share, and the confidence set of the best
+    pb = {k: float(v["p_best"]) for k, v in comp.items()}
+    assert sum(pb.values()) == pytest.approx(1.0) and pb["tail"] == 0.0 and pb["topo"] > pb["shortgpt"] > 0
+    assert "**95% confidence set of the best**" in md and "0.25: topo, shortgpt." in md
+    # the interval of a single job's accuracy is Wilson's; the headline table shows it and the marks
     wil = stats.wilson(80, N_SAMPLES)
-    assert f"[{wil.low:.3f}, {wil.high:.3f}]" in cells["topo"][2]
+    assert f"[{wil.low:.3f}, {wil.high:.3f}]" in cells["topo"][3]
     acc_rows = table_rows(md, "#### m · t · accuracy\n")
-    assert acc_rows["shortgpt"][0].endswith("≈") and "[" in acc_rows["topo"][0]
+    assert acc_rows["shortgpt"][0].endswith("≡") and acc_rows["tail"][0].endswith("↓") and "[" in acc_rows["topo"][0]
+    assert "≈" not in md and "indistinguishable" not in md
     assert "[" in acc_rows["*unpruned (reference)*"][0]  # the reference row carries its interval too
+    assert "_confirmatory (the headline metric" in md.split("#### m · t · accuracy\n", 1)[1].split("####", 1)[0]
+    assert "_exploratory (" in md.split("#### m · t · accuracy/math\n", 1)[1].split("####", 1)[0]
     # agreement with the unpruned model: topo keeps the answer on 90 of 100 samples
     assert float(comp["topo"]["agreement_with_unpruned"]) == pytest.approx(0.9)
     # summary.csv: every metric with its interval
     row = next(r for r in read_csv(stat_sweep / "summary.csv") if r["scorer"] == "topo")
     assert float(row["accuracy/ci_low"]) == pytest.approx(wil.low) and float(row["accuracy/ci_high"]) == pytest.approx(wil.high)
     assert row["accuracy/math/ci_low"] != "" and float(row["agreement_with_unpruned"]) == pytest.approx(0.9)
-    # regimes: 2 of 3 scorers indistinguishable from the best
+    # regimes: tail is shown worse (ranking-sensitive); the spread has an interval
     reg = read_csv(stat_sweep / "regimes.csv")
-    assert reg[0]["best"] == "topo" and reg[0]["worst"] == "tail" and reg[0]["n_indistinguishable"] == "2"
+    assert reg[0]["best"] == "topo" and reg[0]["worst"] == "tail" and reg[0]["n_not_shown_worse"] == "2"
     assert float(reg[0]["spread"]) == pytest.approx(0.4) and reg[0]["regime"] == "ranking-sensitive"
+    assert float(reg[0]["spread_ci_low"]) < 0.4 < float(reg[0]["spread_ci_high"])
     # cost: a measured speedup below 1 is flagged
     eff = {r["scorer"]: r for r in read_csv(stat_sweep / "efficiency.csv")}
     assert "prefill below 1" in eff["tail"]["flag"] and float(eff["topo"]["ideal_speedup"]) == pytest.approx(8 / 6)
     assert s.stats is not None and s.stats.missing_samples == 0
+
+
+def test_the_equivalence_margin_is_configurable_and_printed(stat_sweep: Path):
+    build_summary([stat_sweep], plots=False, equivalence_margin=0.01)
+    comp = {r["scorer"]: r for r in read_csv(stat_sweep / "comparison.csv") if r["metric"] == "accuracy"}
+    assert comp["shortgpt"]["verdict"] == "not shown different" and comp["shortgpt"]["tost_margin"] == "0.01"
+    md = (stat_sweep / "summary.md").read_text()
+    assert "within ±0.01" in md and "not shown different" in md
+    with pytest.raises(ValueError, match="equivalence margin must be positive"):
+        build_summary([stat_sweep], plots=False, equivalence_margin=0.0)
 
 
 def test_jobs_without_samples_are_named_not_tested(stat_sweep: Path):
@@ -409,9 +445,20 @@ def test_calibration_variance_over_draws(tmp_path: Path):
     assert rows["topo"]["removal_frequency"].split()[5:8] == ["1.000", "0.667", "0.333"]
     assert float(rows["tail"]["std_over_draws"]) == 0.0 and float(rows["tail"]["mean_pairwise_jaccard"]) == 1.0
     assert 0.05 < float(rows["topo"]["sampling_half_width"]) < 0.1  # Wilson half-width at n = 100
-    # with several draws the paired test runs on per-sample means over the draws
+    # the sampling error on the SD's scale (a standard error), and no ratio of an SD to a half-width
+    assert float(rows["topo"]["sampling_se"]) == pytest.approx(float(rows["topo"]["sampling_half_width"]) / 1.959964)
+    assert "std / sampling" not in md and "sampling SE (one draw)" in md
+    # one new draw of topo: mean ± t(2) · SD · sqrt(1 + 1/3)
+    from scipy.stats import t as t_dist
+
+    half = t_dist.ppf(0.975, 2) * 0.04 * (4 / 3) ** 0.5
+    assert float(rows["topo"]["new_draw_pi_low"]) == pytest.approx(0.74 - half)
+    assert float(rows["topo"]["new_draw_pi_high"]) == pytest.approx(min(1.0, 0.74 + half))
+    # topo's results vary over draws: the draw is the unit (t over draw means); tail's are identical
     comp = {r["scorer"]: r for r in read_csv(root / "comparison.csv") if r["metric"] == "accuracy"}
-    assert comp["tail"]["test"] == "paired_permutation" and comp["tail"]["verdict"] == "worse"
+    assert comp["tail"]["test"] == "draw_t" and comp["tail"]["unit"] == "draws" and comp["tail"]["verdict"] == "worse"
+    assert comp["tail"]["draw_status"] == "identical over draws" and comp["topo"]["draw_status"] == "varies over draws"
+    assert comp["topo"]["ci_method"] == "draw_t"
     assert "calibration_variance__m__t.png" in {p.name for p in s.plots}
 
 
@@ -431,7 +478,7 @@ def test_wandb_summary_tables_carry_intervals_and_verdicts(stat_sweep: Path, tmp
     comp = next(v for k, v in tables.items() if k.startswith("summary/comparison"))
     col = {c: i for i, c in enumerate(comp["columns"])}
     verdicts = {r[col["scorer"]]: r[col["verdict"]] for r in comp["data"] if r[col["metric"]] == "accuracy"}
-    assert verdicts == {"topo": "best", "shortgpt": "≈ best", "tail": "worse"}
+    assert verdicts == {"topo": "best", "shortgpt": "equivalent (±0.05)", "tail": "worse"}
     agg = next(v for k, v in tables.items() if k.startswith("summary/aggregate"))
     assert {"ci_low", "ci_high", "verdict"} <= set(agg["columns"])
     assert any(k.startswith("summary/regimes") for k in tables) and any(k.startswith("summary/efficiency") for k in tables)

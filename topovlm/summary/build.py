@@ -111,8 +111,10 @@ class Summary:
 
 
 def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None, *, metric: str | None = None,
-                  plots: bool = True) -> Summary:
-    """Read the jobs under ``dirs`` and write the summary into ``out_dir`` (default: the only dir)."""
+                  plots: bool = True, equivalence_margin: float | None = None) -> Summary:
+    """Read the jobs under ``dirs`` and write the summary into ``out_dir`` (default: the only dir).
+    ``equivalence_margin``: the TOST margin of "equivalent" verdicts on proportions (default
+    :data:`topovlm.stats.EQUIVALENCE_MARGIN`; printed with every such verdict)."""
     dirs = [Path(d) for d in dirs]
     if out_dir is None:
         if len(dirs) != 1:
@@ -133,7 +135,7 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
             tables.append(metric_table(jobs, model, task, m))
     agreements = [agreement(jobs, m) for m in sorted({j.model for j in jobs})]
     summary = Summary(jobs, out_dir, headlines, tables, agreements, sources=dirs, failures=failures)
-    summary.stats = build_statistics(jobs, tables, headlines)
+    summary.stats = build_statistics(jobs, tables, headlines, margin=equivalence_margin)
     write_statistics_csvs(summary, out_dir)
 
     columns, rows = csv_rows(jobs, ordered_metrics(jobs, list(headlines.values())), intervals=True)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from topovlm.summary.agreement import Agreement, first_per_draw
 from topovlm.summary.load import SummaryJob, groups
 from topovlm.summary.statistics import Comparison
-from topovlm.summary.tables import REFERENCE, VERDICT_BEST, VERDICT_NA, VERDICT_SAME, VERDICT_WORSE, slug
+from topovlm.summary.tables import (REFERENCE, VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA,
+                                    VERDICT_SAME, VERDICT_WORSE, slug)
 
 if TYPE_CHECKING:
     from topovlm.summary.build import Summary
@@ -75,8 +76,8 @@ def plot_metric_vs_sparsity(summary: Summary, model: str, task: str, plot_dir: P
     """One panel per metric (headline first, then per domain / category), one line per scorer;
     every line starts at the unpruned reference. Error bars: the 95% interval over samples
     where the jobs wrote samples.jsonl (else the std over seeds); a hollow marker is a scorer
-    significantly worse than the best at that sparsity (paired test, Holm), a filled one the
-    best or indistinguishable from it."""
+    shown worse than another scorer at that sparsity (all pairs, Holm), a filled one any other
+    verdict (best, equivalent, not shown different, inconclusive)."""
     tables = [t for t in summary.tables if (t.model, t.task) == (model, task)]
     if not tables:
         return None
@@ -262,7 +263,8 @@ def plot_agreement(ag: Agreement, plot_dir: Path) -> Path | None:
 
 # --------------------------------------------------------------------------- statistics plots
 
-_VERDICT_COLOURS = {VERDICT_BEST: "tab:green", VERDICT_SAME: "tab:blue", VERDICT_WORSE: "tab:red", VERDICT_NA: "grey"}
+_VERDICT_COLOURS = {VERDICT_BEST: "tab:green", VERDICT_EQUIVALENT: "tab:cyan", VERDICT_SAME: "tab:blue",
+                    VERDICT_INCONCLUSIVE: "tab:orange", VERDICT_WORSE: "tab:red", VERDICT_NA: "grey"}
 
 
 def _headline_comparisons(summary: Summary, model: str, task: str) -> list[Comparison]:
@@ -271,8 +273,8 @@ def _headline_comparisons(summary: Summary, model: str, task: str) -> list[Compa
 
 
 def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
-    """Forest plot: each scorer's difference to the best at each sparsity, with its 95% paired
-    interval, coloured by the Holm-corrected verdict."""
+    """Forest plot: each scorer's difference to the best at each sparsity, with its 95% interval
+    simultaneous over the family (the adjusted verdict's), coloured by the verdict."""
     rows = [c for c in _headline_comparisons(summary, model, task)]
     if not any(c.test is not None for c in rows):
         return None
@@ -285,9 +287,12 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
             if c is None:
                 continue
             colour = _VERDICT_COLOURS[c.verdict]
-            if c.test is not None:
-                ax.errorbar([c.test.diff], [i], xerr=[[c.test.diff - c.test.diff_low], [c.test.diff_high - c.test.diff]],
-                            fmt="o", color=colour, capsize=3)
+            lo, hi = c.diff_interval
+            if c.test is not None and not math.isnan(lo):
+                ax.errorbar([c.test.diff], [i], xerr=[[c.test.diff - lo], [hi - c.test.diff]], fmt="o", color=colour,
+                            capsize=3)
+            elif c.test is not None:
+                ax.plot([c.test.diff], [i], marker="o", mfc="none", color=colour)
             elif c.verdict == VERDICT_BEST:
                 ax.plot([0.0], [i], marker="*", markersize=12, color=colour)
         ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
@@ -300,8 +305,8 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
     handles = [mlines.Line2D([], [], color=col, marker="*" if v == VERDICT_BEST else "o", linestyle="", label=v)
                for v, col in _VERDICT_COLOURS.items() if v != VERDICT_NA]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
-    fig.suptitle(f"{model} · {task}: paired comparison with the best scorer (95% paired bootstrap; "
-                 f"verdict: McNemar / sign-flip, Holm)", fontsize=10)
+    fig.suptitle(f"{model} · {task}: difference to the best scorer (95% simultaneous; verdict over all pairs, "
+                 f"Holm; t over draws where removals vary)", fontsize=10)
     return _save(fig, plot_dir / f"comparison__{slug(model)}__{slug(task)}.png")
 
 
@@ -332,7 +337,7 @@ def plot_agreement_with_unpruned(summary: Summary, model: str, task: str, plot_d
 
 
 def plot_regimes(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
-    """Spread across scorers (best − worst) and how many are indistinguishable from the best."""
+    """Spread across scorers (best − worst, bootstrap interval) and how many are shown worse than none."""
     regs = (summary.stats.regimes.get((model, task)) if summary.stats else None) or []
     if not regs:
         return None
@@ -342,14 +347,18 @@ def plot_regimes(summary: Summary, model: str, task: str, plot_dir: Path) -> Pat
     xs = [r.sparsity for r in regs]
     width = 0.6 * (min(b - a for a, b in zip(xs, xs[1:])) if len(xs) > 1 else 0.1)
     ax2 = ax.twinx()
-    ax2.bar(xs, [r.n_indistinguishable for r in regs], width=width, color="tab:blue", alpha=0.25,
-            label="indistinguishable from best")
+    ax2.bar(xs, [r.n_not_shown_worse for r in regs], width=width, color="tab:blue", alpha=0.25,
+            label="shown worse than none")
     ax2.set_ylim(0, max(r.n_scorers for r in regs) + 0.5)
-    ax2.set_ylabel("scorers indistinguishable from the best (of %d)" % max(r.n_scorers for r in regs))
-    ax.plot(xs, [r.spread for r in regs], marker="o", color="tab:red", label="best − worst")
+    ax2.set_ylabel("scorers shown worse than none (of %d)" % max(r.n_scorers for r in regs))
+    lo = [r.spread - r.spread_low if not math.isnan(r.spread_low) else 0.0 for r in regs]
+    hi = [r.spread_high - r.spread if not math.isnan(r.spread_high) else 0.0 for r in regs]
+    ax.errorbar(xs, [r.spread for r in regs], yerr=[[max(0.0, v) for v in lo], [max(0.0, v) for v in hi]], marker="o",
+                color="tab:red", capsize=3, label="best − worst (95% bootstrap)")
     for r in regs:
         ax.annotate(r.label, (r.sparsity, r.spread), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
-    ax.set_ylim(0, max(r.spread for r in regs) * 1.3 + 1e-9)
+    top = max(max(r.spread, r.spread_high if not math.isnan(r.spread_high) else 0.0) for r in regs)
+    ax.set_ylim(0, top * 1.3 + 1e-9)
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     metric = summary.headlines.get((model, task))
@@ -425,7 +434,7 @@ def plot_pareto(summary: Summary, model: str, task: str, plot_dir: Path) -> Path
 
 
 def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
-    """Per sparsity and scorer: std over calibration draws next to the sampling half-width."""
+    """Per sparsity and scorer: SD over calibration draws next to one draw's sampling SE (same scale)."""
     rows = (summary.stats.draws.get((model, task)) if summary.stats else None) or []
     rows = [r for r in rows if r.variance.n_draws > 1]
     if not rows:
@@ -439,10 +448,10 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
     for ax, s in zip(axes, sps):
         by = {r.label: r for r in rows if r.sparsity == s}
         std = [by[lab].variance.std or 0.0 if lab in by else np.nan for lab in labels]
-        samp = [by[lab].variance.sampling_half_width or np.nan if lab in by else np.nan for lab in labels]
+        samp = [by[lab].variance.sampling_se or np.nan if lab in by else np.nan for lab in labels]
         jac = [by[lab].stability.mean_jaccard if lab in by else None for lab in labels]
         ax.barh(y - 0.2, std, height=0.4, color="tab:orange", label="std over calibration draws")
-        ax.barh(y + 0.2, samp, height=0.4, color="tab:blue", alpha=0.6, label="95% sampling half-width")
+        ax.barh(y + 0.2, samp, height=0.4, color="tab:blue", alpha=0.6, label="sampling SE (one draw)")
         for i, j in enumerate(jac):
             if j is not None:
                 ax.text(1.01, i, f"J={j:.2f}", fontsize=7, va="center", ha="left", transform=ax.get_yaxis_transform())
@@ -451,6 +460,6 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
         ax.set_xlabel(rows[0].metric)
         ax.grid(alpha=0.3, axis="x")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=8)
-    fig.suptitle(f"{model} · {task}: calibration variance vs sampling interval "
+    fig.suptitle(f"{model} · {task}: SD over calibration draws vs sampling SE "
                  f"(J = mean pairwise Jaccard of removed layers)", fontsize=10)
     return _save(fig, plot_dir / f"calibration_variance__{slug(model)}__{slug(task)}.png")

@@ -1,6 +1,10 @@
-"""Per-sample statistics: intervals, paired verdicts against the best scorer, agreement with
+"""Per-sample statistics: intervals, verdicts of every scorer against the others, agreement with
 the unpruned model, calibration-draw variance, layer-removal stability, regimes and cost
-(the tests themselves: :mod:`topovlm.stats`), from the jobs' ``samples.jsonl``."""
+(the tests themselves: :mod:`topovlm.stats`), from the jobs' ``samples.jsonl``.
+
+The unit of inference is the calibration draw where a scorer's results vary between draws
+(see docs/statistics.md). The headline metric's table is the confirmatory family (every pair
+of scorers at one sparsity, Holm over them); every other metric's table is exploratory."""
 from __future__ import annotations
 
 import json
@@ -14,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from topovlm.samples import REFERENCE_FIELDS
 from topovlm.summary.load import SEED_KEYS, SummaryJob, is_reference
-from topovlm.summary.tables import (VERDICT_BEST, VERDICT_NA, VERDICT_SAME, VERDICT_WORSE, MetricTable, Stat, fmt_value,
-                                    write_csv)
+from topovlm.summary.tables import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA, VERDICT_SAME,
+                                    VERDICT_WORSE, MetricTable, Stat, fmt_value, write_csv)
 
 if TYPE_CHECKING:
-    from topovlm.stats import DrawVariance, Interval, PairedTest, Regime, RemovalStability
+    import numpy as np
+
+    from topovlm.stats import BestSet, Contrast, DrawVariance, Interval, PairedTest, Regime, RemovalStability
     from topovlm.summary.build import Summary
 
 log = logging.getLogger("topovlm.summary")
@@ -115,6 +121,48 @@ def cell_samples(records_per_draw: list[list[dict[str, Any]] | None], metric: st
     return CellSamples(kind, values, len(per))
 
 
+@dataclass
+class CellDraws:
+    """A cell's per-question values in each calibration draw, on the questions every draw has:
+    ``values`` (draws x questions; the per-sample loss for perplexity / nll), and each draw's
+    value of the metric itself (``draw_values``: the perplexity for perplexity)."""
+    kind: str
+    keys: list[str]
+    values: "np.ndarray"
+    draw_values: list[float]
+
+
+def cell_draws(records_per_draw: list[list[dict[str, Any]] | None], metric: str) -> CellDraws | None:
+    import numpy as np
+
+    per = [metric_samples(r, metric) for r in records_per_draw]
+    if not per or any(k is None for k, _ in per):
+        return None
+    kind = "mean" if len({k for k, _ in per}) > 1 else per[0][0]
+    keys = set(per[0][1])
+    for _, v in per[1:]:
+        keys &= set(v)
+    keys = sorted(keys)
+    if not keys:
+        return None
+    rows, draw_values = [], []
+    for _, v in per:
+        if kind == "ratio":
+            nll = np.array([v[k][0] for k in keys], dtype=float)
+            tok = np.array([v[k][1] for k in keys], dtype=float)
+            rows.append(np.divide(nll, tok, out=np.full_like(nll, np.nan), where=tok != 0))
+            ratio = nll.sum() / tok.sum() if tok.sum() else float("nan")
+            draw_values.append(float(np.exp(ratio)) if metric == "perplexity" else float(ratio))
+        else:
+            rows.append(np.array([float(v[k]) for k in keys]))
+            draw_values.append(float(rows[-1].mean()))
+    return CellDraws(kind, keys, np.vstack(rows), draw_values)
+
+
+def _bounds(kind: str | None) -> tuple[float, float] | None:
+    return (0.0, 1.0) if kind == "proportion" else None
+
+
 def cell_interval(cs: CellSamples | None, metric: str) -> "Interval | None":
     """95% interval over samples: Wilson for a single draw's proportion, else the bootstrap."""
     from topovlm import stats
@@ -157,7 +205,7 @@ def paired_test(a: CellSamples, b: CellSamples) -> "PairedTest | None":
 
 @dataclass
 class Comparison:
-    """One cell of a metric table against the best scorer at its sparsity."""
+    """One cell of a metric table against the other scorers at its sparsity."""
     model: str
     task: str
     metric: str
@@ -168,21 +216,46 @@ class Comparison:
     std: float | None
     interval: "Interval | None"
     best: str
-    test: "PairedTest | None" = None
-    p_holm: float | None = None
-    verdict: str = VERDICT_NA
+    test: "Contrast | None" = None          # this scorer minus the best
+    p_holm: float | None = None             # of the pair with the best, Holm over the family
+    verdict: str = VERDICT_NA               # VERDICT_* (what the plots and marks key on)
     agreement: "Interval | None" = None
     higher_is_better: bool = True  # the metric's direction (its table's)
+    verdict_text: str = VERDICT_NA          # as printed: "inconclusive: 3 draws", "equivalent (±0.05)", ...
+    draw_status: str | None = None          # stats.DRAW_*
+    prediction: "Interval | None" = None    # one new draw (scorers whose results vary)
+    p_best: float | None = None             # two-stage bootstrap share of resamples it is the best in
+    worse_than: tuple[str, ...] = ()
+    draws_needed: int | None = None
+    tost_p_holm: float | None = None
+    margin: float | None = None
+    family_size: int = 0
+    confirmatory: bool = False
+
+    @property
+    def diff_interval(self) -> tuple[float, float]:
+        """Δ to the best, Bonferroni-simultaneous over the family: the adjusted verdict's interval."""
+        if self.test is None:
+            return float("nan"), float("nan")
+        return self.test.interval(m=self.family_size)
 
     def row(self) -> dict[str, Any]:
-        iv, t, ag = self.interval, self.test, self.agreement
+        iv, t, ag, pi = self.interval, self.test, self.agreement, self.prediction
+        adj = self.diff_interval
         return {"model": self.model, "task": self.task, "metric": self.metric, "scorer": self.label,
-                "sparsity": self.sparsity, "n_draws": self.n_draws, "mean": self.mean, "std_over_draws": self.std,
+                "sparsity": self.sparsity, "family": "confirmatory" if self.confirmatory else "exploratory",
+                "family_size": self.family_size, "n_draws": self.n_draws, "draw_status": self.draw_status,
+                "mean": self.mean, "std_over_draws": self.std,
                 "ci_low": iv.low if iv else None, "ci_high": iv.high if iv else None, "ci_method": iv.method if iv else None,
-                "best": self.best, "test": t.test if t else None, "diff_vs_best": t.diff if t else None,
+                "new_draw_pi_low": pi.low if pi else None, "new_draw_pi_high": pi.high if pi else None,
+                "p_best": self.p_best, "best": self.best, "test": t.test if t else None, "unit": t.unit if t else None,
+                "diff_vs_best": t.diff if t else None,
                 "diff_ci_low": t.diff_low if t else None, "diff_ci_high": t.diff_high if t else None,
+                "diff_simultaneous_ci_low": adj[0] if t else None, "diff_simultaneous_ci_high": adj[1] if t else None,
                 "discordant_scorer_only": t.a_only if t else None, "discordant_best_only": t.b_only if t else None,
-                "p_value": t.p_value if t else None, "p_holm": self.p_holm, "verdict": self.verdict,
+                "p_value": t.p_value if t and t.test != "none" else None, "p_at_mc_floor": t.at_floor if t else None,
+                "p_holm": self.p_holm, "tost_margin": self.margin, "tost_p_holm": self.tost_p_holm,
+                "worse_than": " ".join(self.worse_than), "draws_needed": self.draws_needed, "verdict": self.verdict_text,
                 "agreement_with_unpruned": ag.value if ag else None,
                 "agreement_ci_low": ag.low if ag else None, "agreement_ci_high": ag.high if ag else None}
 
@@ -223,22 +296,48 @@ def _stderr_interval(cell: list[SummaryJob], metric: str) -> "Interval | None":
     return None
 
 
-def compare(table: MetricTable, jobs: list[SummaryJob], alpha: float = 0.05) -> list[Comparison]:
-    """Every cell of ``table`` with its 95% interval, its paired test against the best scorer
-    at the same sparsity (Holm-corrected over the whole table) and its agreement with the
-    unpruned model. Also fills ``table.intervals`` / ``table.verdicts`` for the Markdown."""
+def _value_interval(cd: CellDraws | None, cs: CellSamples | None, cj: list[SummaryJob],
+                    metric: str) -> tuple["Interval | None", "Interval | None", str | None]:
+    """``(interval, prediction interval of one new draw, draw status)`` of a cell: over questions
+    (Wilson / bootstrap) when its results do not vary over draws; else the t-interval of the
+    expected value over draws (the questions' sampling error added) and the prediction interval."""
+    from scipy.stats import norm
+
     from topovlm import stats
 
+    iv = cell_interval(cs, metric) or _stderr_interval(cj, metric)
+    if cd is None:
+        return iv, None, None
+    status = stats.draw_status(cd.values)
+    if status != stats.DRAW_VARIES:
+        return iv, None, status
+    q_se = iv.half_width / float(norm.ppf(0.5 + stats.CONFIDENCE / 2)) if iv and iv.method != "none" else 0.0
+    bounds = _bounds(cd.kind)
+    return (stats.draw_interval(cd.draw_values, q_se, len(cd.keys), bounds=bounds),
+            stats.prediction_interval(cd.draw_values, bounds=bounds), status)
+
+
+def compare(table: MetricTable, jobs: list[SummaryJob], alpha: float = 0.05, margin: float | None = None,
+            confirmatory: bool = False) -> list[Comparison]:
+    """Every cell of ``table`` with its 95% interval, its verdict against the other scorers at
+    the same sparsity (all pairs, Holm over them: one family per sparsity), P(best) and its
+    agreement with the unpruned model. Also fills ``table.intervals`` / ``table.verdicts`` /
+    ``table.best_sets`` for the Markdown. ``margin``: the TOST margin of equivalence claims
+    (proportions only; default :data:`topovlm.stats.EQUIVALENCE_MARGIN`)."""
+    from topovlm import stats
+
+    margin = stats.EQUIVALENCE_MARGIN if margin is None else float(margin)
     cells = _cell_jobs(jobs, table.model, table.task)
-    samples: dict[tuple[str, float], CellSamples | None] = {}
+    draws: dict[tuple[str, float], CellDraws | None] = {}
     out: list[Comparison] = []
     for lab, row in table.cells.items():
         for s, st in row.items():
             cj = cells.get(lab, {}).get(s, [])
             recs = [job_samples(j) for j in cj]
             cs = cell_samples(recs, table.metric) if cj else None
-            samples[(lab, s)] = cs
-            iv = cell_interval(cs, table.metric) or _stderr_interval(cj, table.metric)
+            cd = cell_draws(recs, table.metric) if cj else None
+            draws[(lab, s)] = cd
+            iv, pi, status = _value_interval(cd, cs, cj, table.metric)
             agree = None
             if cj and all(recs):
                 flags: dict[str, list[float]] = defaultdict(list)
@@ -250,23 +349,39 @@ def compare(table: MetricTable, jobs: list[SummaryJob], alpha: float = 0.05) -> 
                 agree = stats.agreement_with_reference(vals) if vals else None
             table.intervals.setdefault(lab, {})[s] = iv
             out.append(Comparison(table.model, table.task, table.metric, lab, s, st.n, st.mean, st.std, iv, "",
-                                  agreement=agree, higher_is_better=table.higher_is_better))
+                                  agreement=agree, higher_is_better=table.higher_is_better, draw_status=status,
+                                  prediction=pi, confirmatory=confirmatory))
+    table.confirmatory, table.margin = confirmatory, None
     for s in table.sparsities:
         best = table.best(s)
-        for c in out:
-            if c.sparsity != s:
-                continue
+        at = [c for c in out if c.sparsity == s]
+        for c in at:
             c.best = best[0] if best else ""
-            if c.label in best:
-                c.verdict = VERDICT_BEST
+            c.verdict = c.verdict_text = VERDICT_BEST if c.label in best else VERDICT_NA
+        have = {c.label: draws[(c.label, s)] for c in at if draws.get((c.label, s)) is not None}
+        if len(have) < 2:
+            continue
+        keys = set.intersection(*(set(cd.keys) for cd in have.values()))
+        if not keys:
+            continue
+        keys = sorted(keys)
+        series = {lab: cd.values[:, [cd.keys.index(k) for k in keys]] if cd.keys != keys else cd.values
+                  for lab, cd in have.items()}
+        binary = all(cd.kind == "proportion" for cd in have.values())
+        m = margin if binary else None  # a margin in accuracy points means nothing for a loss
+        table.margin = m if m is not None else table.margin
+        verdicts = stats.compare_all_pairs(series, higher_is_better=table.higher_is_better, binary=binary,
+                                           alpha=alpha, margin=m, best=[b for b in best if b in series])
+        bs = stats.best_bootstrap(series, higher_is_better=table.higher_is_better, seed=int(round(s * 1000)))
+        table.best_sets[s] = bs
+        for c in at:
+            v = verdicts.get(c.label)
+            if v is None:
                 continue
-            a, b = samples.get((c.label, s)), samples.get((c.best, s))
-            if a is not None and b is not None:
-                c.test = paired_test(a, b)
-    tested = [c for c in out if c.test is not None]
-    for c, p in zip(tested, stats.holm([c.test.p_value for c in tested], alpha=alpha)):
-        c.p_holm = p
-        c.verdict = VERDICT_SAME if p >= alpha else VERDICT_WORSE
+            c.verdict, c.verdict_text, c.test, c.p_holm = v.kind, v.text, v.vs_best, v.p_holm
+            c.worse_than, c.draws_needed, c.tost_p_holm, c.family_size = v.worse_than, v.draws_needed, v.tost_p_holm, v.family_size
+            c.margin = m
+            c.p_best = bs.p_best.get(c.label) if bs else None
     for c in out:
         table.verdicts.setdefault(c.label, {})[c.sparsity] = c.verdict
     ref = _reference_records(jobs, table.model, table.task)
@@ -275,40 +390,107 @@ def compare(table: MetricTable, jobs: list[SummaryJob], alpha: float = 0.05) -> 
     return out
 
 
-def _fmt_p(p: float | None) -> str:
+def _fmt_p(p: float | None, at_floor: bool = False) -> str:
+    """A p-value; ``at_floor``: it is a Monte Carlo test's floor (or that times Holm's multiplier),
+    so the true value is at most this."""
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "—"
+    if at_floor:
+        return f"≤ {max(p, 0.001):.3f}" if p >= 0.001 else "< 0.001"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+_TESTS = {"mcnemar_exact": "McNemar exact (questions)", "paired_permutation": "sign-flip (questions)",
+          "draw_t": "t over draws", "none": "—"}
+
+
+def _draws_cell(c: Comparison) -> str:
+    from topovlm import stats
+
+    if c.draw_status == stats.DRAW_VARIES:
+        return f"{c.n_draws} (vary)"
+    if c.draw_status == stats.DRAW_FIXED:
+        return f"{c.n_draws} (identical)"
+    return str(c.n_draws)
+
+
+def _verdict_cell(c: Comparison) -> str:
+    text = c.verdict_text
+    if c.verdict == VERDICT_WORSE and c.worse_than and c.best not in c.worse_than:
+        text += " than " + ", ".join(c.worse_than)
+    if c.verdict == VERDICT_INCONCLUSIVE and c.draws_needed:
+        text += f" (~{c.draws_needed} needed)"
+    return f"**{text}**" if c.verdict == VERDICT_BEST else text
+
+
 def comparison_markdown(rows: list[Comparison]) -> str:
-    """The verdict table of one (model, task, metric): every scorer against the best at each sparsity."""
+    """The verdict table of one (model, task, metric): every scorer against the others at each sparsity."""
     if not rows:
         return ""
     r0 = rows[0]
     multi = any(c.n_draws > 1 for c in rows)
-    lines = [f"#### {r0.model} · {r0.task} · {r0.metric}: paired comparison with the best scorer\n",
-             "value = mean" + (" ± std over calibration draws" if multi else "") + " [95% interval over samples]; "
-             "Δ = scorer minus best [95% paired bootstrap]; test: McNemar exact (one draw, right/wrong), else the "
-             "paired sign-flip test on per-sample values" + (" averaged over draws" if multi else "")
-             + "; p (Holm): Holm-corrected over this table; **≈ best**: not significantly different from the best "
-             "(Holm p ≥ 0.05); agreement: share of samples whose answer is the unpruned model's.\n",
-             "| sparsity | scorer | value [95% CI] | Δ vs best [95% CI] | discordant (scorer / best) | test | p | p (Holm) "
-             "| verdict | agreement with unpruned [95% CI] |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    order = {VERDICT_BEST: 0, VERDICT_SAME: 1, VERDICT_WORSE: 2, VERDICT_NA: 3}
+    varies = any(c.test is not None and c.test.unit == "draws" for c in rows)
+    margin = next((c.margin for c in rows if c.margin is not None), None)
+    fam = max((c.family_size for c in rows), default=0)
+    kind = ("confirmatory family: every pair of scorers at one sparsity, Holm over the pairs" if r0.confirmatory
+            else "exploratory: Holm within each sparsity of this table only, nothing across tables")
+    lines = [f"#### {r0.model} · {r0.task} · {r0.metric}: comparison of scorers ({kind})\n",
+             "value = mean" + (" ± SD over calibration draws" if multi else "")
+             + " [95% interval: over questions (Wilson / bootstrap) where the scorer's results are the same in every "
+             "draw" + ("; where they vary, the t-interval of the expected value over draws, the questions' sampling "
+                       "error added" if varies else "") + "]"
+             + ("; new draw = 95% prediction interval of one more calibration draw on these questions" if varies else "")
+             + "; P(best) = share of two-stage bootstrap resamples (questions jointly, draws within each scorer) in "
+             "which the scorer has the best mean, descriptive"
+             + f"; Δ = scorer minus the observed best, 95% simultaneous interval (Bonferroni over the family's "
+             f"{'pairs' if fam != 1 else 'pair'}: the adjusted verdict's interval; Holm can reject where it just "
+             "reaches 0); test: McNemar exact or the sign-flip test on the questions when neither scorer's results "
+             "vary over draws (recorded as `identical`), else the t-test over draw means (draws are the unit); "
+             "p, p (Holm): the pair with the best; verdict: **worse** = shown worse than at least one scorer "
+             "(Holm over all pairs); "
+             + (f"**equivalent (±{margin:g})** = TOST against the best within ±{margin:g} (Holm; TOST's own interval "
+                f"is the 90% one, so the 95% Δ interval may reach just past ±{margin:g}); " if margin is not None
+                else "no equivalence claims (no margin for this metric); ")
+             + "**inconclusive: N draws** = the draw-level test could not decide, ~M draws per scorer would at the "
+             "observed spread (80% power, Bonferroni level); **not shown different** = none of these: not evidence "
+             "of equality; agreement: share of samples whose answer is the unpruned model's. A p marked ≤ is a "
+             "Monte Carlo floor.\n",
+             "| sparsity | scorer | draws | value [95% CI] | new draw [95% PI] | P(best) | Δ vs best [95% simultaneous] "
+             "| discordant (scorer / best) | test | p | p (Holm) | verdict | agreement with unpruned [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = {VERDICT_BEST: 0, VERDICT_EQUIVALENT: 1, VERDICT_SAME: 2, VERDICT_INCONCLUSIVE: 3, VERDICT_WORSE: 4,
+             VERDICT_NA: 5}
     for c in sorted(rows, key=lambda c: (c.sparsity, order[c.verdict], -c.mean if c.higher_is_better else c.mean)):
         value = fmt_value(c.mean) + (f" ± {fmt_value(c.std or 0.0)}" if c.n_draws > 1 else "")
         if c.interval is not None and c.interval.method != "none":
             value += f" [{fmt_value(c.interval.low)}, {fmt_value(c.interval.high)}]"
+            if c.interval.method == "constant":
+                value += " (constant: no spread to resample)"
+        pi = f"[{fmt_value(c.prediction.low)}, {fmt_value(c.prediction.high)}]" if c.prediction else "—"
+        pb = f"{c.p_best:.2f}" if c.p_best is not None else "—"
         t = c.test
-        diff = f"{t.diff:+.3f} [{t.diff_low:+.3f}, {t.diff_high:+.3f}]" if t else "—"
+        if t is not None and t.test != "none":
+            lo, hi = c.diff_interval
+            diff = f"{t.diff:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" (zero error: every question differs alike)"
+                                                              if t.diff_constant else "")
+        else:
+            diff = f"{t.diff:+.3f}" if t is not None else "—"
         disc = f"{t.a_only} / {t.b_only}" if t and t.a_only is not None else "—"
-        test = {"mcnemar_exact": "McNemar exact", "paired_permutation": "sign-flip"}.get(t.test, t.test) if t else "—"
-        verdict = f"**{c.verdict}**" if c.verdict in (VERDICT_BEST, VERDICT_SAME) else c.verdict
+        test = _TESTS.get(t.test, t.test) if t else "—"
+        p = t.p_value if t and t.test != "none" else None
         ag = c.agreement.fmt() if c.agreement else "—"
-        lines.append(f"| {c.sparsity:g} | {c.label} | {value} | {diff} | {disc} | {test} | {_fmt_p(t.p_value if t else None)} "
-                     f"| {_fmt_p(c.p_holm)} | {verdict} | {ag} |")
+        lines.append(f"| {c.sparsity:g} | {c.label} | {_draws_cell(c)} | {value} | {pi} | {pb} | {diff} | {disc} | "
+                     f"{test} | {_fmt_p(p, t.at_floor if t else False)} | {_fmt_p(c.p_holm, t.at_floor if t else False)} "
+                     f"| {_verdict_cell(c)} | {ag} |")
+    sets = []
+    for s in sorted({c.sparsity for c in rows}):
+        tested = [c for c in rows if c.sparsity == s and c.verdict != VERDICT_NA]
+        if len(tested) > 1:
+            keep = [c.label for c in sorted(tested, key=lambda c: -(c.p_best or 0.0)) if c.verdict != VERDICT_WORSE]
+            sets.append(f"{s:g}: {', '.join(keep)}")
+    if sets:
+        lines.append("\n**95% confidence set of the best** (the scorers shown worse than none; the true best is left "
+                     "out only by a family-wise error): " + "; ".join(sets) + ".")
     return "\n".join(lines)
 
 
@@ -326,16 +508,19 @@ class DrawRow:
 
 
 def calibration_variance(jobs: list[SummaryJob], model: str, task: str, metric: str) -> list[DrawRow]:
-    """Per scorer and sparsity: mean ± std of ``metric`` over the draws (seed tuples), the mean
-    sampling half-width of the single-draw intervals, and the removed layers' stability."""
+    """Per scorer and sparsity: mean ± SD of ``metric`` over the draws (seed tuples), the
+    prediction interval of one new draw, one draw's sampling error, and the removed layers' stability."""
     from topovlm import stats
 
     out = []
     for lab, row in sorted(_cell_jobs(jobs, model, task).items()):
         for s, cj in sorted(row.items()):
             values = [j.metrics.get(metric) for j in cj]
-            ivs = [cell_interval(cell_samples([job_samples(j)], metric), metric) for j in cj]
-            var = stats.draw_variance([v for v in values if isinstance(v, (int, float))], [iv for iv in ivs if iv])
+            per = [cell_samples([job_samples(j)], metric) for j in cj]
+            ivs = [cell_interval(cs, metric) for cs in per]
+            kind = next((cs.kind for cs in per if cs is not None), None)
+            var = stats.draw_variance([v for v in values if isinstance(v, (int, float))], [iv for iv in ivs if iv],
+                                      bounds=_bounds(kind))
             if var is None:
                 continue
             num_layers = max(int(j.num_layers or 0) for j in cj)
@@ -350,25 +535,29 @@ def calibration_markdown(rows: list[DrawRow]) -> str:
         return ""
     r0 = rows[0]
     lines = [f"#### {r0.model} · {r0.task} · {r0.metric}: variance over calibration draws\n",
-             "mean ± std over the draws (one job per draw: `seed` / `calibration.seed`), kept apart from the "
-             "sampling interval: ± sampling = the mean 95% half-width of one draw's interval over samples. "
-             "Stability of the removed layers: mean pairwise Jaccard across draws (1 = the same set every time); "
-             "layers removed in every draw, and in some draws (share of draws).\n",
-             "| scorer | sparsity | draws | mean ± std (draws) | ± sampling (95%) | std / sampling | Jaccard | always removed | sometimes removed |",
+             "mean ± SD over the draws (one job per draw: `seed` / `calibration.seed`); new draw = 95% prediction "
+             "interval of what one more draw would score on these questions (t over the draws, none with one draw); "
+             "sampling SE = one draw's standard error over the questions, on the same scale as the SD (the draw "
+             "spread decides the verdicts where the SD is the larger). Stability of the removed layers: mean pairwise "
+             "Jaccard across draws (1 = the same set every time); layers removed in every draw, and in some draws "
+             "(share of draws).\n",
+             "| scorer | sparsity | draws | mean ± SD (draws) | new draw [95% PI] | sampling SE (one draw) | Jaccard "
+             "| always removed | sometimes removed |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v, st = r.variance, r.stability
-        samp = f"± {fmt_value(v.sampling_half_width)}" if v.sampling_half_width is not None else "—"
-        ratio = (f"{(v.std or 0.0) / v.sampling_half_width:.2f}" if v.sampling_half_width and v.n_draws > 1 else "—")
+        se = fmt_value(v.sampling_se) if v.sampling_se is not None else "—"
+        pi = f"[{fmt_value(v.prediction.low)}, {fmt_value(v.prediction.high)}]" if v.prediction else "—"
         some = ", ".join(f"{i} ({f:.2f})" for i, f in enumerate(st.frequency) if 0 < f < 1) or "—"
-        lines.append(f"| {r.label} | {r.sparsity:g} | {v.n_draws} | {v.fmt()} | {samp} | {ratio} | "
+        lines.append(f"| {r.label} | {r.sparsity:g} | {v.n_draws} | {v.fmt()} | {pi} | {se} | "
                      f"{fmt_value(st.mean_jaccard) if st.mean_jaccard is not None else '—'} | "
                      f"{', '.join(map(str, st.always())) or '—'} | {some} |")
     return "\n".join(lines)
 
 
-def regimes(rows: list[Comparison]) -> list["Regime"]:
-    """Per sparsity: best minus worst scorer and how many are indistinguishable from the best."""
+def regimes(rows: list[Comparison], best_sets: "dict[float, BestSet | None] | None" = None) -> list["Regime"]:
+    """Per sparsity: best minus worst scorer with its bootstrap interval, how many scorers are
+    shown worse than none and how many are shown equivalent to the best."""
     from topovlm import stats
 
     out = []
@@ -376,8 +565,12 @@ def regimes(rows: list[Comparison]) -> list["Regime"]:
         cells = [c for c in rows if c.sparsity == s]
         if not any(c.test is not None for c in cells):
             continue  # no per-sample records: nothing says which differences are real
-        same = [c.label for c in cells if c.verdict in (VERDICT_BEST, VERDICT_SAME)]
-        r = stats.regime(s, {c.label: c.mean for c in cells}, same, not cells[0].higher_is_better)
+        not_worse = [c.label for c in cells if c.verdict != VERDICT_WORSE]
+        equivalent = [c.label for c in cells if c.verdict == VERDICT_EQUIVALENT]
+        bs = (best_sets or {}).get(s)
+        margin = next((c.margin for c in cells if c.margin is not None), None)
+        r = stats.regime(s, {c.label: c.mean for c in cells}, not_worse, not cells[0].higher_is_better, equivalent,
+                         (bs.spread_low, bs.spread_high) if bs else None, margin)
         if r is not None:
             out.append(r)
     return out
@@ -386,16 +579,23 @@ def regimes(rows: list[Comparison]) -> list["Regime"]:
 def regimes_markdown(model: str, task: str, metric: str, regs: list["Regime"]) -> str:
     if not regs:
         return ""
+    margin = next((r.margin for r in regs if r.margin is not None), None)
     lines = [f"#### {model} · {task} · {metric}: regimes\n",
-             "Spread across scorers at each sparsity (the domain-aware paper's regimes, measured): best minus "
-             "worst, and how many scorers are statistically indistinguishable from the best (Holm p ≥ 0.05). "
-             "`convergent`: no scorer is distinguishable from the best; `ranking-sensitive`: the choice of layers "
-             "matters. Whether evenly spaced removal helps at high budgets (`spacing-sensitive`) shows as a "
-             "`selection.policy=spacing` variant being the best or ≈ best where its top-k counterpart is worse.\n",
-             "| sparsity | best | worst | best − worst | indistinguishable from best | regime |", "|---|---|---|---|---|---|"]
+             "Spread across scorers at each sparsity (the domain-aware paper's regimes), defined by what the tests "
+             "showed: `ranking-sensitive` = at least one scorer is shown worse than another (Holm over all pairs); "
+             + (f"`convergent` = every scorer is shown equivalent to the best within ±{margin:g} (TOST, Holm); "
+                if margin is not None else "`convergent` needs an equivalence margin, which this metric has none of; ")
+             + "`undetermined` = neither was shown (more questions or draws decide; no regime is claimed). "
+             "best − worst: the observed spread with a 95% two-stage bootstrap interval (best and worst re-selected "
+             "in every resample, so it leans high). Whether evenly spaced removal helps at high budgets "
+             "(`spacing-sensitive`) shows as a `selection.policy=spacing` variant being the best where its top-k "
+             "counterpart is worse.\n",
+             "| sparsity | best | worst | best − worst [95% CI] | shown worse than none | shown equivalent to best "
+             "| regime |", "|---|---|---|---|---|---|---|"]
     for r in regs:
-        lines.append(f"| {r.sparsity:g} | {r.best} | {r.worst} | {fmt_value(r.spread)} | {r.n_indistinguishable} / "
-                     f"{r.n_scorers} | {r.label} |")
+        ci = f" [{fmt_value(r.spread_low)}, {fmt_value(r.spread_high)}]" if not math.isnan(r.spread_low) else ""
+        lines.append(f"| {r.sparsity:g} | {r.best} | {r.worst} | {fmt_value(r.spread)}{ci} | {r.n_not_shown_worse} / "
+                     f"{r.n_scorers} | {r.n_equivalent} / {r.n_scorers} | {r.label} |")
     return "\n".join(lines)
 
 
@@ -461,7 +661,7 @@ def cost_markdown(rows: list[CostRow]) -> str:
     for r in rows:
         q = "—"
         if r.quality is not None:
-            q = fmt_value(r.quality.mean) + (f" ({r.quality.verdict})" if r.quality.verdict != VERDICT_NA else "")
+            q = fmt_value(r.quality.mean) + (f" ({r.quality.verdict_text})" if r.quality.verdict != VERDICT_NA else "")
         lines.append(f"| {r.label} | {r.sparsity:g} | {r.kept}/{r.num_layers} | {r.ideal:.2f} | "
                      f"{r.prefill.fmt() if r.prefill else '—'} | {r.decode.fmt() if r.decode else '—'} | {q} | {r.flags or '—'} |")
     return "\n".join(lines)
@@ -475,22 +675,30 @@ class Statistics:
     regimes: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
     cost: dict[tuple[str, str], list[CostRow]] = field(default_factory=dict)
     missing_samples: int = 0
+    margin: float | None = None   # the TOST margin of equivalence claims
 
     def of(self, model: str, task: str, metric: str) -> list[Comparison]:
         return [c for c in self.comparisons if (c.model, c.task, c.metric) == (model, task, metric)]
 
 
 def build_statistics(jobs: list[SummaryJob], tables: list[MetricTable],
-                     headlines: dict[tuple[str, str], str | None]) -> Statistics:
-    st = Statistics()
+                     headlines: dict[tuple[str, str], str | None], margin: float | None = None) -> Statistics:
+    """``margin``: the TOST equivalence margin (default :data:`topovlm.stats.EQUIVALENCE_MARGIN`)."""
+    from topovlm import stats
+
+    st = Statistics(margin=stats.EQUIVALENCE_MARGIN if margin is None else float(margin))
+    if not st.margin > 0:
+        raise ValueError(f"equivalence margin must be positive, got {margin!r}")
     st.missing_samples = sum(1 for j in jobs if job_samples(j) is None)
     for t in tables:
-        st.comparisons += compare(t, jobs)
+        st.comparisons += compare(t, jobs, margin=st.margin,
+                                  confirmatory=headlines.get((t.model, t.task)) == t.metric)
     for (model, task), metric in headlines.items():
         if not metric:
             continue
         st.draws[(model, task)] = calibration_variance(jobs, model, task, metric)
-        st.regimes[(model, task)] = regimes(st.of(model, task, metric))
+        table = next((t for t in tables if (t.model, t.task, t.metric) == (model, task, metric)), None)
+        st.regimes[(model, task)] = regimes(st.of(model, task, metric), table.best_sets if table else None)
         st.cost[(model, task)] = cost_rows(jobs, model, task, st.of(model, task, metric))
     return st
 
@@ -524,15 +732,19 @@ def write_statistics_csvs(summary: "Summary", out_dir: Path) -> None:
         for r in rs:
             draw_rows.append({"model": r.model, "task": r.task, "metric": r.metric, "scorer": r.label,
                               "sparsity": r.sparsity, "n_draws": r.variance.n_draws, "mean": r.variance.mean,
-                              "std_over_draws": r.variance.std, "sampling_half_width": r.variance.sampling_half_width,
+                              "std_over_draws": r.variance.std, "sampling_se": r.variance.sampling_se,
+                              "sampling_half_width": r.variance.sampling_half_width,
+                              "new_draw_pi_low": r.variance.prediction.low if r.variance.prediction else None,
+                              "new_draw_pi_high": r.variance.prediction.high if r.variance.prediction else None,
                               "mean_pairwise_jaccard": r.stability.mean_jaccard,
                               "removal_frequency": " ".join(f"{f:.3f}" for f in r.stability.frequency),
                               "draws": " ; ".join(r.draws)})
     if draw_rows:
         summary.files["calibration_variance"] = write_csv(out_dir / CALIBRATION_CSV, list(draw_rows[0]), draw_rows)
     reg_rows = [{"model": m, "task": t, "metric": summary.headlines.get((m, t)), "sparsity": r.sparsity, "best": r.best,
-                 "worst": r.worst, "spread": r.spread, "n_scorers": r.n_scorers,
-                 "n_indistinguishable": r.n_indistinguishable, "regime": r.label}
+                 "worst": r.worst, "spread": r.spread, "spread_ci_low": r.spread_low, "spread_ci_high": r.spread_high,
+                 "n_scorers": r.n_scorers, "n_not_shown_worse": r.n_not_shown_worse, "n_equivalent": r.n_equivalent,
+                 "tost_margin": r.margin, "regime": r.label}
                 for (m, t), regs in st.regimes.items() for r in regs]
     if reg_rows:
         summary.files["regimes"] = write_csv(out_dir / REGIMES_CSV, list(reg_rows[0]), reg_rows)
@@ -542,7 +754,7 @@ def write_statistics_csvs(summary: "Summary", out_dir: Path) -> None:
              "prefill_speedup_std": r.prefill.std if r.prefill else None,
              "decode_speedup": r.decode.mean if r.decode else None,
              "decode_speedup_std": r.decode.std if r.decode else None, "n_jobs": (r.prefill or r.decode).n,
-             "quality": r.quality.mean if r.quality else None, "verdict": r.quality.verdict if r.quality else None,
+             "quality": r.quality.mean if r.quality else None, "verdict": r.quality.verdict_text if r.quality else None,
              "flag": r.flags} for rs in st.cost.values() for r in rs]
     if cost:
         summary.files["efficiency"] = write_csv(out_dir / EFFICIENCY_CSV, list(cost[0]), cost)

@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from topovlm.stats import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA,  # noqa: F401
+                           VERDICT_SAME, VERDICT_WORSE)
 from topovlm.summary.load import SummaryJob, higher_is_better, is_reference
 
 if TYPE_CHECKING:
-    from topovlm.stats import Interval
+    from topovlm.stats import BestSet, Interval
 
 REFERENCE = "unpruned (reference)"
 _SKIP_METRICS = ("num_samples",)
-# a cell's verdict against the best scorer at its sparsity (topovlm.summary.statistics)
-VERDICT_BEST = "best"
-VERDICT_SAME = "≈ best"
-VERDICT_WORSE = "worse"
-VERDICT_NA = "n/a"
+# a cell's verdict against the other scorers at its sparsity (topovlm.summary.statistics;
+# the words are topovlm.stats', re-exported here)
+#: the mark a cell of a metric table carries for its verdict (none: best or not shown different)
+VERDICT_MARKS = {VERDICT_WORSE: "↓", VERDICT_EQUIVALENT: "≡", VERDICT_INCONCLUSIVE: "?"}
 
 
 @dataclass
@@ -95,6 +96,12 @@ class MetricTable:
     intervals: dict[str, dict[float, "Interval | None"]] = field(default_factory=dict)
     verdicts: dict[str, dict[float, str]] = field(default_factory=dict)
     reference_interval: "Interval | None" = None
+    #: the headline metric's table (its sparsities are the confirmatory families); None: not compared
+    confirmatory: bool | None = None
+    #: the TOST margin the ≡ marks were tested at
+    margin: float | None = None
+    #: per sparsity: P(best) and the spread's interval (two-stage bootstrap)
+    best_sets: dict[float, "BestSet | None"] = field(default_factory=dict)
     #: the metric's direction (the evaluator's, see :func:`topovlm.summary.load.higher_is_better`)
     higher_is_better: bool = True
 
@@ -113,11 +120,19 @@ class MetricTable:
         direction = "lower" if self.lower_is_better else "higher"
         seeds = any(s.n > 1 for row in self.cells.values() for s in row.values())
         cis = any(iv is not None for row in self.intervals.values() for iv in row.values())
+        family = ""
+        if cis and self.confirmatory is not None:
+            family = ("confirmatory (the headline metric: every pair of scorers at a sparsity is one Holm family)"
+                      if self.confirmatory else "exploratory (Holm within each sparsity of this table only, "
+                      "nothing across tables: a mark here is a lead, not a finding)")
+        margin = f" within ±{self.margin:g}" if self.margin is not None else ""
         head = (f"#### {self.model} · {self.task} · {self.metric}\n\n"
-                f"{direction} is better; **bold** = best scorer at that sparsity"
+                + (f"_{family}_\n\n" if family else "")
+                + f"{direction} is better; **bold** = best scorer at that sparsity"
                 + ("; mean ± std over seeds (n = seeds)" if seeds else "")
-                + ("; [95% interval over samples]; ≈ = statistically indistinguishable from the best "
-                   "(paired test, Holm-corrected)" if cis else "") + "\n\n")
+                + ("; [95% interval]; against the other scorers at that sparsity (all pairs, Holm): ↓ = shown "
+                   f"worse than another scorer, ≡ = shown equivalent to the best{margin} (TOST), ? = inconclusive "
+                   "(too few calibration draws); unmarked = not shown different" if cis else "") + "\n\n")
         cols = [f"{s:.0%}" if round(s * 100, 6) == round(s * 100) else f"{s:.1%}" for s in self.sparsities]
         lines = ["| scorer | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         ref = self.reference.fmt() if self.reference else "—"
@@ -134,8 +149,9 @@ class MetricTable:
                 cell = f"**{cell}**" if st and lab in best[s] else cell
                 if st and _ci_text(self.intervals.get(lab, {}).get(s)):
                     cell += " " + _ci_text(self.intervals[lab][s])
-                if st and self.verdicts.get(lab, {}).get(s) == VERDICT_SAME:
-                    cell += " ≈"
+                mark = VERDICT_MARKS.get(self.verdicts.get(lab, {}).get(s, ""))
+                if st and mark:
+                    cell += " " + mark
                 vals.append(cell)
             lines.append(f"| {lab} | " + " | ".join(vals) + " |")
         note = ""
