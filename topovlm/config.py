@@ -7,10 +7,11 @@ is loaded.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
 MODEL_SOURCES = ("pretrained", "embedded", "tiny")
 DTYPES = ("float32", "float16", "bfloat16", "auto")
 WANDB_MODES = ("offline", "online", "disabled")
-
-
+# top-level keys outside the schema that the harness reads (documented: `+force=true`)
+EXTRA_FLAGS = ("force",)
+# numpy's legacy seeding (np.random.seed) takes integers in [0, 2**32 - 1]
+SEED_RANGE = (0, 2**32 - 1)
 
 
 @dataclass
@@ -122,7 +125,7 @@ class RunConfig:
     save_model: bool = False  # save the pruned model next to the run
     reference: bool = True  # also evaluate the unpruned model once per model/task/seed (cached)
     reuse_model: bool = True  # jobs of one process that use the same model load it once (restored between jobs)
-    # `+force=true` (not in the schema, as an extra flag) recomputes a job whose result exists
+    # `+force=true` (not in the schema, as an extra flag: EXTRA_FLAGS) recomputes a job whose result exists
 
 
 def register_configs() -> None:
@@ -135,9 +138,109 @@ def _allowed(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None
         raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
 
 
-def _at_least(key: str, value: Any, low: int) -> None:
-    if value is not None and int(value) < low:
-        raise ConfigError(f"{key}={value} must be >= {low}")
+def _in_range(key: str, value: Any, kind: type, low: float | None, high: float | None) -> None:
+    """``value`` (None: unset, allowed) is a ``kind`` (int or float; bool is neither) in [low, high]."""
+    if value is None:
+        return
+    ok_type = not isinstance(value, bool) and (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+    if not ok_type:
+        raise ConfigError(f"{key}={value!r} must be {'an integer' if kind is int else 'a number'}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{key}={value} must be {bound}")
+
+
+# Numeric settings and their ranges (type, low, high; None: open), checked in one place. A value
+# out of range would otherwise fail after the model load (max_new_tokens=0 at evaluate) or be
+# silently clamped (efficiency.repeats=0 timed once).
+RANGES: dict[str, tuple[type, float | None, float | None]] = {
+    "task.max_new_tokens": (int, 1, None),
+    "task.batch_size": (int, 1, None),
+    "task.limit": (int, 1, None),
+    "task.dataset.n": (int, 1, None),
+    "calibration.n": (int, 1, None),
+    "calibration.batch_size": (int, 1, None),
+    "calibration.dataset.n": (int, 1, None),
+    "num_threads": (int, 1, None),
+    "selection.min_gap": (int, 1, None),
+    "efficiency.prompt_words": (int, 1, None),
+    "efficiency.new_tokens": (int, 2, None),  # the decode throughput times new_tokens - 1 steps
+    "efficiency.warmup": (int, 0, None),
+    "efficiency.repeats": (int, 1, None),
+    "efficiency.batch_size": (int, 1, None),
+    "logger.wandb.init_timeout": (float, 0, None),
+}
+
+# lmms-eval generation settings (task.options.gen_kwargs) as transformers' generate() takes them
+GEN_RANGES: dict[str, tuple[type, float | None, float | None]] = {
+    "max_new_tokens": (int, 1, None), "min_new_tokens": (int, 0, None), "num_beams": (int, 1, None),
+    "temperature": (float, 0, None), "top_p": (float, 0, 1), "top_k": (int, 0, None),
+    "repetition_penalty": (float, 0, None),
+}
+
+
+def _schema_fields(schema: type) -> dict[str, Any]:
+    """Field name -> its type, for a dataclass schema node."""
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(schema)}
+
+
+def check_keys(cfg: DictConfig, schema: type = RunConfig, prefix: str = "", extras: tuple[str, ...] = EXTRA_FLAGS) -> None:
+    """Every key of ``cfg`` is a field of ``schema``, at every typed level.
+
+    Hydra's ``+key=value`` adds a key the schema does not have (the fix its own error message
+    suggests for a typo): the job would run without the setting and record the result as if
+    it had it (``+sparsty=0.3``: an unpruned model). Open nodes (``scorer``, ``*.options``,
+    ``model.tiny``) are checked by their consumers.
+    """
+    fields = _schema_fields(schema)
+    for key in cfg.keys():
+        key = str(key)
+        if key in fields or key in extras:
+            continue
+        path = f"{prefix}{key}"
+        known = sorted(fields)
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"did you mean {prefix}{close[0]}? " if close else ""
+        flags = f"; extra flags: {', '.join('+' + e for e in extras)}" if extras else ""
+        raise ConfigError(f"{path} is not a config key ({hint}keys of {prefix.rstrip('.') or 'the run config'}: "
+                          f"{', '.join(known)}{flags})")
+    for name, kind in fields.items():
+        if dataclasses.is_dataclass(kind) and name in cfg and isinstance(cfg._get_node(name), DictConfig):
+            check_keys(cfg[name], kind, f"{prefix}{name}.", ())
+
+
+def _check_seeds(data: Any, path: str = "") -> None:
+    """Every ``seed`` (and every entry of a ``seeds`` mapping), at any depth, is a valid numpy seed."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = f"{path}{key}"
+            if key == "seed" or (path.endswith("seeds.") and not isinstance(value, (dict, list))):
+                _in_range(sub, value, int, *SEED_RANGE)
+            else:
+                _check_seeds(value, sub + ".")
+
+
+def _check_generation(cfg: DictConfig) -> None:
+    gen = (cfg.task.options or {}).get("gen_kwargs") if cfg.task.options else None
+    if not gen:
+        return
+    if isinstance(gen, str):  # lmms-eval's "k=v,k=v"
+        import ast
+
+        items = {}
+        for part in gen.split(","):
+            k, sep, v = part.partition("=")
+            if not sep:
+                raise ConfigError(f"task.options.gen_kwargs={gen!r}: {part!r} is not key=value")
+            try:
+                items[k.strip()] = ast.literal_eval(v.strip())
+            except (ValueError, SyntaxError):
+                items[k.strip()] = v.strip()
+        gen = items
+    for k, v in dict(gen).items():
+        if k in GEN_RANGES:
+            _in_range(f"task.options.gen_kwargs.{k}", v, *GEN_RANGES[k])
 
 
 def build_scorer(scorer_cfg: DictConfig | dict) -> "LayerScorer":
@@ -242,6 +345,11 @@ def _check_values(cfg: DictConfig) -> None:
     from topovlm.data.sources import SOURCES
     from topovlm.evaluation import EVALUATORS
 
+    check_keys(cfg)
+    for key, (kind, low, high) in RANGES.items():
+        _in_range(key, OmegaConf.select(cfg, key), kind, low, high)
+    _check_seeds(OmegaConf.to_container(cfg, resolve=True))
+    _check_generation(cfg)
     if not 0.0 <= float(cfg.sparsity) < 1.0:
         raise ConfigError(f"sparsity={cfg.sparsity} must be in [0, 1)")
     _allowed("model.family", cfg.model.family, sorted(ADAPTERS))
@@ -258,17 +366,9 @@ def _check_values(cfg: DictConfig) -> None:
 
             _allowed(f"{key}.split", ds.split, SPLITS)
             _allowed(f"{key}.version", ds.version, sorted(VERSIONS))
-        _at_least(f"{key}.n", ds.n, 1)
-    _at_least("calibration.n", cfg.calibration.n, 1)
-    _at_least("calibration.batch_size", cfg.calibration.batch_size, 1)
-    _at_least("task.batch_size", cfg.task.batch_size, 1)
-    _at_least("task.limit", cfg.task.limit, 1)
-    _at_least("num_threads", cfg.num_threads, 1)
     _allowed("selection.policy", cfg.selection.policy, POLICIES)
     if not 0.0 < float(cfg.selection.eps) <= 1.0:
         raise ConfigError(f"selection.eps={cfg.selection.eps} must be in (0, 1]")
-    if cfg.selection.min_gap < 1:
-        raise ConfigError(f"selection.min_gap={cfg.selection.min_gap} must be >= 1")
     _allowed("logger.wandb.mode", cfg.logger.wandb.mode, WANDB_MODES)
 
 

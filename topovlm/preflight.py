@@ -3,12 +3,18 @@
 :func:`check_inputs` runs inside :func:`topovlm.config.validate`: a missing local model
 directory, an uncached hub id that cannot be fetched, a missing data file and an lmms-eval
 task whose dataset is not available locally each fail with one :class:`ConfigError`
-naming the key, the id and the command that fetches it.
+naming the key, the id and the command that fetches it. The files themselves are read
+too: a checkpoint's config.json (its ``model_type`` against ``model.family``) and the
+headers of its weight files (a truncated or corrupt ``model.safetensors``), every line
+of a jsonl source and the text of a text source (decoding and parsing errors name the
+file and line). Last, ``model.device`` must exist on this machine.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -23,10 +29,179 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 def check_inputs(cfg: Any) -> None:
     if cfg.model.source == "pretrained":
         check_model_path(str(cfg.model.path), cfg.model.get("revision"))
+        check_checkpoint(cfg.model)
     for key in ("task.dataset", "calibration.dataset"):
         check_dataset(OmegaConf.select(cfg, key), key, cfg)
     if cfg.task.evaluator == "lmms" and (cfg.task.options or {}).get("check_datasets", True):
         check_lmms_task_datasets(cfg.task, cfg.model.family)
+    check_device(cfg.model)
+
+
+# ---------------------------------------------------------------- devices
+
+# device_map values that place the model by itself (accelerate), on whatever the machine has
+_PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def device_problem(name: str) -> str | None:
+    """Why ``name`` (a torch device string) cannot be used on this machine; None when it can."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        return "not a device (allowed: cpu, cuda, cuda:N, mps, or another torch device type)"
+    if device.type in ("cpu", "meta"):
+        return None
+    if device.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    else:  # cuda, xpu, ...: torch.<type>.is_available() / device_count()
+        backend = getattr(torch, device.type, None)
+        available = bool(backend is not None and getattr(backend, "is_available", lambda: False)())
+        count = int(getattr(backend, "device_count", lambda: 1)()) if available else 0
+    if not available:
+        return f"{device.type} is not available on this machine (torch {torch.__version__}); use model.device=cpu"
+    if device.index is not None and device.index >= count:
+        return f"this machine has {count} {device.type} device(s) (indices 0..{count - 1})"
+    return None
+
+
+def _runs_elsewhere() -> bool:
+    """True in the process that launches a SLURM sweep (submitit): its devices say nothing
+    about the compute nodes', where each job checks its own device when it starts."""
+    import sys
+
+    if os.environ.get("SLURM_JOB_ID"):
+        return False  # inside a job: its own machine
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return "slurm" in str(OmegaConf.select(HydraConfig.get(), "launcher._target_", default="") or "").lower()
+    except Exception:  # noqa: BLE001 - no Hydra context
+        pass
+    # the sweep-start preflight runs before Hydra records its config: the command line says
+    return any(a.startswith("hydra/launcher=") and "slurm" in a.lower() for a in sys.argv[1:])
+
+
+def check_device(model: Any) -> None:
+    """``model.device`` (and a ``model.device_map`` that names a device) exist on this machine."""
+    if _runs_elsewhere():
+        return
+    for key, value in (("model.device", model.get("device")), ("model.device_map", model.get("device_map"))):
+        if value is None or (key == "model.device_map" and str(value) in _PLACEMENTS):
+            continue
+        why = device_problem(str(value))
+        if why:
+            raise ConfigError(f"{key}={value!r}: {why}")
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+
+def safetensors_problem(file: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be loaded (truncated, corrupt header), from its header
+    alone: 8 bytes of header length, a JSON header, then exactly the bytes its tensors span."""
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            return f"{file} has {size} bytes, less than a safetensors header (truncated?)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"{file}: its header claims {n} bytes, the file has {size} (truncated or not a safetensors file)"
+        try:
+            header = json.loads(fh.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{file}: the header is not valid safetensors JSON (corrupt file)"
+    if 8 + n + end != size:
+        return f"{file}: its tensors need {8 + n + end} bytes, the file has {size} (truncated or corrupt)"
+    return None
+
+
+def _bin_problem(file: Path) -> str | None:
+    """A torch ``.bin`` checkpoint is a zip (torch>=1.6): a cut one has lost its central directory."""
+    with open(file, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":  # empty, or the legacy format, which has no cheap check
+            return f"{file} is empty (truncated?)" if file.stat().st_size == 0 else None
+    try:
+        with zipfile.ZipFile(file):
+            return None
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"{file}: {err} (truncated or corrupt)"
+
+
+@lru_cache(maxsize=256)
+def _weights_problem_cached(path: str, stamp: tuple) -> str | None:  # noqa: ARG001 - stamp keys the cache
+    folder = Path(path)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError):
+            return f"{index} is not a valid weight index (corrupt)"
+        for shard in shards:
+            if not (folder / shard).is_file():
+                return f"{folder / shard} is missing (listed in {index.name})"
+    files = sorted(folder.glob("*.safetensors"))
+    for file in files:
+        why = safetensors_problem(file)
+        if why:
+            return why
+    bins = sorted(folder.glob("*.bin"))
+    for file in bins:
+        why = _bin_problem(file)
+        if why:
+            return why
+    if not files and not bins and not any(folder.glob("*.gguf")) and not any(folder.glob("*.pt")):
+        return f"{folder} has no weight files (*.safetensors, *.bin)"
+    return None
+
+
+def weights_problem(folder: str | Path) -> str | None:
+    """Why the weight files of a checkpoint folder cannot load (header checks only); None when they can."""
+    folder = Path(folder)
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file())
+    return _weights_problem_cached(str(folder.resolve()), stamp)
+
+
+def checkpoint_config_file(model: Any) -> Path | None:
+    """A ``pretrained`` checkpoint's config.json on disk (local folder or hub cache), None if not there."""
+    path = str(model.path or "")
+    local = Path(path).expanduser()
+    if (local / "config.json").is_file():
+        return local / "config.json"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, "config.json", revision=model.get("revision"))
+    except Exception:  # noqa: BLE001 - not a hub id or not cached: checked by check_model_path
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def check_checkpoint(model: Any) -> None:
+    """config.json parses, its ``model_type`` is one ``model.family`` loads, and its weight files are whole."""
+    from topovlm.adapters.loading import family_problem
+
+    file = checkpoint_config_file(model)
+    if file is None:
+        return  # a hub id fetched at load time
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"model.path={model.path!r}: {file} is not UTF-8 (corrupt config.json)") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"model.path={model.path!r}: {file}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"model.path={model.path!r}: {file} is not a JSON object")
+    why = family_problem(str(model.family), config, trust_remote_code=bool(model.get("trust_remote_code")))
+    if why:
+        raise ConfigError(f"model.path={model.path!r}: {why}")
+    why = weights_problem(file.parent)
+    if why:
+        raise ConfigError(f"model.path={model.path!r}: {why}")
 
 
 # ---------------------------------------------------------------- models
@@ -77,20 +252,50 @@ def check_model_path(path: str, revision: str | None = None) -> None:
 # ---------------------------------------------------------------- datasets
 
 
+@lru_cache(maxsize=64)
+def _source_size(source: str, path: str, split: str, stamp: tuple) -> int:  # noqa: ARG001 - stamp keys the cache
+    """Samples in a jsonl / text source, every line decoded and parsed (once per file version:
+    a sweep's preflight checks the same file for every job)."""
+    from topovlm.data.sources import read_vqa_jsonl, text_paragraphs
+
+    return len(read_vqa_jsonl(path, split)) if source == "jsonl" else len(text_paragraphs(path))
+
+
+def _stamp(file: Path) -> tuple:
+    st = file.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 def check_dataset(ds: Any, key: str, cfg: Any) -> None:
+    from topovlm.data.sources import SourceError
+
     if ds is None:
         return
     source = ds.source
+    size = None
     if source == "jsonl":
         if not ds.path:
             raise ConfigError(f"{key}.path must point to a folder with <split>.jsonl when {key}.source=jsonl")
         file = Path(str(ds.path)).expanduser() / f"{ds.split}.jsonl"
         if not file.is_file():
             raise ConfigError(f"{key}.path={ds.path!r}: no {file}")
+        stamp = (*_stamp(file), file.parent.stat().st_mtime_ns)  # an image added or removed changes the folder
     elif source == "text":
         if ds.path and not Path(str(ds.path)).expanduser().is_file():
             raise ConfigError(f"{key}.path={ds.path!r}: no such text file")
-    elif source == "hf":
+        file = Path(str(ds.path)).expanduser() if ds.path else None
+        stamp = _stamp(file) if file else ()
+    if source in ("jsonl", "text") and (source == "jsonl" or file is not None):
+        try:
+            size = _source_size(source, str(file.parent if source == "jsonl" else file), str(ds.split), stamp)
+        except (SourceError, OSError) as err:
+            raise ConfigError(f"{key}.path={ds.path!r}: {err}") from None
+        wanted = [(f"{key}.n", ds.n)] + ([("calibration.n", cfg.calibration.n)] if key == "calibration.dataset" else [])
+        for name, n in wanted:
+            if n is not None and int(n) > size:
+                raise ConfigError(f"{name}={n}, but {key}.path={ds.path!r} holds only {size} samples; "
+                                  f"set {name}<={size} or use a larger source")
+    if source == "hf":
         _check_hf_dataset(ds, key)
     elif source == "lmms_task":
         _check_holdout(ds, key, cfg)

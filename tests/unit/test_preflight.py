@@ -51,7 +51,8 @@ def test_uncached_hub_model_names_the_download_command(empty_hf_cache):
 
 def test_real_calibration_set_is_checked_too(empty_hf_cache, tmp_path):
     (tmp_path / "ckpt").mkdir()
-    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    (tmp_path / "ckpt" / "config.json").write_text('{"model_type": "llava"}')
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")  # whole, no tensors
     with pytest.raises(ConfigError) as err:
         validate(compose(["model=llava-1.5-7b", f"model.path={tmp_path / 'ckpt'}"]))  # coco_captions by default
     assert "calibration.dataset.path='lmms-lab/COCO-Caption2017'" in str(err.value)
@@ -129,3 +130,157 @@ def test_task_holdout_is_disjoint_from_the_evaluated_documents(tmp_path):
     indices = [int(s.id.split(":")[1]) for s in samples]
     assert len(indices) == 6 and min(indices) >= 8
     assert all(s.image is not None and s.question for s in samples)
+
+
+# ---------------------------------------------------------------- each class of bad input, before any model loads
+
+
+def _tiny_checkpoint(folder, builder="tiny_llama"):
+    """A real (tiny, random) transformers checkpoint on disk."""
+    from topovlm.adapters.tiny import TINY_BUILDERS, tiny_llama
+
+    model, processor = (tiny_llama if builder == "tiny_llama" else TINY_BUILDERS[builder])(num_layers=4)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+LOCAL = ["model.device=cpu", "model.device_map=null", "model.dtype=float32"]
+
+
+def test_checkpoint_model_type_must_fit_the_family(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path / "llama")
+    with pytest.raises(ConfigError) as err:  # a causal LM under a VLM family
+        validate(compose(["model=llava-1.5-7b", f"model.path={ckpt}", *LOCAL, "calibration=shapes"]))
+    assert str(err.value) == (f"model.path='{ckpt}': config.json has model_type='llama', but model.family=llava "
+                              "loads llava, llava_next; use model.family=causal_lm")
+    with pytest.raises(ConfigError, match="model_type='llama', but model.family=qwen2_vl loads qwen2_vl, qwen2_5_vl"):
+        validate(compose(["model=qwen2-vl-7b", f"model.path={ckpt}", *LOCAL, "calibration=shapes"]))
+    validate(compose(["model=llama-2-7b", f"model.path={ckpt}", *LOCAL, "task=text_ppl", "calibration=text"]))
+    (ckpt / "config.json").write_text('{"model_type": "llama",\n "hidden_size": 64,,}')
+    with pytest.raises(ConfigError, match=r"config.json:2: not valid JSON"):
+        validate(compose(["model=llama-2-7b", f"model.path={ckpt}", *LOCAL, "task=text_ppl", "calibration=text"]))
+
+
+def test_truncated_checkpoint_is_named_in_the_preflight_and_at_load(tmp_path):
+    from topovlm.adapters.loading import load_pretrained
+
+    ckpt = _tiny_checkpoint(tmp_path / "llama")
+    over = ["model=llama-2-7b", f"model.path={ckpt}", *LOCAL, "task=text_ppl", "calibration=text"]
+    validate(compose(over))
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 1000])  # a copy cut short
+    with pytest.raises(ConfigError) as err:
+        validate(compose(over))
+    assert f"{weights}: its tensors need {len(data)} bytes, the file has {len(data) - 1000}" in str(err.value)
+    with pytest.raises(ConfigError, match="model.safetensors: its tensors need") as err:  # at load, one line too
+        load_pretrained("causal_lm", str(ckpt))
+    assert "\n" not in str(err.value)
+    weights.write_bytes(b"\x10")  # less than a header
+    with pytest.raises(ConfigError, match="less than a safetensors header"):
+        validate(compose(over))
+    weights.unlink()
+    with pytest.raises(ConfigError, match="has no weight files"):
+        validate(compose(over))
+
+
+def test_device_must_exist_on_this_machine():
+    import torch
+
+    with pytest.raises(ConfigError, match=r"model.device='gpu': not a device \(allowed: cpu, cuda"):
+        validate(compose(["model=tiny_llava", "model.device=gpu"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="model.device='cuda': cuda is not available on this machine"):
+            validate(compose(["model=tiny_llava", "model.device=cuda"]))
+        with pytest.raises(ConfigError, match="model.device_map='cuda:0': cuda is not available"):
+            validate(compose(["model=tiny_llava", "model.device_map=cuda:0"]))
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ConfigError, match=f"this machine has {n} cuda device"):
+            validate(compose(["model=tiny_llava", f"model.device=cuda:{n}"]))
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match="model.device='mps': mps is not available"):
+            validate(compose(["model=tiny_llava", "model.device=mps"]))
+    validate(compose(["model=tiny_llava", "model.device_map=auto"]))  # placement by accelerate: any machine
+
+
+def _write_jsonl(folder, lines: list[str], images=range(6)):
+    folder.mkdir(exist_ok=True)
+    for i in images:
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / f"{i}.png")
+    (folder / "calibration.jsonl").write_bytes(b"\n".join(l.encode("latin-1") if isinstance(l, str) else l
+                                                           for l in lines))
+
+
+def _rec(i, **kw):
+    return json.dumps({"id": f"r{i}", "question": f"q{i}", "answer": "a", "image": f"{i}.png", **kw})
+
+
+JSONL = ["calibration.dataset.source=jsonl", "calibration.n=2", "model=tiny_llava"]
+
+
+@pytest.mark.parametrize("lines, needle", [
+    ([_rec(0), _rec(1), "", '{"id": "r3", "question": "q3",, }', _rec(4)], r"calibration.jsonl:4: not valid JSON"),
+    ([_rec(0), _rec(1), _rec(2).replace("q2", "caf\xe9").encode("latin-1")],
+     r"calibration.jsonl:3: byte 0xe9 at column \d+ is not UTF-8"),
+    ([_rec(0), _rec(1, image="missing.png")], r"calibration.jsonl:2: record id='r1': image .*missing.png not found"),
+    ([_rec(0), _rec(1), _rec(0)], r"calibration.jsonl:3: id 'r0' repeats line 1"),
+    ([_rec(0), json.dumps({"id": "r1", "answer": "a"})], r"calibration.jsonl:2: the record has no question"),
+    ([_rec(0), "[1, 2]"], r"calibration.jsonl:2: a record is a JSON object, not list"),
+])
+def test_jsonl_source_is_parsed_in_the_preflight_naming_file_and_line(tmp_path, lines, needle):
+    from topovlm.data.sources import SourceError
+
+    _write_jsonl(tmp_path / "data", lines)
+    cfg = compose([*JSONL, f"calibration.dataset.path={tmp_path / 'data'}"])
+    with pytest.raises(ConfigError, match=needle) as err:
+        validate(cfg)
+    assert str(err.value).startswith(f"calibration.dataset.path='{tmp_path / 'data'}': {tmp_path / 'data'}")
+    with pytest.raises(SourceError, match=needle):  # read outside the preflight: the same line
+        load_samples(cfg.calibration.dataset, n=2, seed=0)
+
+
+def test_unreadable_image_is_named_with_its_line(tmp_path):
+    _write_jsonl(tmp_path / "data", [_rec(0), _rec(1)])
+    (tmp_path / "data" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(ConfigError, match=r"calibration.jsonl:2: record id='r1': image .*1.png cannot be read"):
+        validate(compose([*JSONL, f"calibration.dataset.path={tmp_path / 'data'}"]))
+
+
+def test_text_source_is_decoded_in_the_preflight(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_bytes("first paragraph\n\nsecond\nline caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        validate(compose(["task=text_ppl", f"task.dataset.path={text}", "model=tiny_llava"]))
+    assert str(err.value) == f"task.dataset.path='{text}': {text}:4: byte 0xe9 at column 9 is not UTF-8 (re-save the file as UTF-8)"
+    text.write_text("first paragraph\n\nsecond, café\n")
+    validate(compose(["task=text_ppl", f"task.dataset.path={text}", "model=tiny_llava"]))
+
+
+def test_a_source_smaller_than_its_n_is_a_preflight_error(tmp_path):
+    _write_jsonl(tmp_path / "data", [_rec(i) for i in range(5)])
+    over = ["calibration.dataset.source=jsonl", f"calibration.dataset.path={tmp_path / 'data'}", "model=tiny_llava"]
+    with pytest.raises(ConfigError, match=r"calibration.n=12, but calibration.dataset.path=.* holds only 5 samples"):
+        validate(compose([*over, "calibration.n=12"]))
+    text = tmp_path / "t.txt"
+    text.write_text("a\n\nb\n\nc")
+    with pytest.raises(ConfigError, match=r"task.dataset.n=16, but task.dataset.path=.* holds only 3 samples"):
+        validate(compose(["task=text_ppl", f"task.dataset.path={text}", "task.dataset.n=16", "model=tiny_llava"]))
+
+
+def test_bad_inputs_of_every_class_fail_before_the_model_loads(tmp_path, no_model_load):
+    """Through the job itself: each class raises ConfigError at stage validate, nothing cached."""
+    from topovlm.runner import run_job
+
+    _write_jsonl(tmp_path / "data", [_rec(0), "{broken"])
+    ckpt = _tiny_checkpoint(tmp_path / "llama")
+    cases = [["+sparsty=0.3"], ["task.max_new_tokens=0"], ["seed=-1"], ["efficiency.repeats=0"],
+             ["model.device=nodevice"], ["calibration.dataset.source=jsonl", f"calibration.dataset.path={tmp_path / 'data'}"],
+             ["model=llava-1.5-7b", f"model.path={ckpt}", *LOCAL, "calibration=shapes"]]
+    for extra in cases:
+        cfg = compose(tiny_overrides(tmp_path, *extra))
+        with pytest.raises(ConfigError) as err:
+            run_job(cfg, tmp_path / "job")
+        assert err.value.topovlm_stage == "validate" and "\n" not in str(err.value), extra
+    assert not (tmp_path / "cache").exists()

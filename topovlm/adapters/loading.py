@@ -9,6 +9,7 @@ import torch
 from topovlm.adapters.base import ModelAdapter
 from topovlm.adapters.families import ADAPTERS
 from topovlm.adapters.processors import load_processor
+from topovlm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,65 @@ _MODEL_CLASSES = {
     "qwen2_vl": "AutoModelForImageTextToText",
     "causal_lm": "AutoModelForCausalLM",
 }
+
+
+# transformers' model_type -> Auto class tables (config names only: no model code is imported)
+_MAPPINGS = {
+    "AutoModelForImageTextToText": "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+    "AutoModelForCausalLM": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+}
+# the model_types whose layout each built-in family's adapter knows (a plugin family: any
+# model_type its Auto class loads)
+FAMILY_MODEL_TYPES = {"llava": ("llava", "llava_next"), "qwen2_vl": ("qwen2_vl", "qwen2_5_vl")}
+
+
+def _loadable(auto_class: str) -> dict[str, str]:
+    from transformers.models.auto import modeling_auto
+
+    return dict(getattr(modeling_auto, _MAPPINGS[auto_class], {}))
+
+
+def family_problem(family: str, config: dict[str, Any], trust_remote_code: bool = False) -> str | None:
+    """Why a checkpoint with this config.json does not fit ``model.family`` (None: it does).
+
+    A causal LM checkpoint under a VLM family, or a VLM under ``causal_lm``, would otherwise
+    fail deep inside ``from_pretrained`` or, worse, load with randomly initialised parts."""
+    model_type = config.get("model_type")
+    if not model_type:
+        return "config.json has no model_type (not a transformers checkpoint)"
+    expected = FAMILY_MODEL_TYPES.get(family)
+    auto_class = _MODEL_CLASSES.get(family)
+    if expected is not None:
+        fits = model_type in expected
+    elif auto_class and not (trust_remote_code and config.get("auto_map")):
+        fits = model_type in _loadable(auto_class)
+    else:
+        return None  # a plugin family, or remote code: its own loader decides
+    if fits:
+        return None
+    suggest = [f for f, types in FAMILY_MODEL_TYPES.items() if model_type in types]
+    if not suggest and model_type in _loadable("AutoModelForCausalLM"):
+        suggest = ["causal_lm"]
+    allowed = ", ".join(expected) if expected else f"what {auto_class} loads"
+    hint = f"; use model.family={suggest[0]}" if suggest else ""
+    return f"config.json has model_type={model_type!r}, but model.family={family} loads {allowed}{hint}"
+
+
+def _from_pretrained(auto_model: Any, path: str, kwargs: dict[str, Any]) -> Any:
+    """``from_pretrained``; a truncated or corrupt weight file is named in one line."""
+    from pathlib import Path
+
+    try:
+        return auto_model.from_pretrained(path, **kwargs)
+    except Exception:
+        if not Path(path).is_dir():
+            raise
+        from topovlm.preflight import weights_problem
+
+        why = weights_problem(path)
+        if why is None:
+            raise
+        raise ConfigError(f"model.path={path!r}: {why}") from None
 
 
 def _dtype(name: str) -> Any:
@@ -36,7 +96,7 @@ def load_pretrained(family: str, path: str, *, dtype: str = "float32", device: s
         kwargs["device_map"] = device_map
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = auto_model.from_pretrained(path, **kwargs)
+    model = _from_pretrained(auto_model, path, kwargs)
     if not device_map:
         model.to(device)
     processor = load_processor(family, path, revision=revision, trust_remote_code=trust_remote_code,

@@ -13,6 +13,76 @@ from topovlm.registry import Registry
 PACKAGED_TEXT = Path(__file__).parent / "text" / "sample.txt"
 
 
+class SourceError(ValueError):
+    """A data file cannot be used; the message names the file, the 1-based line and the record."""
+
+
+def read_text(path: str | Path) -> str:
+    """The file as strict UTF-8 (a leading BOM dropped); a byte that is not UTF-8 names its line."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise SourceError(f"{path}:{line}: byte 0x{data[err.start]:02x} at column {column} is not UTF-8 "
+                          "(re-save the file as UTF-8)") from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(1-based line number, record) of every non-blank line; a line that is not a JSON
+    object names the file and its own line (``json.loads`` of one line always says line 1)."""
+    out = []
+    # split on "\n" only: str.splitlines() also breaks at U+2028 and friends inside JSON strings
+    for number, line in enumerate(read_text(path).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SourceError(f"{path}:{number}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise SourceError(f"{path}:{number}: a record is a JSON object, not {type(record).__name__}")
+        out.append((number, record))
+    return out
+
+
+JSONL_REQUIRED = ("id", "question")
+
+
+def read_vqa_jsonl(root: str | Path, split: str) -> list[tuple[int, dict[str, Any]]]:
+    """The checked records of ``<root>/<split>.jsonl``: required fields present, ids unique,
+    every ``image`` an image file (its header read, not its pixels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root).expanduser()
+    file = root / f"{split}.jsonl"
+    if not file.is_file():
+        raise FileNotFoundError(f"no {file}")
+    seen: dict[str, int] = {}
+    records = read_jsonl(file)
+    for number, rec in records:
+        where = f"{file}:{number}"
+        missing = [k for k in JSONL_REQUIRED if k not in rec]
+        if missing:
+            raise SourceError(f"{where}: the record has no {', '.join(missing)} (each needs {', '.join(JSONL_REQUIRED)})")
+        rid = str(rec["id"])
+        if rid in seen:
+            raise SourceError(f"{where}: id {rid!r} repeats line {seen[rid]}")
+        seen[rid] = number
+        if rec.get("image"):
+            image = root / str(rec["image"])
+            if not image.is_file():
+                raise SourceError(f"{where}: record id={rid!r}: image {image} not found")
+            try:
+                with Image.open(image):
+                    pass
+            except (UnidentifiedImageError, OSError) as err:
+                raise SourceError(f"{where}: record id={rid!r}: image {image} cannot be read ({err})") from None
+    return records
+
+
 def _shapes(ds: Any, n: int | None, seed: int) -> list[VQASample]:
     from topovlm.data import shapes
 
@@ -27,19 +97,21 @@ def _jsonl(ds: Any, n: int | None, seed: int) -> list[VQASample]:
 
     if not ds.path:
         raise ValueError("dataset.path must point to a folder with <split>.jsonl when dataset.source=jsonl")
-    root = Path(ds.path)
-    file = root / f"{ds.split}.jsonl"
-    if not file.is_file():
-        raise FileNotFoundError(f"dataset.path: no {file}")
+    root = Path(ds.path).expanduser()
+    records = read_vqa_jsonl(root, ds.split)
+    chosen = seeded_subset(records, n, seed, "dataset.path")
     out = []
-    for line in file.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        image = Image.open(root / rec["image"]).convert("RGB") if rec.get("image") else None
-        out.append(VQASample(str(rec["id"]), image, rec["question"], str(rec.get("answer", "")),
-                             rec.get("domain", "default"), rec.get("category", "")))
-    return seeded_subset(out, n, seed, "dataset.path")
+    for number, rec in chosen:
+        image = None
+        if rec.get("image"):
+            try:  # the pixels are read here only: a truncated file still names its line
+                image = Image.open(root / str(rec["image"])).convert("RGB")
+            except OSError as err:
+                raise SourceError(f"{root / f'{ds.split}.jsonl'}:{number}: record id={rec['id']!r}: "
+                                  f"image {root / str(rec['image'])} cannot be read ({err})") from None
+        out.append(VQASample(str(rec["id"]), image, str(rec["question"]), str(rec.get("answer", "")),
+                             str(rec.get("domain", "default")), str(rec.get("category", ""))))
+    return out
 
 
 def seeded_subset(items: list, n: int | None, seed: int, key: str) -> list:
@@ -92,12 +164,17 @@ def _hf(ds: Any, n: int | None, seed: int) -> list[VQASample]:
     return out
 
 
+def text_paragraphs(path: str | Path) -> list[str]:
+    """The blank-line-separated paragraphs of a UTF-8 text file."""
+    return [t.strip() for t in read_text(path).replace("\r\n", "\n").split("\n\n") if t.strip()]
+
+
 def _text(ds: Any, n: int | None, seed: int) -> list[VQASample]:
     """Plain text for perplexity / text-only calibration: ``options.texts`` or one paragraph per blank line of ``path``."""
     texts = list(ds.options.get("texts", [])) if ds.options else []
     path = Path(ds.path) if ds.path else (PACKAGED_TEXT if not texts else None)
     if path is not None:
-        texts += [t.strip() for t in path.read_text().split("\n\n") if t.strip()]
+        texts += text_paragraphs(path)
     samples = [VQASample(f"text-{i}", None, t, "", "text") for i, t in enumerate(texts)]
     return samples[:n] if n is not None else samples
 
