@@ -27,13 +27,22 @@ needs a redundancy for every layer: a NaN or +inf raises :class:`SelectionError`
 the scorer and the layers; -inf is allowed and means "remove last" (``tail`` uses it
 for the final layer; the threshold rule never selects it nor counts it in the range).
 ``spacing_above`` switches any policy to ``spacing`` when sparsity exceeds it.
+
+Ties are broken by layer index: of equally redundant layers the lower index is removed
+first (``topk``, ``spacing``), of equally costly blocks the first (``block``). Whenever
+that rule, not the scores, decides what is removed (every unprotected layer scores the
+same, or equal scores straddle the cut), :func:`select_layers` logs a warning naming the
+rule and the tied layers, and appends it to ``notes`` for the job's result.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+log = logging.getLogger("topovlm.selection")
 
 POLICIES = ("auto", "topk", "block", "threshold", "adaptive", "spacing")
 
@@ -80,6 +89,64 @@ def _protected(protect: list[int], n: int) -> set[int]:
     return out
 
 
+#: how each policy breaks ties, as the warnings name it
+TIE_BREAK = {
+    "topk": "lower layer index removed first",
+    "spacing": "lower layer index removed first",
+    "block": "the first (lowest-index) block of equal cost",
+    "threshold": "none needed: equal scores are all removed or all kept",
+}
+
+
+def tie_note(redundancy: np.ndarray, removed: list[int], protected: set[int], policy: str, scorer: str,
+             block_cost: np.ndarray | None = None) -> str | None:
+    """A one-line warning when the tie-break rule, not the scores, decided which layers are
+    removed; None when the scores decided. ``removed``: what ``policy`` selected."""
+    r = np.asarray(redundancy, dtype=np.float64)
+    free = [i for i in range(len(r)) if i not in protected and np.isfinite(r[i])]
+    rule = TIE_BREAK.get(policy)
+    if rule is None or len(free) < 2:
+        return None
+    values = r[free]
+    if not removed and policy != "threshold":
+        return None  # nothing to remove (k = 0): no tie can matter
+    if np.ptp(values) == 0.0:
+        if policy == "threshold":
+            return (f"scorer {scorer} gave every unprotected layer the same redundancy ({values[0]:g}): "
+                    "nothing stands out, so selection.policy=threshold removes nothing")
+        return (f"scorer {scorer} gave every unprotected layer the same redundancy ({values[0]:g}): "
+                f"layers {sorted(removed)} are removed by the tie-break rule of selection.policy={policy} "
+                f"({rule}), not by the scores")
+    if policy == "threshold":
+        return None
+    if policy == "block":
+        k, start = len(removed), min(removed)
+        costs = {s: _block_cost(r, k, s, protected, block_cost) for s in range(len(r) - k + 1)}
+        tied = sorted(s for s, c in costs.items() if c is not None and s != start and c == costs[start])
+        if tied:
+            return (f"scorer {scorer}: blocks of {k} layers starting at {[start] + tied} have the same cost; "
+                    f"layers {sorted(removed)} are removed by the tie-break rule of selection.policy=block ({rule})")
+        return None
+    chosen = set(removed)
+    straddle = sorted({float(r[i]) for i in chosen if np.isfinite(r[i])}
+                      & {float(r[j]) for j in free if j not in chosen})
+    if not straddle:
+        return None
+    tied = sorted(i for i in free if float(r[i]) in straddle)
+    return (f"scorer {scorer}: layers {tied} have equal redundancy ({', '.join(f'{v:g}' for v in straddle)}) "
+            f"across the cut; which of them are removed ({sorted(chosen.intersection(tied))}) is decided by the "
+            f"tie-break rule of selection.policy={policy} ({rule}), not by the scores")
+
+
+def _block_cost(r: np.ndarray, k: int, start: int, protected: set[int], block_cost: np.ndarray | None) -> float | None:
+    """What :func:`select_block` minimises for the block at ``start`` (None: not allowed)."""
+    if protected.intersection(range(start, start + k)):
+        return None
+    if block_cost is not None and k < block_cost.shape[0] and not np.isnan(block_cost[k, start]):
+        return float(block_cost[k, start])
+    return -float(np.sum(np.nan_to_num(r, nan=-np.inf)[start:start + k]))
+
+
 def _order(redundancy: np.ndarray) -> list[int]:
     """Layers from most to least redundant; NaN last; ties by index (deterministic)."""
     r = np.where(np.isnan(redundancy), -np.inf, redundancy)
@@ -98,16 +165,9 @@ def select_block(redundancy: np.ndarray, k: int, protected: set[int], block_cost
     if k == 0:
         return []
     best, best_cost = None, np.inf
-    r = np.nan_to_num(redundancy, nan=-np.inf)
     for start in range(0, n - k + 1):
-        block = range(start, start + k)
-        if protected.intersection(block):
-            continue
-        if block_cost is not None and k < block_cost.shape[0] and not np.isnan(block_cost[k, start]):
-            cost = float(block_cost[k, start])
-        else:
-            cost = -float(np.sum(r[start:start + k]))
-        if cost < best_cost:
+        cost = _block_cost(redundancy, k, start, protected, block_cost)
+        if cost is not None and cost < best_cost:
             best, best_cost = start, cost
     if best is None:
         raise SelectionError(f"no contiguous block of {k} layers avoids the protected layers {sorted(protected)}")
@@ -223,9 +283,28 @@ def select_layers(
     block_cost: np.ndarray | None = None,
     scorer: str = "the scorer",
     decision: list[int] | None = None,
+    notes: list[str] | None = None,
+    warn: bool = True,
 ) -> tuple[list[int], str]:
     """Layers to remove (original indices, sorted) and the policy that chose them.
-    ``decision``: the scorer's own adaptive choice (``ScoreResult.decision``), if it makes one."""
+    ``decision``: the scorer's own adaptive choice (``ScoreResult.decision``), if it makes one.
+    When ties decided the choice (:func:`tie_note`) the warning is logged (``warn``) and
+    appended to ``notes`` (for the job's result)."""
+    removed, policy = _select(redundancy, sparsity, cfg, default_policy, block_cost, scorer, decision)
+    # the scorer's own rule reports its own ties (topo: constant_scores); even spacing ignores scores
+    if policy != "adaptive" and not (policy == "spacing" and cfg.even):
+        note = tie_note(np.asarray(redundancy, dtype=np.float64), removed, _protected(list(cfg.protect), len(redundancy)),
+                        policy, scorer, block_cost)
+        if note is not None:
+            if warn:
+                log.warning(note)
+            if notes is not None:
+                notes.append(note)
+    return removed, policy
+
+
+def _select(redundancy: np.ndarray, sparsity: float, cfg: SelectionConfig, default_policy: str,
+            block_cost: np.ndarray | None, scorer: str, decision: list[int] | None) -> tuple[list[int], str]:
     redundancy = np.asarray(redundancy, dtype=np.float64)
     check_finite(redundancy, scorer)
     n = len(redundancy)
@@ -266,4 +345,4 @@ def check_budget(sparsity: float, num_layers: int, cfg: SelectionConfig, default
     k = num_to_remove(sparsity, num_layers)
     if k >= num_layers:
         raise SelectionError(f"sparsity={sparsity:g} removes k={k} of {num_layers} layers: at least one must stay")
-    select_layers(np.zeros(num_layers), sparsity, cfg, default_policy)
+    select_layers(np.zeros(num_layers), sparsity, cfg, default_policy, warn=False)

@@ -87,3 +87,59 @@ def test_budget_check_needs_only_the_config():
         check_budget(0.25, 4, SelectionConfig(protect=[0, 1, 2, 3]))
     with pytest.raises(SelectionError, match="at most"):
         check_budget(0.6, 10, SelectionConfig(policy="spacing", min_gap=3))
+
+
+# ---------------------------------------------------------------- ties: said, with the rule that broke them
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "topovlm.selection" and r.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("policy", ["topk", "block", "spacing", "threshold"])
+def test_constant_scores_warn_naming_the_tie_break(policy, caplog):
+    notes: list[str] = []
+    removed, _ = select_layers(np.full(12, 0.4), 0.25, SelectionConfig(policy=policy, min_gap=2), scorer="flat",
+                               notes=notes)
+    warned = _warnings(caplog)
+    assert len(warned) == 1 and notes == warned
+    assert "flat" in warned[0] and "same redundancy (0.4)" in warned[0]
+    if policy == "threshold":
+        assert removed == [] and "removes nothing" in warned[0]
+    else:  # which layers went is the index rule's choice, and the warning says which rule
+        assert removed and f"tie-break rule of selection.policy={policy}" in warned[0]
+        assert "lower layer index removed first" in warned[0] or "first (lowest-index) block" in warned[0]
+
+
+def test_a_tie_across_the_cut_warns_and_names_the_tied_layers(caplog):
+    r = np.array([0.0, 0.9, 0.5, 0.5, 0.5, 0.1, 0.2, 0.3])
+    notes: list[str] = []
+    removed, _ = select_layers(r, 0.25, SelectionConfig(policy="topk"), scorer="plug", notes=notes)
+    assert removed == [1, 2]  # 0.9, then the lowest index of the three 0.5s
+    assert len(notes) == 1 and "layers [2, 3, 4] have equal redundancy (0.5)" in notes[0]
+    assert "removed ([2])" in notes[0] and "lower layer index removed first" in notes[0]
+    assert _warnings(caplog) == notes
+
+
+def test_ties_that_do_not_decide_anything_stay_quiet(caplog):
+    # equal scores on the same side of the cut, or only among protected layers, or nothing removed
+    r = np.array([0.7, 0.9, 0.8, 0.5, 0.5, 0.1, 0.2, 0.3])
+    notes: list[str] = []
+    assert select_layers(r, 0.25, SelectionConfig(policy="topk"), notes=notes)[0] == [1, 2]
+    assert select_layers(np.array([0.5, 0.5, 0.9, 0.1]), 0.25, SelectionConfig(protect=[0, 1]), notes=notes)[0] == [2]
+    assert select_layers(np.full(8, 1.0), 0.0, SelectionConfig(), notes=notes)[0] == []
+    assert select_layers(np.full(8, 1.0), 0.25, SelectionConfig(policy="spacing", even=True), notes=notes)[0]
+    assert notes == [] and _warnings(caplog) == []
+
+
+def test_equal_blocks_warn(caplog):
+    r = np.array([0.0, 0.6, 0.6, 0.1, 0.6, 0.6, 0.1, 0.2])
+    removed, _ = select_layers(r, 0.25, SelectionConfig(policy="block"), scorer="plug")
+    assert removed == [1, 2]
+    assert len(_warnings(caplog)) == 1 and "starting at [1, 4]" in _warnings(caplog)[0]
+
+
+def test_the_budget_check_on_placeholder_scores_does_not_warn(caplog):
+    from topovlm.selection import check_budget
+
+    check_budget(0.25, 12, SelectionConfig())
+    assert _warnings(caplog) == []
