@@ -23,30 +23,74 @@ from topovlm.topo.zigzag import snap_bars, snap_position
 COLUMNS = ("dimension", "birth", "death")
 
 
+class BarcodeError(ValueError):
+    """A barcode file that is not in the format: one line naming the file, the line and why."""
+
+
 def read_barcode_csv(path: str | Path, start_index: int = 0) -> dict[int, np.ndarray]:
-    """``{dim: (n, 2) float array [b, d)}`` in 0-based zigzag positions (``d = inf``: never dies)."""
+    """``{dim: (n, 2) float array [b, d)}`` in 0-based zigzag positions (``d = inf``: never dies).
+
+    Every row is checked before any bar is used, and the first bad one raises
+    :class:`BarcodeError` naming the file and line: a row with another number of fields than
+    the header, a value that is not a number, NaN, a dimension that is not a non-negative
+    integer, a position that is not an integer, a birth before ``K_0`` or infinite, and a
+    death before its birth. Such a file is not a barcode; reading on would score garbage."""
     rows: dict[int, list[tuple[float, float]]] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                dim = int(float(row["dimension"]))
-                birth = float(row["birth"]) - start_index
-                death_text = (row["death"] or "").strip().lower()
-                death = math.inf if death_text in ("", "inf", "infinity", "nan") else float(death_text) - start_index
-            except ValueError as err:
-                raise ValueError(f"{path}, line {line}: {err}") from None
-            if birth != int(birth) or (math.isfinite(death) and death != int(death)):
-                raise ValueError(f"{path}, line {line}: zigzag positions are integers, got "
-                                 f"{row['birth']}, {row['death']}")
-            if birth < 0:
-                raise ValueError(f"{path}, line {line}: birth {row['birth']} is before K_0 "
-                                 f"(start_index={start_index})")
-            rows.setdefault(dim, []).append((birth, death))
+    try:
+        f = open(path, newline="", encoding="utf-8")
+    except OSError as err:
+        raise BarcodeError(f"{path}: cannot read ({err.strerror or err})") from None
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            missing = [c for c in COLUMNS if c not in header]
+            if missing:
+                raise BarcodeError(f"{path}: missing column(s) {', '.join(missing)}; need {','.join(COLUMNS)}")
+            col = {c: header.index(c) for c in COLUMNS}
+            for fields in reader:
+                if not fields or all(not v.strip() for v in fields):
+                    continue  # a blank line
+                dim, birth, death = _parse_row(fields, len(header), col, start_index,
+                                               f"{path}, line {reader.line_num}")
+                rows.setdefault(dim, []).append((birth, death))
+        except UnicodeDecodeError as err:
+            raise BarcodeError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except csv.Error as err:
+            raise BarcodeError(f"{path}, line {reader.line_num}: {err}") from None
     return {p: np.asarray(v, dtype=np.float64).reshape(-1, 2) for p, v in sorted(rows.items())}
+
+
+def _parse_row(fields: list[str], width: int, col: dict[str, int], start_index: int,
+               where: str) -> tuple[int, float, float]:
+    """``(dimension, birth, death)`` of one CSV row, 0-based; :class:`BarcodeError` naming ``where``."""
+    if len(fields) != width:
+        raise BarcodeError(f"{where}: {len(fields)} field(s), the header has {width} "
+                           f"({','.join(COLUMNS)}): {','.join(fields)!r}")
+    text = {c: fields[i].strip() for c, i in col.items()}
+
+    def number(name: str) -> float:
+        try:
+            value = float(text[name])
+        except ValueError:
+            raise BarcodeError(f"{where}: {name} {text[name]!r} is not a number") from None
+        if math.isnan(value):
+            raise BarcodeError(f"{where}: {name} is NaN (a bar that never dies has death inf or empty)")
+        return value
+
+    dim = number("dimension")
+    if not math.isfinite(dim) or dim != int(dim) or dim < 0:
+        raise BarcodeError(f"{where}: dimension {text['dimension']!r} is not a non-negative integer")
+    birth = number("birth")
+    death = math.inf if text["death"].lower() in ("", "inf", "+inf", "infinity") else number("death")
+    if not math.isfinite(birth) or birth != int(birth) or (math.isfinite(death) and death != int(death)):
+        raise BarcodeError(f"{where}: zigzag positions are integers, got birth {text['birth']}, "
+                           f"death {text['death'] or 'inf'}")
+    if death < birth:
+        raise BarcodeError(f"{where}: death {text['death']} is before birth {text['birth']}")
+    if birth - start_index < 0:
+        raise BarcodeError(f"{where}: birth {text['birth']} is before K_0 (start_index={start_index})")
+    return int(dim), birth - start_index, death - start_index
 
 
 def write_barcode_csv(path: str | Path, raw_bars: Mapping[int, np.ndarray], num_positions: int,
