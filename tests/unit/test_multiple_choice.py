@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.helpers import compose, make_samples, tiny_overrides
-from topovlm.evaluation.base import choice_loglikelihoods
+from topovlm.evaluation.base import choice_loglikelihoods, continuation_token_ids, prompt_pass_loglikelihoods
 
 
 def _manual(adapter, sample, answer):
@@ -28,6 +28,68 @@ def test_batched_scores_equal_an_unbatched_computation(tiny_llava):
         assert len(sc) == len(cs)
         for c, value in zip(cs, sc):
             assert value == pytest.approx(_manual(tiny_llava, s, c), abs=1e-4)
+
+
+def _uneven(samples):
+    """Questions of different lengths, so that every row of a batch has its own left padding."""
+    from dataclasses import replace
+
+    return [replace(s, question=s.question + " yes" * (3 * i % 7)) for i, s in enumerate(samples)]
+
+
+#: single-token candidates and multi-token ones (the tiny tokenizer splits "13", "purple" and phrases)
+CHOICES = [["red", "blue", "purple"], ["1", "2", "13"], ["yes", "no", "orange juice"], ["7", "triangle star"],
+           ["0", "lazy dog", "3"], ["green", "yellow"]]
+
+
+def test_prompt_pass_scores_equal_the_per_candidate_forward(tiny_llava):
+    samples = _uneven(make_samples(len(CHOICES)))
+    cont = continuation_token_ids(tiny_llava, samples, CHOICES)
+    lengths = {len(ids) for row in cont for ids in row}
+    assert 1 in lengths and max(lengths) > 2  # both paths are exercised
+    reference = choice_loglikelihoods(tiny_llava, samples, CHOICES, batch_size=4)
+    for bs in (len(samples), 4):  # one batch; batches whose rows pad differently
+        got = []
+        for start in range(0, len(samples), bs):
+            batch = samples[start:start + bs]
+            texts, prompt = tiny_llava.generate_with_prompt_pass(tiny_llava.build_inputs(batch), max_new_tokens=3)
+            assert texts == tiny_llava.generate(batch, max_new_tokens=3)  # the answers are unchanged
+            got += prompt_pass_loglikelihoods(tiny_llava, batch, CHOICES[start:start + bs], prompt, batch_size=3)
+        for ref_row, row in zip(reference, got):
+            assert row == pytest.approx(ref_row, abs=1e-4)
+
+
+def test_prompt_pass_without_a_reusable_cache_falls_back_to_full_forwards(tiny_llava):
+    samples = _uneven(make_samples(3))
+    choices = CHOICES[:3]
+    _, prompt = tiny_llava.generate_with_prompt_pass(tiny_llava.build_inputs(samples), max_new_tokens=2)
+    prompt.cache = None  # as for Qwen2-VL's multi-axis positions or sliding-window caches
+    got = prompt_pass_loglikelihoods(tiny_llava, samples, choices, prompt)
+    reference = choice_loglikelihoods(tiny_llava, samples, choices)
+    for ref_row, row in zip(reference, got):
+        assert row == pytest.approx(ref_row, abs=1e-4)
+
+
+def test_evaluator_picks_equal_the_per_candidate_reference(tiny_llava):
+    from omegaconf import OmegaConf
+
+    from topovlm.config import DatasetConfig, TaskConfig
+    from topovlm.data.sources import load_samples
+    from topovlm.evaluation.vqa import VQAEvaluator, candidate_answers, pick_answers
+
+    cfg = OmegaConf.structured(TaskConfig(name="shapes", dataset=DatasetConfig(n=20), limit=20, batch_size=8,
+                                          max_new_tokens=3, options={"multiple_choice": True}))
+    ev = VQAEvaluator(cfg)
+    metrics = ev.evaluate(tiny_llava)
+    samples = load_samples(cfg.dataset)[:20]
+    choices = candidate_answers(samples)
+    picks = pick_answers(choices, choice_loglikelihoods(tiny_llava, samples, choices, batch_size=8))
+    assert [r["prediction_mc"] for r in ev.predictions] == picks
+    assert metrics["accuracy_mc"] == pytest.approx(sum(r["correct_mc"] for r in ev.predictions) / 20)
+    # the generated answers are those of the evaluation without multiple choice
+    plain = VQAEvaluator(OmegaConf.merge(cfg, {"options": {"multiple_choice": False}}))
+    plain.evaluate(tiny_llava)
+    assert [r["prediction"] for r in plain.predictions] == [r["prediction"] for r in ev.predictions]
 
 
 def test_accuracy_mc_in_results_and_sample_records(tmp_path):

@@ -6,6 +6,8 @@ tokens, how to generate. Scorers, capture, pruning and evaluation go through it.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -16,12 +18,29 @@ if TYPE_CHECKING:
     from topovlm.data.types import VQASample
 
 
+@dataclass
+class PromptPass:
+    """What the prompt pass of a generation leaves behind for scoring continuations of the
+    prompt: the log-probabilities of the first generated token and the prompt's keys/values."""
+
+    #: (batch, vocab) log-softmax of the first generation step's logits (float32)
+    logprobs: torch.Tensor
+    #: (batch, prompt length) attention mask of the left-padded prompt batch
+    attention_mask: torch.Tensor
+    #: the prompt's keys and values (a transformers ``DynamicCache`` cropped to the prompt);
+    #: None where this model's cache cannot be reused for continuations
+    cache: Any = None
+
+
 class ModelAdapter:
     """Base adapter. Subclasses set ``layer_paths`` and may override input building."""
 
     #: attribute paths (from the top-level model) tried in order to find the decoder layers
     layer_paths: ClassVar[tuple[str, ...]] = ()
     family: ClassVar[str] = ""
+    #: whether text after the prompt may be run over the prompt's cached keys/values with
+    #: 1-D positions continuing each row's (False for multi-axis rotary positions, Qwen2-VL)
+    continues_from_cache: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor: Any, name: str = "", source: str = "") -> None:
         self.model = model
@@ -147,6 +166,20 @@ class ModelAdapter:
     @torch.inference_mode()
     def generate_from_inputs(self, inputs: dict[str, Any], max_new_tokens: int = 8,
                              stop_strings: Sequence[str] | None = None, **gen_kwargs: Any) -> list[str]:
+        return self._generate(inputs, max_new_tokens, stop_strings, keep_prompt=False, **gen_kwargs)[0]
+
+    @torch.inference_mode()
+    def generate_with_prompt_pass(self, inputs: dict[str, Any], max_new_tokens: int = 8,
+                                  stop_strings: Sequence[str] | None = None,
+                                  **gen_kwargs: Any) -> tuple[list[str], PromptPass]:
+        """:meth:`generate_from_inputs`, also returning the prompt pass (first-step logits and the
+        prompt's keys/values), so that candidate answers are scored without re-running the prompt."""
+        texts, prompt = self._generate(inputs, max_new_tokens, stop_strings, keep_prompt=True, **gen_kwargs)
+        assert prompt is not None
+        return texts, prompt
+
+    def _generate(self, inputs: dict[str, Any], max_new_tokens: int, stop_strings: Sequence[str] | None,
+                  keep_prompt: bool, **gen_kwargs: Any) -> tuple[list[str], PromptPass | None]:
         gen_kwargs.setdefault("do_sample", False)
         pad = self.tokenizer.pad_token_id
         if pad is None:
@@ -154,12 +187,76 @@ class ModelAdapter:
         stops = [s for s in (stop_strings or []) if s]
         if stops:  # transformers stops each row on its own; the cut below removes the stop text
             gen_kwargs.update(stop_strings=stops, tokenizer=self.tokenizer)
+        if keep_prompt:  # raw logits of every step (the first is the prompt's) and the cache
+            gen_kwargs.update(return_dict_in_generate=True, output_logits=True)
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **gen_kwargs)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        sequences = out.sequences if keep_prompt else out
+        prompt_len = inputs["input_ids"].shape[1]
+        texts = self.tokenizer.batch_decode(sequences[:, prompt_len:], skip_special_tokens=True)
         for stop in stops:
             texts = [t.split(stop)[0] for t in texts]
-        return [t.strip() for t in texts]
+        texts = [t.strip() for t in texts]
+        if not keep_prompt:
+            return texts, None
+        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        return texts, PromptPass(logprobs, inputs["attention_mask"], self._prompt_cache(out, prompt_len))
+
+    def _prompt_cache(self, out: Any, prompt_len: int) -> Any:
+        """The generation's cache cut back to the prompt, or None where it cannot serve
+        continuations (sliding-window or other non-growing layers keep no complete prompt)."""
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # transformers >= 5.24: cache
+        if not self.continues_from_cache or type(cache) is not DynamicCache:
+            return None
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        extra = cache.get_seq_length() - prompt_len
+        if extra < 0:
+            return None
+        cache.crop(-extra)  # a negative count removes that many positions (the generated tokens)
+        return cache
+
+    @torch.inference_mode()
+    def continuation_logprobs(self, prompt: PromptPass, rows: Sequence[int],
+                              continuations: Sequence[Sequence[int]], batch_size: int = 16) -> list[float]:
+        """``log p(continuation | prompt)``, summed over the continuation's tokens, for each
+        (prompt row, token ids) pair. The first token is read from the prompt's first-step
+        log-probabilities; the rest run over a copy of the prompt's cached keys/values, the
+        continuations right-padded, each row's positions continuing its own prompt (left
+        padding: a row's prompt holds ``attention_mask.sum()`` tokens, at positions 0..n-1, as
+        ``generate`` numbers them)."""
+        out = [float(prompt.logprobs[r, c[0]]) for r, c in zip(rows, continuations)]
+        longer = [k for k, c in enumerate(continuations) if len(c) > 1]
+        if longer and prompt.cache is None:
+            raise ValueError(f"{type(self).__name__}: no reusable prompt cache for multi-token continuations")
+        for start in range(0, len(longer), batch_size):
+            chunk = longer[start:start + batch_size]
+            index = torch.tensor([rows[k] for k in chunk], device=self.device)
+            cache = copy.deepcopy(prompt.cache)
+            cache.batch_select_indices(index)
+            width = max(len(continuations[k]) for k in chunk) - 1  # the last token is only a target
+            ids = torch.zeros(len(chunk), width, dtype=torch.long, device=self.device)
+            mask = torch.zeros_like(ids)
+            for j, k in enumerate(chunk):
+                ids[j, :len(continuations[k]) - 1] = torch.tensor(continuations[k][:-1])
+                mask[j, :len(continuations[k]) - 1] = 1
+            prompt_mask = prompt.attention_mask[index]
+            positions = prompt_mask.sum(dim=1, keepdim=True) + torch.arange(width, device=self.device)
+            cache_kw = {self._cache_argument(): cache}
+            logits = self.model(input_ids=ids, attention_mask=torch.cat([prompt_mask, mask], dim=1),
+                                position_ids=positions, use_cache=True, **cache_kw).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)  # position t predicts token t + 1
+            for j, k in enumerate(chunk):
+                targets = torch.tensor(continuations[k][1:], device=self.device)
+                out[k] += float(logp[j, :len(targets)].gather(-1, targets[:, None]).sum())
+        return out
+
+    def _cache_argument(self) -> str:
+        """The forward's keyword for a cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def save_pretrained(self, path: str | Path) -> None:
         self.model.save_pretrained(path)

@@ -26,6 +26,9 @@ class Qwen2VLAdapter(ModelAdapter):
 
     family = "qwen2_vl"
     layer_paths = ("model.language_model.layers", "model.layers")
+    # multi-axis rotary positions (text after an image is offset by rope deltas): multi-token
+    # candidate answers are scored by a full forward instead of over the prompt's cache
+    continues_from_cache = False
 
 
 @ADAPTERS.register("causal_lm")

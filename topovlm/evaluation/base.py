@@ -41,3 +41,51 @@ def choice_loglikelihoods(adapter: "ModelAdapter", samples: Sequence["VQASample"
             token_logp = logp[row, -m:].gather(-1, targets[row, -m:, None]).squeeze(-1)
             scores[i].append(float(token_logp.sum()))
     return scores
+
+
+def continuation_token_ids(adapter: "ModelAdapter", samples: Sequence["VQASample"],
+                           choices: Sequence[Sequence[str]]) -> list[list[list[int] | None]]:
+    """The tokens each candidate adds to its sample's prompt, as :func:`choice_loglikelihoods`
+    reads them: the tokens of prompt + candidate after the prompt's own. None where tokenizing
+    them together changes the prompt's tokens (a merge across the boundary): such a candidate
+    is no continuation of the prompt's cache and is scored by a full forward instead."""
+    tok = adapter.tokenizer
+    prompts = [adapter.prompt(s) for s in samples]
+    base = tok(prompts, add_special_tokens=False)["input_ids"]
+    joined = iter(tok([p + c for p, cs in zip(prompts, choices) for c in cs], add_special_tokens=False)["input_ids"])
+    out: list[list[list[int] | None]] = []
+    for s, b, cs in zip(samples, base, choices):
+        row: list[list[int] | None] = []
+        for _ in cs:
+            ids = next(joined)
+            if len(ids) <= len(b) and ids[:len(b)] == b:
+                raise ValueError(f"sample {s.id}: a candidate answer adds no token to the prompt")
+            row.append(ids[len(b):] if ids[:len(b)] == b else None)
+        out.append(row)
+    return out
+
+
+def prompt_pass_loglikelihoods(adapter: "ModelAdapter", samples: Sequence["VQASample"],
+                               choices: Sequence[Sequence[str]], prompt: Any,
+                               batch_size: int = 16) -> list[list[float]]:
+    """:func:`choice_loglikelihoods` from the prompt pass of a generation (``prompt``, the
+    :class:`~topovlm.adapters.base.PromptPass` of ``samples`` in this order): single-token
+    candidates are read from the first step's logits, longer ones run over the prompt's cached
+    keys/values, so the prompt is computed once per question, not once per candidate."""
+    cont = continuation_token_ids(adapter, samples, choices)
+    pairs = [(i, j) for i, row in enumerate(cont) for j, ids in enumerate(row)
+             if ids is not None and (len(ids) == 1 or prompt.cache is not None)]
+    values = adapter.continuation_logprobs(prompt, [i for i, _ in pairs], [cont[i][j] for i, j in pairs],
+                                           batch_size)
+    scores: list[list[float | None]] = [[None] * len(cs) for cs in choices]
+    for (i, j), v in zip(pairs, values):
+        scores[i][j] = v
+    # the rest (boundary merges; multi-token candidates where the cache cannot be reused): full forwards
+    rest = [i for i, row in enumerate(scores) if any(v is None for v in row)]
+    if rest:
+        todo = [[c for c, v in zip(choices[i], scores[i]) if v is None] for i in rest]
+        filled = choice_loglikelihoods(adapter, [samples[i] for i in rest], todo, batch_size)
+        for i, values_i in zip(rest, filled):
+            it = iter(values_i)
+            scores[i] = [v if v is not None else next(it) for v in scores[i]]
+    return scores  # type: ignore[return-value]

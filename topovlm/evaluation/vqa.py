@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from topovlm.data.normalize import normalize_answer
 from topovlm.data.sources import load_samples
-from topovlm.evaluation.base import Evaluator, choice_loglikelihoods
+from topovlm.evaluation.base import Evaluator, prompt_pass_loglikelihoods
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
@@ -40,29 +40,30 @@ class VQAEvaluator(Evaluator):
             raise ValueError(f"task {self.cfg.name!r} has no samples")
         predictions: list[str] = []
         bs = self.cfg.batch_size
+        mc = bool((self.cfg.options or {}).get("multiple_choice"))
+        choices = candidate_answers(samples) if mc else []
+        scores: list[list[float]] = []
         for start in tqdm(range(0, len(samples), bs), desc=f"eval {self.cfg.name}", leave=False):
             batch = samples[start:start + bs]
-            predictions += adapter.generate(batch, max_new_tokens=self.cfg.max_new_tokens)
+            inputs = adapter.build_inputs(batch)
+            if not mc:
+                predictions += adapter.generate_from_inputs(inputs, max_new_tokens=self.cfg.max_new_tokens)
+                continue
+            # one prompt pass per question serves the generation and every candidate answer
+            texts, prompt = adapter.generate_with_prompt_pass(inputs, max_new_tokens=self.cfg.max_new_tokens)
+            predictions += texts
+            scores += prompt_pass_loglikelihoods(adapter, batch, choices[start:start + bs], prompt, bs)
         metrics = exact_match_metrics(samples, predictions)
         self.predictions = [{"id": s.id, "prediction": p, "answer": s.answer, "correct": is_correct(p, s.answer),
                              "domain": s.domain, "category": s.category} for s, p in zip(samples, predictions)]
-        if (self.cfg.options or {}).get("multiple_choice"):
-            picks = self._multiple_choice(adapter, samples)
+        if mc:
+            picks = pick_answers(choices, scores)
             metrics.update({k.replace("accuracy", "accuracy_mc", 1): v
                             for k, v in exact_match_metrics(samples, picks).items()})
             for record, pick in zip(self.predictions, picks):
                 record.update(prediction_mc=pick, correct_mc=is_correct(pick, record["answer"]))
         metrics["num_samples"] = float(len(samples))
         return metrics
-
-    def _multiple_choice(self, adapter: "ModelAdapter", samples: Sequence["VQASample"]) -> list[str]:
-        answer_sets: dict[str, list[str]] = defaultdict(list)
-        for s in samples:
-            if s.answer not in answer_sets[s.category]:
-                answer_sets[s.category].append(s.answer)
-        choices = [sorted(answer_sets[s.category]) for s in samples]
-        scores = choice_loglikelihoods(adapter, samples, choices, self.cfg.batch_size)
-        return [cs[max(range(len(cs)), key=sc.__getitem__)] for cs, sc in zip(choices, scores)]
 
     # ------------------------------------------------------------------ per-sample records
     def sample_records(self) -> list[dict[str, Any]]:
@@ -73,6 +74,20 @@ class VQAEvaluator(Evaluator):
                  "target": r["answer"], "correct": bool(r["correct"]),
                  **({"prediction_mc": r["prediction_mc"], "correct_mc": bool(r["correct_mc"])}
                     if "prediction_mc" in r else {})} for r in self.predictions]
+
+
+def candidate_answers(samples: Sequence["VQASample"]) -> list[list[str]]:
+    """Each sample's candidates: every answer of its category among ``samples``, sorted."""
+    answer_sets: dict[str, list[str]] = defaultdict(list)
+    for s in samples:
+        if s.answer not in answer_sets[s.category]:
+            answer_sets[s.category].append(s.answer)
+    return [sorted(answer_sets[s.category]) for s in samples]
+
+
+def pick_answers(choices: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]) -> list[str]:
+    """The likeliest candidate of each sample (the first of equals, in the candidates' order)."""
+    return [cs[max(range(len(cs)), key=sc.__getitem__)] for cs, sc in zip(choices, scores)]
 
 
 def is_correct(prediction: str, answer: str) -> bool:
