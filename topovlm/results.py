@@ -19,6 +19,7 @@ hold no duplicate and miss no finished job.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import platform
@@ -30,6 +31,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from topovlm.storage import atomic_write_text, entry_lock, read_json, remove_stale_tmp
+
+log = logging.getLogger("topovlm.results")
 
 RESULTS_FILE = "results.json"
 FAILED_FILE = "failed.json"
@@ -304,11 +307,13 @@ def clear_job_dir(out_dir: Path) -> None:
 
 def link_outputs(src: Path, dst: Path) -> list[str]:
     """Make ``dst`` (a resumed job) show every output of ``src`` (the job that computed it):
-    diagnostics, arrays, samples. Relative symbolic links, so they survive a moved tree."""
+    diagnostics, arrays, samples. Relative symbolic links, so they survive a moved tree.
+    An output of ``src`` that is itself a link whose target is gone (``src`` was resumed
+    from a sweep since moved or deleted) is not linked: it is logged and left out."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve() or not src.is_dir():
         return []
-    linked = []
+    linked, gone = [], []
     for entry in sorted(src.iterdir()):
         if entry.name in _BOOKKEEPING or entry.name.startswith(".") or entry.suffix in (".log", ".lock"):
             continue
@@ -319,4 +324,20 @@ def link_outputs(src: Path, dst: Path) -> list[str]:
             continue  # a real directory of this job: keep it
         os.symlink(os.path.relpath(entry.resolve(), dst.resolve()), target)
         linked.append(entry.name)
+        if not entry.exists():  # a dangling link: linking to it would hide that the output is gone
+            gone.append(entry.name)
+            continue
     return linked
+    if gone:
+        log.warning("%s: outputs %s of %s link to files that are gone (their source sweep moved or was "
+                    "deleted?); not linked. Rerun that job with +force=true to recompute them",
+                    dst, ", ".join(gone), src)
+
+
+def missing_outputs(job_dir: Path, linked: list[str] | None = None) -> list[str]:
+    """The outputs of a resumed job (``linked``: its ``linked_outputs``; default every link in
+    ``job_dir``) whose links dangle: the job they point into was moved or deleted."""
+    job_dir = Path(job_dir)
+    names = linked if linked is not None else [p.name for p in job_dir.iterdir() if p.is_symlink()] \
+        if job_dir.is_dir() else []
+    return sorted(n for n in names if (job_dir / n).is_symlink() and not (job_dir / n).exists())

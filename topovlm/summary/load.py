@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from topovlm.results import FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, IncompleteResult, JobResult
+from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, IncompleteResult, JobResult, SchemaVersionError,
+                             missing_outputs)
 
 log = logging.getLogger("topovlm.summary")
 
@@ -81,22 +83,61 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def load_jobs(dirs: Iterable[str | Path]) -> list[SummaryJob]:
-    """The complete jobs under ``dirs``, one per job key (a resumed copy of a job counts once).
-    A results.json of a newer schema version than this topovlm reads stops the summary
-    (:class:`~topovlm.results.SchemaVersionError`): its numbers would be misread."""
+def load_jobs(dirs: Iterable[str | Path], problems: list[dict[str, Any]] | None = None) -> list[SummaryJob]:
+    """The complete, consistent jobs under ``dirs``, one per job key (a resumed copy of a job
+    counts once).
+
+    A results.json that cannot be trusted is left out: unreadable (truncated, not JSON, not
+    UTF-8), incomplete, of another layout (:func:`schema_errors`), or whose metrics disagree
+    with its own samples.jsonl (:func:`sample_mismatches`, e.g. a hand-edited accuracy).
+    With ``problems`` each is appended to it as a failure record (see :func:`problem`), for
+    the summary's Failures section; without, it is logged, except that a results.json of a
+    newer schema version stops the summary (:class:`~topovlm.results.SchemaVersionError`).
+    A resumed job whose linked outputs dangle (their source moved) is kept and reported."""
     by_key: dict[str, SummaryJob] = {}
+
+    def report(path: Path, kind: str, error_type: str, error: str, data: Any = None) -> None:
+        rec = problem(path, kind, error_type, error, data)
+        if problems is None:
+            log.warning("%s %s: %s", kind, path, error)
+        else:
+            problems.append(rec)
+
     for path in find_results(dirs):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            log.warning("skipping unreadable %s: %s", path, err)
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            report(path, "unreadable", type(err).__name__, f"{path}: {err}")
             continue
         try:
             res = SummaryJob.from_dict(data, source=path, path=str(path))
-        except IncompleteResult:
-            log.warning("skipping incomplete %s", path)
+        except IncompleteResult as err:
+            report(path, "incomplete", type(err).__name__, str(err), data)
             continue
+        except SchemaVersionError as err:
+            if problems is None:
+                raise
+            report(path, "schema", type(err).__name__, str(err), data)
+            continue
+        errors = schema_errors(res)
+        if errors:
+            report(path, "schema", "SchemaMismatch", f"{path}: " + "; ".join(errors), data)
+            continue
+        try:
+            mismatches = sample_mismatches(res)
+        except SamplesUnreadable as err:
+            report(path, "unreadable", "SamplesUnreadable", str(err), data)
+            continue
+        if mismatches:
+            report(path, "inconsistent", "MetricMismatch",
+                   f"{path}: metrics disagree with samples.jsonl: " + "; ".join(mismatches), data)
+            continue
+        gone = missing_outputs(path.parent, res.linked_outputs) if res.resumed_from else []
+        if gone:
+            report(path, "linked outputs gone", "DanglingLink",
+                   f"{path.parent}: resumed from {res.resumed_from}, whose outputs {', '.join(gone)} are gone "
+                   "(moved or deleted); its numbers are kept. Restore that dir, or rerun the job with "
+                   "+force=true to recompute them", data)
         key = res.job_key or str(path.resolve())
         kept = by_key.get(key)
         # prefer the job that computed the result over a copy written by a resumed job
@@ -105,6 +146,160 @@ def load_jobs(dirs: Iterable[str | Path]) -> list[SummaryJob]:
     jobs = list(by_key.values())
     _assign_labels(jobs)
     return jobs
+
+
+def problem(path: Path, kind: str, error_type: str, error: str, data: Any = None) -> dict[str, Any]:
+    """A results.json the summary cannot trust, as a failure record (the columns of
+    :func:`failures_markdown`): ``stage`` says what is wrong, ``error`` the detail."""
+    data = data if isinstance(data, dict) else {}
+    return {"status": kind, "stage": kind, "error_type": error_type, "error": error, "out_dir": str(Path(path).parent),
+            **{k: data.get(k) for k in ("model", "task", "scorer", "sparsity", "seed")}}
+
+
+# ------------------------------------------------------------------ what a result must look like
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)
+
+
+def schema_errors(res: JobResult) -> list[str]:
+    """What in ``res`` does not fit the results.json layout or contradicts itself (empty: fine).
+    Only what the summary reads: names, sparsity, metrics, the layer lists."""
+    errors = []
+    for name in ("model", "task", "scorer"):
+        if not isinstance(getattr(res, name), str):
+            errors.append(f"{name}={getattr(res, name)!r} is not a string")
+    if not _number(res.sparsity) or not 0.0 <= float(res.sparsity) < 1.0:
+        errors.append(f"sparsity={res.sparsity!r} is not a number in [0, 1)")
+    if not isinstance(res.metrics, dict):
+        errors.append(f"metrics is a {type(res.metrics).__name__}, not a mapping")
+    else:
+        bad = [k for k, v in res.metrics.items() if v is not None and not _number(v)]
+        if bad:
+            errors.append(f"metrics {', '.join(bad)} are not numbers")
+        task = res.config.get("task") if isinstance(res.config, dict) else None
+        evaluator = task.get("evaluator") if isinstance(task, dict) else None
+        for k, v in res.metrics.items():  # the vqa evaluator's accuracies are fractions (a plugin's may be %)
+            if evaluator == "vqa" and k.partition("/")[0] in PROPORTIONS and _number(v) and not 0.0 <= v <= 1.0:
+                errors.append(f"{k}={v} is not a fraction in [0, 1]")
+    for name in ("config", "timings", "metric_directions", "efficiency", "reference_metrics"):
+        value = getattr(res, name)
+        if value is not None and not isinstance(value, dict):
+            errors.append(f"{name} is a {type(value).__name__}, not a mapping")
+    for name in ("removed_layers", "kept_layers"):
+        if not _int_list(getattr(res, name)):
+            errors.append(f"{name}={getattr(res, name)!r} is not a list of layer indices")
+    n = res.num_layers
+    if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+        errors.append(f"num_layers={n!r} is not a positive integer")
+    elif n is not None and not errors:
+        removed, kept = res.removed_layers, res.kept_layers
+        if len(set(removed)) != len(removed) or any(not 0 <= i < n for i in removed):
+            errors.append(f"removed_layers={removed} are not distinct layers of {n}")
+        elif kept and sorted(removed + kept) != list(range(n)):
+            errors.append(f"removed_layers={removed} and kept_layers={kept} do not split the {n} layers")
+    return errors
+
+
+# ------------------------------------------------------------------ metrics against samples.jsonl
+
+#: metrics (and their ``/<domain or category>`` parts) that are the fraction of samples whose
+#: record field is true: the vqa evaluator's exact match and multiple choice
+PROPORTIONS = {"accuracy": "correct", "accuracy_mc": "correct_mc"}
+#: how close a recorded metric must be to the one recomputed from the samples
+#: (float32 token sums make a recomputed perplexity differ in the 7th digit; one sample in 10^4
+#: moves an accuracy by 1e-4)
+REL_TOL, ABS_TOL = 1e-5, 1e-9
+
+
+class SamplesUnreadable(ValueError):
+    """A job's samples.jsonl exists but cannot be read (names the file and line)."""
+
+
+def samples_file(job: SummaryJob) -> Path | None:
+    """Where the job's samples.jsonl is: beside its results.json, else in the run it was
+    resumed from, else its recorded out_dir (None: it wrote none)."""
+    from topovlm.samples import SAMPLES_FILE
+
+    for d in (Path(job.path).parent if job.path else None, job.resumed_from, job.out_dir):
+        if d and (Path(d) / SAMPLES_FILE).is_file():
+            return Path(d) / SAMPLES_FILE
+    return None
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    """The records of a samples.jsonl; :class:`SamplesUnreadable` naming the line of a bad one."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError as err:
+                    raise SamplesUnreadable(f"{path}, line {line_no}: not a JSON record ({err})") from None
+                if not isinstance(rec, dict):
+                    raise SamplesUnreadable(f"{path}, line {line_no}: not a JSON object")
+                records.append(rec)
+    except (OSError, UnicodeDecodeError) as err:
+        raise SamplesUnreadable(f"{path}: cannot read ({err})") from None
+    return records
+
+
+def recompute_metrics(records: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
+    """``metric -> (value, samples)`` as the evaluators compute them from these records:
+    ``accuracy`` / ``accuracy_mc`` overall and per ``domain`` and ``category`` (the vqa
+    evaluator's keys; a record's own per-sample ``metrics`` value first, as lmms-eval logs
+    it), ``nll`` / ``perplexity`` / ``num_tokens`` (token-weighted), ``num_samples``."""
+    out: dict[str, tuple[float, int]] = {}
+    for metric, field_name in PROPORTIONS.items():
+        hits: dict[str, list[float]] = defaultdict(list)
+        for r in records:
+            own = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
+            value = own.get(metric, r.get(field_name))
+            if value is None:
+                continue
+            hits[metric].append(float(value))
+            if "domain" in r:
+                hits[f"{metric}/{r['domain']}"].append(float(value))
+            if r.get("category"):
+                hits[f"{metric}/{r['category']}"].append(float(value))
+        out.update({k: (sum(v) / len(v), len(v)) for k, v in hits.items()})
+    if records and all(_number(r.get("nll_sum")) and _number(r.get("num_tokens")) for r in records):
+        tokens = sum(float(r["num_tokens"]) for r in records)
+        if tokens > 0:
+            nll = sum(float(r["nll_sum"]) for r in records) / tokens
+            out.update(nll=(nll, len(records)), num_tokens=(tokens, len(records)))
+            if nll < 700:  # exp overflows beyond
+                out["perplexity"] = (math.exp(nll), len(records))
+    if records:
+        out["num_samples"] = (float(len(records)), len(records))
+    return out
+
+
+def sample_mismatches(job: SummaryJob) -> list[str]:
+    """Each recorded metric that its samples.jsonl gives another value for ("accuracy=0.99,
+    samples give 0.200 of 20"); empty when they agree or there are no samples. Reads the
+    records once, for the statistics too (``job.records``)."""
+    path = samples_file(job)
+    if path is None:
+        return []
+    records = read_samples(path)
+    job.records, job.records_read = records, True
+    again = recompute_metrics(records)
+    out = []
+    for metric, value in sorted(job.metrics.items()):
+        if metric not in again or not _number(value):
+            continue
+        expected, n = again[metric]
+        if not math.isclose(float(value), expected, rel_tol=REL_TOL, abs_tol=ABS_TOL):
+            out.append(f"{metric}={value:g}, its {n} samples give {expected:.6g}")
+    return out
 
 
 def load_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
