@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "summarize", help="summary of finished sweeps: CSV, Markdown, plots, ranking agreement",
         description="Reads every results.json under the given directories (recursively) and writes "
-                    "summary.csv, summary.md, agreement.csv and plots/ into --out.")
+                    "summary.csv, summary.md, agreement.csv and plots/ into --out. Checks each result against its "
+                    "samples.jsonl; exits 1 when a job failed or a result is unreadable or inconsistent (listed "
+                    "under Failures).")
     s.add_argument("dirs", nargs="+", type=Path, help="sweep directories (or results.json files)")
     s.add_argument("-o", "--out", type=Path, default=None,
                    help="where the summary goes (default: the sweep directory when there is one, else ./summary)")
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "model card README.md.")
     ex.add_argument("job_dir", type=Path)
     ex.add_argument("-o", "--out", type=Path, default=None, help="default: JOB_DIR/export")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="write into a non-empty --out, replacing files of the same names (others are kept)")
     ex.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also upload (needs network and a login)")
 
     t = sub.add_parser(
@@ -147,6 +151,10 @@ def summarize(args: argparse.Namespace) -> int:
         if path:
             print(f"W&B summary run: {path}")
     print(f"summary written to {summary.out_dir} ({len(summary.jobs)} jobs)")
+    if summary.failures:  # failed jobs, or results that could not be read or do not add up
+        print(f"topovlm summarize: {len(summary.failures)} job(s) failed or could not be trusted; see Failures in "
+              f"{summary.files.get('markdown')}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -174,8 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from topovlm.export import export_job
 
         try:
-            print(export_job(args.job_dir, args.out, args.push_to_hub))
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            print(export_job(args.job_dir, args.out, args.push_to_hub, overwrite=args.overwrite))
+        except (OSError, ValueError, RuntimeError) as err:
             print(f"topovlm export: {err}", file=sys.stderr)
             return 1
         return 0

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,7 +143,9 @@ def write_checkpoint(adapter: "ModelAdapter", out_dir: str | Path, results: "Job
             getattr(adapter.model.config, sub)._name_or_path = base or ""
     adapter.save_pretrained(out)
     _stamp(out, results, base)
-    return out
+    from topovlm.storage import follow_umask
+
+    return follow_umask(out)  # safetensors writes its files 0600
 
 
 def _stamp(out: Path, results: "JobResult", base: str | None) -> None:
@@ -161,9 +165,16 @@ def _stamp(out: Path, results: "JobResult", base: str | None) -> None:
     (out / "README.md").write_text(model_card(results))
 
 
-def export_job(job_dir: str | Path, out_dir: str | Path | None = None, push_to_hub: str | None = None) -> Path:
-    """A checkpoint directory from a finished job (its saved pruned model, or rebuilt)."""
+def export_job(job_dir: str | Path, out_dir: str | Path | None = None, push_to_hub: str | None = None, *,
+               overwrite: bool = False) -> Path:
+    """A checkpoint directory from a finished job (its saved pruned model, or rebuilt).
+
+    ``out_dir`` (default ``JOB_DIR/export``) must be missing or empty unless ``overwrite``:
+    a user's files are never replaced silently. The checkpoint is built in a hidden folder
+    beside it and moved in when complete (with ``overwrite``, files of the same names are
+    replaced, others kept); its files and folders get the modes the umask gives."""
     from topovlm.results import RESULTS_FILE, read_result
+    from topovlm.storage import follow_umask
 
     job = Path(job_dir)
     results = read_result(job / RESULTS_FILE)
@@ -171,26 +182,69 @@ def export_job(job_dir: str | Path, out_dir: str | Path | None = None, push_to_h
         raise FileNotFoundError(f"{job}: no complete {RESULTS_FILE} (is the job finished?)")
     out = Path(out_dir) if out_dir else job / "export"
     saved = job / "pruned_model"
-    if saved.is_dir():
-        if out.resolve() != saved.resolve():
-            shutil.copytree(saved, out, dirs_exist_ok=True)
+    if saved.is_dir() and out.resolve() == saved.resolve():  # the job's own checkpoint: stamped again
         _stamp(out, results, _base_model(results.config))
+        follow_umask(out)
     else:
-        if results.after_pruning:
+        check_target(out, overwrite)
+        if not saved.is_dir() and results.after_pruning:
             raise ValueError(f"{job}: the scorer edited weights after pruning ({results.scorer}); the edits are "
                              "not in results.json: rerun the job with save_model=true, then export")
-        from omegaconf import OmegaConf
-
-        from topovlm.adapters.loading import load_adapter
-        from topovlm.pruning import remove_layers
-
-        adapter = load_adapter(OmegaConf.create(results.config["model"]))
-        if results.removed_layers:
-            remove_layers(adapter, results.removed_layers)
-        write_checkpoint(adapter, out, results)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
+        try:
+            if saved.is_dir():
+                # copyfile, not copy2: the files get this process's umask, not the saved ones' modes
+                shutil.copytree(saved, staging, dirs_exist_ok=True, copy_function=shutil.copyfile)
+                _stamp(staging, results, _base_model(results.config))
+            else:
+                _rebuild(results, staging)
+            follow_umask(staging)
+            _move_into(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
         push(out, push_to_hub)
     return out
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty ``out`` (or a file there) unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a directory; choose another -o")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not overwrite:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise FileExistsError(f"{out} is not empty ({shown}); pass --overwrite to replace the exported "
+                              "files in it, or choose an empty or new -o")
+
+
+def _rebuild(results: "JobResult", out: Path) -> None:
+    """The pruned model from the base model and the removed layers, saved with its card."""
+    from omegaconf import OmegaConf
+
+    from topovlm.adapters.loading import load_adapter
+    from topovlm.pruning import remove_layers
+
+    adapter = load_adapter(OmegaConf.create(results.config["model"]))
+    if results.removed_layers:
+        remove_layers(adapter, results.removed_layers)
+    write_checkpoint(adapter, out, results)
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Move the finished checkpoint in ``staging`` to ``out`` (renamed whole when ``out`` is
+    missing; else entry by entry, replacing those of the same name)."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    for entry in sorted(staging.iterdir()):
+        target = out / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif entry.is_dir() and (target.exists() or target.is_symlink()):
+            target.unlink()  # a file where the checkpoint has a folder
+        os.replace(entry, target)
 
 
 def push(folder: Path, repo_id: str) -> str:

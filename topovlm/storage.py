@@ -39,6 +39,19 @@ def tmp_pattern(path: Path) -> str:
 
 def atomic_write(path: Path, save: Callable[[Path], None]) -> Path:
     """Write ``path`` through ``save(tmp)`` and an atomic rename; nothing is left on failure."""
+def follow_umask(root: Path) -> Path:
+    """Give ``root`` and everything under it the modes an ordinary ``open`` / ``mkdir`` would
+    (``0o666`` / ``0o777`` less the umask): some writers leave 0600 / 0700 whatever the umask
+    (safetensors' ``save_file``, ``mkstemp``, ``mkdtemp``), which a group sharing a cache or
+    an exported checkpoint could not read. Links are left alone."""
+    file_mode = _file_mode()
+    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o644 -> 0o755, 0o664 -> 0o775
+    for path in [Path(root), *Path(root).rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, dir_mode if path.is_dir() else file_mode)
+    return Path(root)
+
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -55,3 +57,60 @@ def test_export_refuses_unfinished_jobs_and_explains_pushes(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     with pytest.raises(RuntimeError, match="hf upload me/pruned"):
         push(tmp_path / "x", "me/pruned")
+
+
+# ---------------------------------------------------------------- the user's files, and the umask
+
+def _modes(root):
+    return {p.relative_to(root).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+
+
+def test_export_into_a_non_empty_dir_refuses_before_any_work(tmp_path, capsys):
+    from topovlm.results import RESULTS_FILE, JobResult, write_result
+
+    job = tmp_path / "job"
+    job.mkdir()
+    write_result(job / RESULTS_FILE, JobResult(model="m", task="t", scorer="cosine", sparsity=0.25, metrics={},
+                                              config={"model": {"name": "nope", "source": "nowhere"}}))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    assert main(["export", str(job), "-o", str(mine)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(mine) in err and "not empty (notes.txt)" in err and "--overwrite" in err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "my notes"
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(job), "-o", str(tmp_path / "file")]) == 1
+    assert "is a file" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_export_overwrites_only_when_asked_keeps_other_files_and_follows_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        job = tmp_path / "job"
+        run_job(compose(tiny_overrides(tmp_path, "sparsity=0.25", "save_model=true")), job)
+        file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+        saved = _modes(job / "pruned_model")
+        assert saved["model.safetensors"] == file_mode, oct(saved["model.safetensors"])  # safetensors writes 0600
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        (out / "config.json").write_text("{}")
+        assert main(["export", str(job), "-o", str(out)]) == 1
+        assert (out / "config.json").read_text() == "{}" and sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+        assert main(["export", str(job), "-o", str(out), "--overwrite"]) == 0
+        assert (out / "notes.txt").read_text() == "mine"  # not the export's: kept
+        assert json.loads((out / "config.json").read_text())["pruning"]["sparsity"] == 0.25
+        modes = _modes(out)
+        assert modes["model.safetensors"] == file_mode and modes["README.md"] == file_mode
+        assert modes["."] == dir_mode
+        new = tmp_path / "new"
+        assert main(["export", str(job), "-o", str(new)]) == 0  # a new dir: renamed into place whole
+        assert {k: v for k, v in _modes(new).items() if k != "."} == {k: file_mode for k in _modes(new) if k != "."}
+        assert _modes(new)["."] == dir_mode
+        assert not list(tmp_path.glob(".*export-*"))  # no staging dir left behind
+    finally:
+        os.umask(old)

@@ -498,3 +498,107 @@ def test_a_resumed_copy_reads_the_samples_of_the_run_it_came_from(stat_sweep: Pa
     build_summary([tmp_path / "second"], plots=False)
     comp = {r["scorer"]: r for r in read_csv(tmp_path / "second" / "comparison.csv") if r["metric"] == "accuracy"}
     assert comp["tail"]["verdict"] == "worse" and comp["tail"]["discordant_best_only"] == "40"
+
+
+# --------------------------------------------------------------------------- results that cannot be trusted
+
+def _failures(md: str) -> dict[str, list[str]]:
+    """Failures rows: job dir name -> the other cells."""
+    return table_rows(md.split("## Failures", 1)[1], "| job |") if "## Failures" in md else {}
+
+
+def _summarize(root: Path, capsys) -> tuple[int, str, str]:
+    from topovlm.cli import main
+
+    code = main(["summarize", str(root), "--no-plots", "-q"])
+    return code, capsys.readouterr().err, (root / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_json", "not_utf8", "metrics_list", "sparsity_text",
+                                    "removed_outside", "newer_schema"])
+def test_an_unreadable_or_mismatched_result_is_a_failure_and_exits_1(stat_sweep: Path, capsys, damage):
+    job = next(stat_sweep.glob("*_tail_s0.25"))
+    path = job / "results.json"
+    text = path.read_text()
+    data = json.loads(text)
+    if damage == "truncated":
+        path.write_text(text[: len(text) // 2])
+    elif damage == "not_json":
+        path.write_text("{'model': 'm'}")
+    elif damage == "not_utf8":
+        path.write_bytes(b"\xff\xfe" + text.encode())
+    else:
+        data.update({"metrics_list": {"metrics": [0.4]}, "sparsity_text": {"sparsity": "0.25"},
+                     "removed_outside": {"removed_layers": [5, 99]},
+                     "newer_schema": {"schema_version": 99}}[damage])
+        path.write_text(json.dumps(data))
+    code, err, md = _summarize(stat_sweep, capsys)
+    assert code == 1 and "could not be trusted" in err
+    fails = _failures(md)
+    assert job.name in fails, md.split("## Failures", 1)[1]
+    assert str(path) in fails[job.name][-1]
+    assert "every job finished" not in md
+    assert not any(r["out_dir"] == str(job) for r in read_csv(stat_sweep / "summary.csv"))  # in no table
+    assert len(read_csv(stat_sweep / "summary.csv")) == 3
+
+
+def test_a_hand_edited_accuracy_is_inconsistent_not_best(stat_sweep: Path, capsys):
+    job = next(stat_sweep.glob("*_tail_s0.25"))  # 40 of 100 correct in its samples.jsonl
+    res = json.loads((job / "results.json").read_text())
+    res["metrics"]["accuracy"] = 0.99
+    (job / "results.json").write_text(json.dumps(res))
+    code, err, md = _summarize(stat_sweep, capsys)
+    assert code == 1
+    fails = _failures(md)
+    assert fails[job.name][2] == "inconsistent"
+    assert "accuracy=0.99, its 100 samples give 0.4" in fails[job.name][3]
+    rows = table_rows(md, "#### m · t · accuracy\n")
+    assert "tail" not in rows and rows["topo"][0].startswith("**0.800")  # the true best stays best
+    assert "0.990" not in md.split("## Failures", 1)[0]
+
+
+def test_a_hand_edited_domain_or_multiple_choice_part_is_inconsistent(stat_sweep: Path, capsys):
+    topo = next(stat_sweep.glob("*_topo_s0.25"))
+    res = json.loads((topo / "results.json").read_text())
+    res["metrics"]["accuracy/math"] = round(res["metrics"]["accuracy/math"] - 0.02, 6)
+    (topo / "results.json").write_text(json.dumps(res))
+    short = next(stat_sweep.glob("*_shortgpt_s0.25"))  # accuracy_mc from the records' correct_mc
+    lines = [json.loads(line) for line in (short / "samples.jsonl").read_text().splitlines()]
+    (short / "samples.jsonl").write_text("".join(json.dumps({**r, "correct_mc": i < 30}) + "\n" for i, r in enumerate(lines)))
+    res = json.loads((short / "results.json").read_text())
+    res["metrics"]["accuracy_mc"] = 0.31
+    (short / "results.json").write_text(json.dumps(res))
+    code, _, md = _summarize(stat_sweep, capsys)
+    fails = _failures(md)
+    assert code == 1 and set(fails) == {topo.name, short.name}
+    assert "accuracy/math=" in fails[topo.name][3] and "samples give" in fails[topo.name][3]
+    assert "accuracy_mc=0.31, its 100 samples give 0.3" in fails[short.name][3]
+
+
+def test_a_broken_samples_file_is_named_with_its_line(stat_sweep: Path, capsys):
+    job = next(stat_sweep.glob("*_tail_s0.25"))
+    lines = (job / "samples.jsonl").read_text().splitlines(keepends=True)
+    (job / "samples.jsonl").write_text("".join(lines[:3]) + lines[3][:20] + "\n" + "".join(lines[4:]))
+    code, _, md = _summarize(stat_sweep, capsys)
+    assert code == 1 and f"{job / 'samples.jsonl'}, line 4" in _failures(md)[job.name][3]
+
+
+def test_a_consistent_sweep_and_a_perplexity_check(tmp_path: Path, capsys, stat_sweep: Path):
+    code, err, md = _summarize(stat_sweep, capsys)
+    assert code == 0 and err == "" and "every job finished" in md
+    # perplexity: exp(sum nll_sum / sum num_tokens) over the samples
+    import math
+
+    root = tmp_path / "ppl"
+    for scorer, nll, ok in (("cosine", 2.0, True), ("tail", 3.0, False)):
+        out = fake_job(root, scorer, 0.25, 0.0, metric="perplexity", removed=[5, 6])
+        res = json.loads((out / "results.json").read_text())
+        true_nll = (nll * 10 + 1.0 * 30) / 40
+        res["metrics"] = {"perplexity": math.exp(true_nll) * (1.0 if ok else 0.9), "nll": true_nll, "num_tokens": 40.0}
+        (out / "results.json").write_text(json.dumps(res))
+        (out / "samples.jsonl").write_text(
+            json.dumps({"key": "t/a", "id": "a", "nll_sum": nll * 10, "num_tokens": 10}) + "\n"
+            + json.dumps({"key": "t/b", "id": "b", "nll_sum": 30.0, "num_tokens": 30}) + "\n")
+    code, _, md = _summarize(root, capsys)
+    fails = _failures(md)
+    assert code == 1 and list(fails) == [next(root.glob("*_tail_*")).name] and "perplexity=" in next(iter(fails.values()))[3]

@@ -159,7 +159,12 @@ def ensure_language_model(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def publish(built: Path, target: Path) -> None:
-    """Move a finished build into place atomically; losing the race to another process is fine."""
+    """Move a finished build into place atomically; losing the race to another process is fine.
+    Its files get the modes the umask gives first (safetensors writes 0600), so a cache shared
+    by a group holds a model the group can load."""
+    from topovlm.storage import follow_umask
+
+    follow_umask(built)
     try:
         os.replace(built, target)
     except OSError:

@@ -1,5 +1,7 @@
 """The summary of one or more sweeps: :func:`build_summary` reads the jobs, builds every
-section and writes summary.csv, summary.md, agreement.csv, the statistics CSVs and the plots."""
+section and writes summary.csv, summary.md, agreement.csv, the statistics CSVs and the plots.
+A results.json it cannot trust (unreadable, another layout, metrics its samples.jsonl
+contradict) is in no table: it is listed under Failures, with the failed jobs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -68,7 +70,8 @@ class Summary:
     plots: list[Path] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
     stats: Statistics | None = None     # intervals, paired verdicts, draws, regimes, cost
-    failures: list[dict[str, Any]] = field(default_factory=list)  # failed.json records
+    #: failed.json records, then results.json files left out as unreadable or inconsistent
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def headline(self) -> str | None:
@@ -121,8 +124,9 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
             raise ValueError("several sweep directories: say where the summary goes (out_dir)")
         out_dir = dirs[0] if dirs[0].is_dir() else dirs[0].parent
     out_dir = Path(out_dir)
-    jobs = load_jobs(dirs)
-    failures = load_failures(dirs)
+    problems: list[dict[str, Any]] = []  # results.json files that cannot be trusted: listed as failures
+    jobs = load_jobs(dirs, problems=problems)
+    failures = load_failures(dirs) + problems
     if not jobs and not failures:
         raise FileNotFoundError(f"no complete {RESULTS_FILE} under {', '.join(map(str, dirs))}")
     out_dir.mkdir(parents=True, exist_ok=True)
