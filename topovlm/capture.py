@@ -490,7 +490,7 @@ class CaptureCache:
         try:
             meta = json.loads(meta_file.read_text())
             n_layers, n = int(meta["num_layers"]), len(meta["sample_ids"])
-            with np.load(pooled_file) as z:
+            with np.load(pooled_file, allow_pickle=False) as z:
                 pooled = {k: z[k].astype(np.float32) for k in z.files}
             bad = [p for p in POOLINGS if p not in pooled or pooled[p].shape[:2] != (n_layers + 1, n)]
             if bad:
@@ -505,7 +505,7 @@ class CaptureCache:
                 missing.append(r)
                 continue
             try:
-                arr = np.load(f)
+                arr = np.load(f, allow_pickle=False)
                 if arr.shape[:2] != (n_layers, n):
                     raise ValueError(f"shape {arr.shape}, expected ({n_layers}, {n}, ...)")
                 stats[r.key] = arr
@@ -519,7 +519,7 @@ class CaptureCache:
             need_norms = True
         elif spec.norms:
             try:
-                with np.load(norms_file) as z:
+                with np.load(norms_file, allow_pickle=False) as z:
                     norms = {k: z[k] for k in z.files}
                 if any(v.shape[:2] != (n_layers + 1, n) for v in norms.values()):
                     raise ValueError(f"norm arrays not ({n_layers + 1}, {n}, d)")

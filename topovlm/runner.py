@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import os
 import logging
-import pickle
 import random
 import time
 from contextlib import contextmanager
@@ -32,11 +31,12 @@ from topovlm.capture import CaptureCache, model_fingerprint
 from topovlm.config import ConfigError, build_scorer, validate
 from topovlm.data.sources import dataset_id, load_samples
 from topovlm.identity import code_digest, digest, library_versions, samples_digest
-from topovlm.results import (NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs, read_result,
+from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs, read_result,
                              rebuild_table, versions, write_json_atomic, write_result)
 from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
-from topovlm.storage import atomic_write, atomic_write_bytes, discard, entry_lock, read_json, remove_stale_tmp
+from topovlm.ranking_store import SUFFIX as RANKING_SUFFIX, check_ranking, load_ranking, save_ranking
+from topovlm.storage import atomic_write, discard, entry_lock, inside, read_json, remove_stale_tmp, safe_name
 from topovlm.tracking import WandbRun, set_aside_incomplete_runs
 
 __all__ = ["run_job", "job_key", "build_scorer", "Job", "JobResult", "NOT_IDENTITY"]
@@ -119,11 +119,12 @@ class Timer:
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        self.stage, start = stage, time.perf_counter()
+        outer, self.stage, start = self.stage, stage, time.perf_counter()
         try:
             yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
+        self.stage = outer  # reached only without an exception: a failure keeps the innermost stage
 
 
 @dataclass
@@ -191,16 +192,23 @@ def load_model(job: Job) -> Any:
 
 
 def _load_ranking(path: Path, num_layers: int) -> ScoreResult | None:
+    """The cached ranking, or None (missing; unreadable entries are moved aside and logged)."""
     if not path.is_file():
         return None
     try:
-        result = pickle.loads(path.read_bytes())
-        if not isinstance(result, ScoreResult) or len(result.scores) != num_layers:
-            raise ValueError(f"not a ScoreResult of {num_layers} layers")
-        return result
-    except Exception as err:  # noqa: BLE001 - UnpicklingError, EOFError, AttributeError, ...
+        return load_ranking(path, num_layers)
+    except Exception as err:  # noqa: BLE001 - BadZipFile, KeyError, ValueError, OSError, ...: recompute
         discard(path, err)
         return None
+
+
+def _checked(scorer: LayerScorer, result: Any, num_layers: int) -> ScoreResult:
+    """A scorer's result, checked before anything caches or selects from it."""
+    try:
+        check_ranking(result, num_layers)
+    except ValueError as err:
+        raise RuntimeError(f"scorer {scorer.name} returned an invalid ranking: {err}") from None
+    return result
 
 
 def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer) -> Ranking:
@@ -223,7 +231,8 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
 
     ranking_id = {"capture": capture_key, "scorer": scorer.name, "params": scorer.params(), "seed": job.cfg.seed,
                   "code": job.identity["code"]["scorer"]}
-    path = job.cache / "scores" / capture_key / f"{scorer.name}-{digest(ranking_id)}.pkl"
+    scores_root = job.cache / "scores"
+    path = inside(scores_root, scores_root / capture_key / f"{safe_name(scorer.name)}-{digest(ranking_id)}{RANKING_SUFFIX}")
     with timer("score"):
         result = None
         if scorer.cacheable:
@@ -234,13 +243,11 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
                     log.info("cache hit: ranking %s (keyed on %s)", path, keyed_on(ranking_id))
                     from_cache = True
                 else:
-                    result, from_cache = scorer.score(capture(), ctx), False
-                    atomic_write_bytes(path, pickle.dumps(result))
+                    result, from_cache = _checked(scorer, scorer.score(capture(), ctx), n_layers), False
+                    save_ranking(path, result)
         else:
-            result, from_cache = scorer.score(capture(), ctx), False
+            result, from_cache = _checked(scorer, scorer.score(capture(), ctx), n_layers), False
     timer.timings["score"] -= timer.timings.get("capture", 0.0)
-    if len(result.scores) != n_layers:
-        raise RuntimeError(f"scorer {scorer.name} returned {len(result.scores)} scores for {n_layers} layers")
     return Ranking(result, from_cache, {"capture": {"key": capture_key, "hit": captures.last_hit or from_cache},
                                         "ranking": {"key": path.stem, "hit": from_cache}})
 
@@ -254,7 +261,8 @@ def select(job: Job, ranking: Ranking) -> tuple[list[int], str]:
 def reference_entry(job: Job, fingerprint: str) -> tuple[Path, dict[str, Any]]:
     ref_id = {"model": fingerprint, "task": job.config["task"], "seed": job.cfg.seed,
               "code": job.identity["code"]["evaluator"], "versions": library_versions()}
-    return job.cache / "reference" / f"{job.cfg.model.name}-{digest(ref_id)}.json", ref_id
+    root = job.cache / "reference"
+    return inside(root, root / f"{safe_name(job.cfg.model.name)}-{digest(ref_id)}.json"), ref_id
 
 
 def reference(job: Job, evaluator: Any, adapter: Any, fingerprint: str) -> dict[str, Any] | None:
@@ -350,12 +358,39 @@ def record(job: Job, results: JobResult, images: list[Path], *, resumed: bool = 
     return results
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, val in data.items() for k, v in _flat(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: data}
+
+
+def refuse_foreign_result(job: Job) -> None:
+    """The job dir holds a finished result of another job (another seed, scorer, sparsity, ...):
+    it is neither replaced nor mixed with this one unless ``+force=true``. A result of the same
+    config made by other code or library versions is stale: it is replaced, with a warning."""
+    old = read_result(job.out_dir / RESULTS_FILE)
+    if old is None or old.job_key == job.key or job.force:
+        return
+    before = {k: v for k, v in _flat(old.config or {}).items() if k.split(".")[0] not in NOT_IDENTITY}
+    now = {k: v for k, v in _flat(job.config).items() if k.split(".")[0] not in NOT_IDENTITY}
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if not changed:
+        log.warning("%s holds this job's result computed by other code or library versions (key %s, now %s); "
+                    "recomputing it", job.out_dir / RESULTS_FILE, old.job_key, job.key)
+        return
+    shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    raise ConfigError(f"{job.out_dir} holds the result of another job ({shown}{more}); it is kept. Write this "
+                      "sweep to another dir (hydra.sweep.dir=...) or replace it with +force=true")
+
+
 def reuse(job: Job, done: JobResult) -> JobResult:
     """A finished job with this identity exists: this dir gets its result and outputs."""
     src = Path(done.out_dir)
     if src.resolve() == job.out_dir.resolve():
         log.info("job %s already complete (%s); skipping (+force=true recomputes); keyed on %s",
                  job.key, src, keyed_on(job.identity))
+        (job.out_dir / FAILED_FILE).unlink(missing_ok=True)  # a refused attempt of another job, now moot
         rebuild_table(job.table_dir)
         return done
     log.info("job %s already complete (%s); reusing its result and outputs (+force=true recomputes); "
@@ -383,6 +418,8 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
             if done is not None:
                 with timer("reuse"):
                     return reuse(job, done)
+            with timer("claim"):
+                refuse_foreign_result(job)
             clear_job_dir(job.out_dir)
             set_aside_incomplete_runs(job.out_dir)
             with timer("calibration_samples"):

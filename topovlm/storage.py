@@ -9,15 +9,21 @@
   holds its lock, so a second job wanting the same entry waits and then reads it; and
   any temporary file of that entry found while holding the lock is left over from a
   killed writer, which :func:`remove_stale_tmp` deletes.
-* :func:`discard` logs a corrupt entry with its path and removes it, so it is recomputed.
+* :func:`discard` logs a corrupt entry with its path and moves it aside
+  (``<name>.corrupt-<time>``), so it is recomputed and the evidence stays.
+* :func:`safe_name` and :func:`inside` keep every path built from a config value (a model,
+  task or scorer name) inside the root it belongs to: ``model.name=../../x`` names a file,
+  never a place.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
+import hashlib
+import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -33,12 +39,6 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def tmp_pattern(path: Path) -> str:
-    return f".{path.name}.*.tmp"
-
-
-def atomic_write(path: Path, save: Callable[[Path], None]) -> Path:
-    """Write ``path`` through ``save(tmp)`` and an atomic rename; nothing is left on failure."""
 def follow_umask(root: Path) -> Path:
     """Give ``root`` and everything under it the modes an ordinary ``open`` / ``mkdir`` would
     (``0o666`` / ``0o777`` less the umask): some writers leave 0600 / 0700 whatever the umask
@@ -52,6 +52,12 @@ def follow_umask(root: Path) -> Path:
     return Path(root)
 
 
+def tmp_pattern(path: Path) -> str:
+    return f".{path.name}.*.tmp"
+
+
+def atomic_write(path: Path, save: Callable[[Path], None]) -> Path:
+    """Write ``path`` through ``save(tmp)`` and an atomic rename; nothing is left on failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -109,15 +115,50 @@ def remove_stale_tmp(path: Path) -> list[Path]:
     return stale
 
 
-def discard(path: Path, err: BaseException | str) -> None:
-    """Log an unreadable cache entry with its path and remove it (it is recomputed)."""
+def discard(path: Path, err: BaseException | str) -> Path | None:
+    """Log an unreadable cache entry and move it aside as ``<name>.corrupt-<time>`` (it is
+    recomputed; the file stays as evidence of what was there). The moved path, or None."""
     path = Path(path)
-    log.warning("corrupt cache entry %s (%s: %s); discarded, recomputing", path,
-                type(err).__name__ if isinstance(err, BaseException) else "invalid", err)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    why = f"{type(err).__name__ if isinstance(err, BaseException) else 'invalid'}: {err}"
+    if not (path.exists() or path.is_symlink()):
+        return None
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    try:
+        os.replace(path, aside)
+    except OSError as move_err:  # e.g. a read-only dir: nothing can be recomputed there either
+        log.warning("corrupt cache entry %s (%s); could not move it aside (%s)", path, why, move_err)
+        return None
+    log.warning("corrupt cache entry %s (%s); moved aside to %s, recomputing", path, why, aside.name)
+    return aside
+
+
+#: characters a name keeps when it becomes part of a file name; everything else becomes "_"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+MAX_NAME = 80
+
+
+def safe_name(value: object) -> str:
+    """``value`` as one safe path component: no separator, no leading dot, no NUL, at most
+    :data:`MAX_NAME` characters. A name that had to change gets a short digest of the
+    original, so two different names never map to one file."""
+    text = str(value)
+    name = _UNSAFE.sub("_", text).lstrip(".") or "_"
+    if name != text or len(name) > MAX_NAME:
+        tag = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        name = f"{name[:MAX_NAME - 9]}~{tag}"
+    return name
+
+
+class OutsideRoot(ValueError):
+    """A path built from config values resolves outside the root it must stay in."""
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path``, checked to resolve inside ``root`` (symbolic links followed)."""
+    root_r, path_r = Path(root).resolve(), Path(path).resolve()
+    if path_r != root_r and root_r not in path_r.parents:
+        raise OutsideRoot(f"{path} resolves to {path_r}, outside {root_r}")
+    return Path(path)
 
 
 def read_json(path: Path, *, required: tuple[str, ...] = (), heal: bool = True) -> dict[str, Any] | None:

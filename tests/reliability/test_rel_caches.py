@@ -1,5 +1,5 @@
-"""Caches heal: a corrupt entry of each kind is logged with its path, discarded and
-recomputed; stale temporary files are removed; nothing is visible half-written."""
+"""Caches heal: a corrupt entry of each kind is logged with its path, moved aside (kept as
+evidence) and recomputed; stale temporary files are removed; nothing is visible half-written."""
 from __future__ import annotations
 
 import json
@@ -23,13 +23,23 @@ def _one(cache: Path, pattern: str) -> Path:
     return found[0]
 
 
+def _replace_arrays(path: Path, **arrays) -> None:
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    data.update(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **data)
+
+
 CORRUPTIONS = {
     # kind: (file under the cache, how it is damaged)
     "capture meta.json": ("captures/*/meta.json", lambda p: p.write_text('{"num_layers": 12, "sample')),
     "capture pooled.npz": ("captures/*/pooled.npz", lambda p: p.write_bytes(p.read_bytes()[:200])),
     "capture statistic .npy": ("captures/*/stat-*.npy", lambda p: p.write_bytes(p.read_bytes()[:90])),
-    "ranking .pkl": ("scores/*/shortgpt-*.pkl", lambda p: p.write_bytes(p.read_bytes()[:40])),
-    "ranking of another shape": ("scores/*/shortgpt-*.pkl", lambda p: p.write_bytes(b"\x80\x04N.")),  # None
+    "ranking .npz": ("scores/*/shortgpt-*.npz", lambda p: p.write_bytes(p.read_bytes()[:40])),
+    "ranking of another shape": ("scores/*/shortgpt-*.npz", lambda p: _replace_arrays(p, scores=np.zeros(3))),
+    "ranking with an object array": ("scores/*/shortgpt-*.npz",
+                                     lambda p: _replace_arrays(p, scores=np.array([object()] * 12, dtype=object))),
     "reference {}": ("reference/*.json", lambda p: p.write_text("{}")),
     "completed index": ("completed/*.json", lambda p: p.write_text("")),
 }
@@ -50,9 +60,12 @@ def test_a_corrupt_entry_is_logged_discarded_and_recomputed(kind, tmp_path, capl
         again.append("+force=true")
     res = run_job(compose(overrides(tmp_path, *again)), tmp_path / "b")
     logged = caplog.text
-    assert f"corrupt cache entry {victim.parent if 'meta' in kind or 'npz' in kind else victim}" in logged, logged
+    moved = victim.parent if kind in ("capture meta.json", "capture pooled.npz") else victim  # a capture is one folder
+    assert f"corrupt cache entry {moved}" in logged, logged
     assert "removing stale temporary file" in logged
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+    aside = list(moved.parent.glob(f"{moved.name}.corrupt-*"))
+    assert len(aside) == 1, "the damaged entry is kept beside the new one, as evidence"
     np.testing.assert_allclose(res["scores"], first["scores"], rtol=1e-6)
     if kind == "reference {}":
         assert res["reference_metrics"] and res["reference_metrics"] == first["reference_metrics"]

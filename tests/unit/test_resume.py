@@ -112,10 +112,10 @@ run_job(compose({overrides!r}), __import__("pathlib").Path({out!r}))
 def test_a_killed_job_leaves_nothing_that_looks_complete(tmp_path: Path):
     out = tmp_path / "job"
     out.mkdir()
-    # what an earlier job with another config left in this directory
+    # what an earlier job with another config left in this directory (replaced only with +force=true)
     (out / "results.json").write_text(json.dumps({"job_key": "0123456789abcdef", "metrics": {"accuracy": 1.0},
                                                   "model": "x", "task": "t", "scorer": "s", "sparsity": 0.1}))
-    ov = overrides(tmp_path)
+    ov = overrides(tmp_path, "+force=true")
     script = KILL_SCRIPT.format(root=str(ROOT), overrides=ov, out=str(out))
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})

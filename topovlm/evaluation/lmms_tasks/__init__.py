@@ -24,11 +24,14 @@ LOCAL_TASKS = ("shapes_lmms",)
 
 
 def _dataset_dir(cache_dir: Path, ds: Any, n: int | None) -> Path:
-    from topovlm.capture import _digest
+    from topovlm.identity import digest
+    from topovlm.storage import inside, safe_name
 
     ident = {"source": ds.source, "version": ds.version, "split": ds.split, "n": n, "seed": ds.seed,
              "path": ds.path, "format": 1}
-    return cache_dir / "lmms_datasets" / f"shapes_lmms-{ds.version}-{ds.split}-n{n}-s{ds.seed}-{_digest(ident)[:8]}"
+    root = cache_dir / "lmms_datasets"
+    name = safe_name(f"shapes_lmms-{ds.version}-{ds.split}-n{n}-s{ds.seed}-{digest(ident)[:8]}")
+    return inside(root, root / name)
 
 
 def export_shapes_dataset(ds: Any, cache_dir: str | os.PathLike, n: int | None = None) -> Path:
