@@ -263,9 +263,16 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=order)
 
 
+def last_attempt_failed(job_dir: Path) -> bool:
+    """A failure record beside a result: a later job refused to replace that result (another
+    job's, see ``runner.refuse_foreign_result``); the dir reports the failure, not the old result.
+    (Every run that completes removes ``failed.json`` first, so otherwise the two never meet.)"""
+    return (Path(job_dir) / FAILED_FILE).is_file() and (Path(job_dir) / RESULTS_FILE).is_file()
+
+
 def table_row(job_dir: Path) -> dict[str, Any] | None:
-    """One table row: the complete result if there is one, else the failure record."""
-    res = load_results(job_dir / RESULTS_FILE)
+    """One table row: the complete result if there is one (and no later failure), else the failure record."""
+    res = None if last_attempt_failed(job_dir) else load_results(job_dir / RESULTS_FILE)
     if res is not None and "metrics" in res:
         row = {k: res.get(k) for k in _ROW_KEYS}
         row["status"] = "ok"
@@ -317,6 +324,9 @@ def link_outputs(src: Path, dst: Path) -> list[str]:
     for entry in sorted(src.iterdir()):
         if entry.name in _BOOKKEEPING or entry.name.startswith(".") or entry.suffix in (".log", ".lock"):
             continue
+        if not entry.exists():  # a dangling link: linking to it would hide that the output is gone
+            gone.append(entry.name)
+            continue
         target = dst / entry.name
         if target.is_symlink() or target.is_file():
             target.unlink()
@@ -324,14 +334,11 @@ def link_outputs(src: Path, dst: Path) -> list[str]:
             continue  # a real directory of this job: keep it
         os.symlink(os.path.relpath(entry.resolve(), dst.resolve()), target)
         linked.append(entry.name)
-        if not entry.exists():  # a dangling link: linking to it would hide that the output is gone
-            gone.append(entry.name)
-            continue
-    return linked
     if gone:
         log.warning("%s: outputs %s of %s link to files that are gone (their source sweep moved or was "
                     "deleted?); not linked. Rerun that job with +force=true to recompute them",
                     dst, ", ".join(gone), src)
+    return linked
 
 
 def missing_outputs(job_dir: Path, linked: list[str] | None = None) -> list[str]:

@@ -66,7 +66,7 @@ def find_results(dirs: Iterable[str | Path]) -> list[Path]:
         for root, subdirs, files in os.walk(d):
             # not where jobs write results: W&B runs, saved models, plots, hidden (.submitit, .hydra)
             subdirs[:] = sorted(s for s in subdirs if not s.startswith(".") and s not in _NOT_JOB_DIRS)
-            if RESULTS_FILE in files:
+            if RESULTS_FILE in files and FAILED_FILE not in files:  # both: a later attempt was refused
                 found.append(Path(root) / RESULTS_FILE)
     return found
 
@@ -303,7 +303,8 @@ def sample_mismatches(job: SummaryJob) -> list[str]:
 
 
 def load_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """The failure records (``failed.json``) of job dirs under ``dirs`` that hold no result."""
+    """The failure records (``failed.json``) of job dirs under ``dirs`` (a result beside one is
+    the result a later attempt refused to replace: the failure is what the dir reports)."""
     out = []
     for d in dirs:
         d = Path(d)
@@ -311,7 +312,7 @@ def load_failures(dirs: Iterable[str | Path]) -> list[dict[str, Any]]:
             continue
         for path in sorted(d.rglob(FAILED_FILE)):
             rel = path.relative_to(d).parts
-            if any(p.startswith(".") or p in _NOT_JOB_DIRS for p in rel[:-1]) or (path.parent / RESULTS_FILE).is_file():
+            if any(p.startswith(".") or p in _NOT_JOB_DIRS for p in rel[:-1]):
                 continue
             try:
                 rec = json.loads(path.read_text())
