@@ -78,10 +78,17 @@ def test_paired_permutation_separates_a_real_shift_from_noise():
     assert stats.paired_permutation(noise, base).p_value > 0.05
 
 
-def test_holm_matches_the_step_down_rule():
+def test_holm_matches_the_step_down_rule_and_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     adj = stats.holm([0.2, float("nan"), 0.001])
     assert adj[0] == pytest.approx(0.2) and math.isnan(adj[1]) and adj[2] == pytest.approx(0.002)
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 7, 36):
+        p = rng.random(m) ** 3
+        p[: m // 3] = p[0]  # ties
+        assert stats.holm(p) == pytest.approx(list(multipletests(p, method="holm")[1]), abs=1e-15)
 
 
 def test_removal_stability_jaccard_and_frequency():
