@@ -51,7 +51,7 @@ def compact_table(summary) -> str:
                 text = f"{c.mean:.3f}" + (f" ± {c.std or 0.0:.3f}" if c.n_draws > 1 else "")
                 if c.interval is not None:
                     text += f" [{c.interval.low:.3f}, {c.interval.high:.3f}]"
-                verdict = {"best": " **best**", "≈ best": " **≈ best**", "worse": ""}.get(c.verdict, " (n/a)")
+                verdict = " **best**" if c.verdict == "best" else f" ({c.verdict_text})"
                 agree = f"; agree {c.agreement.value:.2f}" if c.agreement is not None else ""
                 cells.append(text + verdict + agree)
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
