@@ -10,12 +10,17 @@ Registered in ``conf/config.yaml`` under ``hydra.callbacks``:
   process exit 1 (see ``launch.py``) if any job failed or left no record.
 * ``summary`` (:class:`SummaryCallback`): summary.csv, summary.md (with a failures
   section), agreement.csv, plots/, the Markdown table on the terminal and a W&B summary
-  run; switch it off with ``hydra.callbacks.summary.enabled=false``.
+  run; switch it off with ``hydra.callbacks.summary.enabled=false``. A sweep stopped with
+  Ctrl-C still gets the summary of the jobs that finished (written as the process exits;
+  without plots), or, if that cannot be done, the command that builds it.
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +99,22 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
                   and (p / ".hydra").is_dir())
 
 
+def _report_missing_outputs(sweep_dir: Path) -> list[Path]:
+    """Job dirs whose result was resumed from a job that has since moved or gone: their
+    linked outputs (samples, diagnostics) dangle. Said on the terminal; the numbers stay."""
+    from topovlm.results import RESULTS_FILE, missing_outputs, read_result
+
+    out = []
+    for d in job_dirs(sweep_dir):
+        res = read_result(d / RESULTS_FILE)
+        gone = missing_outputs(d, res.linked_outputs) if res is not None and res.resumed_from else []
+        if gone:
+            out.append(d)
+            log.warning("%s was resumed from %s, which is gone or moved: its outputs %s are missing; restore that "
+                        "dir, or rerun this job with +force=true to recompute them", d, res.resumed_from, ", ".join(gone))
+    return out
+
+
 class SweepGuard(Callback):
     def __init__(self, preflight: bool = True, abort_on_bad_config: bool = False) -> None:
         self.preflight = preflight
@@ -133,6 +154,7 @@ class SweepGuard(Callback):
             res = read_result(d / RESULTS_FILE)
             set_aside_incomplete_runs(d, keep=(res.wandb or {}).get("run_dir") if res is not None else None)
         rows = rebuild_table(sweep_dir)
+        _report_missing_outputs(sweep_dir)
         failed = [r for r in rows if r.get("status") == "failed"]
         missing = (self.expected - len(rows)) if self.expected is not None else 0
         if failed or missing > 0:
@@ -142,6 +164,73 @@ class SweepGuard(Callback):
                 lines.append(f"  {missing} job(s) left no result and no failure record (killed?)")
             print(f"\n{len(failed)} of {len(rows) + max(missing, 0)} jobs failed "
                   f"({sweep_dir / 'results.jsonl'}):\n" + "\n".join(lines), file=sys.stderr, flush=True)
+
+
+class _Interrupted:
+    """Ctrl-C during a sweep: Hydra never calls ``on_multirun_end``, so the summary of what
+    finished is written when the process exits (``atexit``), only after a SIGINT seen
+    while the sweep ran (an ordinary exception or a clean end leaves it alone)."""
+
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+        self.metric: str | None = None
+        self.enabled = True
+        self.state = "idle"         # idle | running | summarizing | done
+        self.sigint = False
+        self._previous: Any = None
+        self._registered = False
+
+    def start(self, sweep_dir: Path, enabled: bool, metric: str | None) -> None:
+        self.sweep_dir, self.enabled, self.metric = sweep_dir, enabled, metric
+        self.state, self.sigint = "running", False
+        if not self._registered:
+            atexit.register(self.at_exit)
+            self._registered = True
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if current != self._on_sigint:  # still ours after a sweep that raised: keep the original
+                self._previous = current
+            signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.sigint = True
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL / SIG_IGN / None: what Python does by default
+            raise KeyboardInterrupt
+
+    def end(self) -> None:
+        self.state = "done"
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def at_exit(self) -> None:
+        if not self.sigint or self.state == "done" or self.sweep_dir is None:
+            return
+        sweep_dir, how = self.sweep_dir, f"`topovlm summarize {self.sweep_dir}`"
+        if self.state == "summarizing" or not self.enabled:
+            print(f"\nsweep interrupted: no summary written; build it with {how}", file=sys.stderr, flush=True)
+            return
+        self.state = "done"
+        try:
+            from topovlm.results import rebuild_table
+            from topovlm.summary import build_summary
+
+            rows = rebuild_table(sweep_dir)
+            finished = sum(r.get("status") == "ok" for r in rows)
+            print(f"\nsweep interrupted: writing the summary of the {finished} finished job(s) "
+                  f"(without plots) to {sweep_dir}; jobs that did not finish are not in it", file=sys.stderr, flush=True)
+            summary = build_summary([sweep_dir], sweep_dir, metric=self.metric, plots=False)
+            print(f"summary of {len(summary.jobs)} finished job(s): {summary.files.get('markdown')}; "
+                  f"rerun the sweep to finish it, or {how} to rebuild the summary", file=sys.stderr, flush=True)
+        except BaseException as err:  # noqa: BLE001 - a second Ctrl-C or a summary error: say how
+            print(f"sweep interrupted: no summary written ({type(err).__name__}: {err}); build it with {how}",
+                  file=sys.stderr, flush=True)
+
+
+_INTERRUPTED = _Interrupted()
 
 
 class SummaryCallback(Callback):
@@ -155,7 +244,16 @@ class SummaryCallback(Callback):
         self.wandb = wandb
         self.metric = metric
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _INTERRUPTED.start(Path(config.hydra.sweep.dir), self.enabled, self.metric)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if _INTERRUPTED.state == "running":
+            _INTERRUPTED.state = "summarizing"
+        self._summarize(config)  # a Ctrl-C in here leaves state "summarizing": the exit says how to build it
+        _INTERRUPTED.end()
+
+    def _summarize(self, config: DictConfig) -> None:
         if not self.enabled:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -170,6 +268,8 @@ class SummaryCallback(Callback):
             log.exception("sweep summary failed; rebuild it with `topovlm summarize %s`", sweep_dir)
             return
         print("\n" + summary.terminal_markdown() + "\n", flush=True)
+        if any(f.get("status") != "failed" for f in summary.failures):  # results it could not trust
+            _EXIT_STATUS["code"] = 1
         if not self.wandb or not summary.jobs:
             return
         settings = OmegaConf.select(config, "logger.wandb")

@@ -65,3 +65,112 @@ def test_well_formed_barcodes_still_score(tmp_path, capsys):
     path.write_text(GOOD + "\n1,2,\n")  # a blank line, and an empty death: never dies
     assert main(["topo-score", str(path), "--representations", "4"]) == 0
     assert json.loads(capsys.readouterr().out)["representations"] == 4
+
+
+# --------------------------------------------------------------------------- Ctrl-C during a sweep
+
+INTERRUPT = """
+import os, runpy, signal, sys
+sys.path.insert(0, {root!r})
+import topovlm.runner, topovlm.summary
+owner, name = {{"load": (topovlm.runner, "load_model"), "summary": (topovlm.summary, "build_summary")}}[{where!r}]
+original, calls = getattr(owner, name), [0]
+def interrupting(*args, **kwargs):
+    if calls[0] == {nth}:
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this process
+    calls[0] += 1
+    return original(*args, **kwargs)
+setattr(owner, name, interrupting)
+os.chdir({root!r})
+sys.argv = ["launch.py", *{args!r}]
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+SWEEP = ["scorer=tail,random", "sparsity=0.25"]
+
+
+def _interrupt(tmp_path: Path, where: str, nth: int, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    sweep = tmp_path / "sweep"
+    args = ["-m", *fast(tmp_path), *SWEEP, f"hydra.sweep.dir={sweep}", *extra]
+    script = INTERRUPT.format(root=str(ROOT), where=where, nth=nth, args=args)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env())
+    return proc, sweep
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_sweep_writes_the_summary_of_what_finished(tmp_path):
+    proc, sweep = _interrupt(tmp_path, "load", 1)  # job 0 done; Ctrl-C while job 1 loads its model
+    out = log_of(proc)
+    assert proc.returncode != 0, out[-3000:]
+    assert "KeyboardInterrupt" in out
+    assert "sweep interrupted: writing the summary of the 1 finished job(s)" in out, out[-3000:]
+    md = (sweep / "summary.md").read_text()
+    assert "1 jobs from" in md and "| tail |" in md.replace("*", "")
+    assert [r["status"] for r in rows(sweep)] == ["ok"]
+    assert f"topovlm summarize {sweep}" in out  # and how to rebuild it
+    # the rerun finishes the sweep and replaces the partial summary
+    again = launch(["-m", *fast(tmp_path), *SWEEP, f"hydra.sweep.dir={sweep}"])
+    assert again.returncode == 0, log_of(again)[-3000:]
+    assert "2 jobs from" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_summary_is_built_or_with_it_off_says_how_to_build_it(tmp_path):
+    proc, sweep = _interrupt(tmp_path, "summary", 0)
+    out = log_of(proc)
+    assert proc.returncode != 0 and f"no summary written; build it with `topovlm summarize {sweep}`" in out, out[-3000:]
+    shutil.rmtree(sweep)
+    proc, sweep = _interrupt(tmp_path, "load", 1, "hydra.callbacks.summary.enabled=false")
+    out = log_of(proc)
+    assert proc.returncode != 0 and f"build it with `topovlm summarize {sweep}`" in out, out[-3000:]
+    assert not (sweep / "summary.md").exists()
+
+
+# --------------------------------------------------------------------------- a resumed job whose source moved
+
+@pytest.mark.slow
+def test_a_resumed_job_whose_source_moved_is_reported(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    job = ["scorer=tail", "sparsity=0.25"]
+    assert launch(["-m", *fast(tmp_path), *job, f"hydra.sweep.dir={first}"]).returncode == 0
+    proc = launch(["-m", *fast(tmp_path), *job, f"hydra.sweep.dir={second}"])
+    assert proc.returncode == 0 and "reusing its result" in log_of(proc), log_of(proc)[-3000:]
+    resumed = next(second.glob("*/results.json")).parent
+    assert (resumed / "samples.jsonl").is_symlink() and (resumed / "samples.jsonl").is_file()
+    first.rename(tmp_path / "moved")  # the source sweep moves: the links dangle
+    # the summary names the job and its missing outputs, and exits 1; its numbers stay in the tables
+    from topovlm.cli import main as cli
+
+    assert cli(["summarize", str(second), "--no-plots", "-q"]) == 1
+    md = (second / "summary.md").read_text()
+    failures = md.split("## Failures", 1)[1]
+    assert resumed.name in failures and "linked outputs gone" in failures and "samples.jsonl" in failures
+    assert "+force=true" in failures
+    assert len(list(csv_rows(second / "summary.csv"))) == 1
+    # rerunning the sweep says so too (the result itself is still complete)
+    again = launch(["-m", *fast(tmp_path), *job, f"hydra.sweep.dir={second}"])
+    assert "which is gone or moved: its outputs" in log_of(again) and "samples.jsonl" in log_of(again), \
+        log_of(again)[-3000:]
+
+
+def csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_outputs_that_already_dangle_are_not_linked_again(tmp_path, caplog):
+    from topovlm.results import link_outputs, missing_outputs
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "ranking.png").write_bytes(b"png")
+    os.symlink("../gone/samples.jsonl", src / "samples.jsonl")  # src was itself resumed from a moved job
+    assert link_outputs(src, dst) == ["ranking.png"]
+    assert "samples.jsonl" in caplog.text and "gone" in caplog.text
+    assert missing_outputs(dst) == [] and missing_outputs(src) == ["samples.jsonl"]
+    (src / "ranking.png").unlink()
+    assert missing_outputs(dst, ["ranking.png"]) == ["ranking.png"]
