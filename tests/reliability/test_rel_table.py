@@ -113,3 +113,33 @@ def test_force_reruns_and_a_truncated_result_never_duplicate_a_row(tmp_path):
     run_job(compose(ov), job, sweep_dir=sweep)
     assert len(rows(sweep)) == 1 and rows(sweep)[0]["status"] == "ok"
     assert json.loads((job / "results.json").read_text())["removed_layers"] == [8, 9, 10]
+
+
+def test_summarize_lists_torn_and_hand_edited_results_as_failures_and_exits_1(tmp_path):
+    """A real two-job sweep: its own summary passes the check (the metrics are recomputed from
+    samples.jsonl); a torn results.json and a hand-edited accuracy are Failures, exit 1."""
+    sweep = tmp_path / "sweep"
+    proc = launch(["-m", *fast(tmp_path), "scorer=tail,random", "sparsity=0.25", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, log_of(proc)[-3000:]
+
+    def summarize() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "topovlm.cli", "summarize", str(sweep), "--no-plots", "-q"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300, env=env())
+
+    clean = summarize()
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert "every job finished" in (sweep / "summary.md").read_text()
+    torn, edited = _complete(sweep)
+    text = (torn / "results.json").read_text()
+    (torn / "results.json").write_text(text[: len(text) // 2])
+    res = json.loads((edited / "results.json").read_text())
+    true_acc = res["metrics"]["accuracy"]
+    res["metrics"]["accuracy"] = 0.99
+    (edited / "results.json").write_text(json.dumps(res))
+    bad = summarize()
+    assert bad.returncode == 1 and "2 job(s) failed or could not be trusted" in bad.stderr, bad.stderr[-3000:]
+    failures = (sweep / "summary.md").read_text().split("## Failures", 1)[1]
+    assert "every job finished" not in failures
+    assert f"| {torn.name} |" in failures and "unreadable" in failures and "JSONDecodeError" in failures
+    assert f"| {edited.name} |" in failures and "inconsistent" in failures
+    assert f"accuracy=0.99, its {int(res['metrics']['num_samples'])} samples give {true_acc:.6g}" in failures
