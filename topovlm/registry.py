@@ -138,6 +138,9 @@ SCORERS: Registry = Registry("scorer", entry_point_group="topovlm.scorers", on_r
     "domain_aware": "baselines.domain_aware:DomainAwareScorer",
     "topo": "topovlm.topo.scorer:TopoScorer",
     "topo_llm": "topovlm.topo.scorer:TopoLLMScorer",
+    "topo_h0": "baselines.topo_h0:TopoH0Scorer",
+    "knn_overlap": "baselines.knn_overlap:KnnOverlapScorer",
+    "cka": "baselines.cka:CKAScorer",
 })
 SCORERS.base = _scorer_base()
 

@@ -44,7 +44,8 @@ def test_every_registry_lists_its_entries(kind):
     assert items and all(r["name"] and r["module"] for r in items)
     if kind == "scorers":
         names = {r["name"] for r in items}
-        assert {"topo", "cosine", "shortgpt", "angular", "short_lvlm", "domain_aware", "random", "tail"} <= names
+        assert {"topo", "cosine", "shortgpt", "angular", "short_lvlm", "domain_aware", "random", "tail",
+                "knn_overlap", "cka", "topo_h0"} <= names
         assert all("default_policy" in r for r in items)
     if kind == "statistics":
         assert {"token_cos", "tis_cos"} <= {r["name"] for r in items}
