@@ -104,6 +104,17 @@ class ScoringContext:
     seed: int = 0
     num_layers: int = 0
     out_dir: Path | None = None  # where diagnostics go (None: write nothing)
+    #: for scorers with ``needs_removal_loss``: ``removal_loss(layers)`` is the calibration loss
+    #: (mean NLL per answer or caption token) of the model with those layers (original indices)
+    #: removed. The harness removes them, runs the calibration set and restores the model;
+    #: the scorer never touches the model. ``removal_loss.passes`` counts the passes so far.
+    removal_loss: "RemovalLossFn | None" = None
+
+
+class RemovalLossFn(Protocol):
+    passes: int
+
+    def __call__(self, removed: Sequence[int]) -> float: ...
 
 
 class LayerScorer(abc.ABC):
@@ -119,6 +130,8 @@ class LayerScorer(abc.ABC):
     cacheable: ClassVar[bool] = True
     #: whether ``score`` fills ``ScoreResult.decision`` (``selection.policy=adaptive``)
     makes_decision: ClassVar[bool] = False
+    #: data-driven scorers (``ppl``, ``sleb``): ``score`` gets ``ctx.removal_loss``
+    needs_removal_loss: ClassVar[bool] = False
 
 
     def capture_spec(self) -> CaptureSpec:
@@ -135,6 +148,11 @@ class LayerScorer(abc.ABC):
     @abc.abstractmethod
     def score(self, capture: "Capture", ctx: ScoringContext) -> ScoreResult:
         """Score every decoder layer from calibration statistics."""
+
+    def removal_loss_samples(self, samples: Sequence[Any]) -> Sequence[Any]:
+        """The calibration samples ``ctx.removal_loss`` runs on (``needs_removal_loss``): all by
+        default; a scorer whose method calibrates on a subset returns it."""
+        return samples
 
     def params(self) -> dict[str, Any]:
         """Hyperparameters that identify this scorer's ranking (part of cache keys)."""

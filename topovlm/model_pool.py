@@ -12,7 +12,6 @@ switches it off.
 """
 from __future__ import annotations
 
-import copy
 import gc
 import hashlib
 import json
@@ -25,7 +24,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_PER_LAYER_FIELDS = ("num_hidden_layers", "layer_types", "no_rope_layers", "max_window_layers")
 
 
 _INT_VIEW = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
@@ -75,9 +73,7 @@ def weights_checksum(model: Any) -> str:
 class _Entry:
     key: str
     adapter: Any
-    layers: list[Any]  # the original decoder layer modules, in order
-    layer_idx: list[list[tuple[Any, int]]]  # per layer: (module, its layer_idx)
-    config: dict[str, Any]
+    snapshot: Any  # topovlm.pruning.LayerSnapshot of the model as loaded
     fingerprint: str
     in_use: bool = False
     loads: int = field(default=1)
@@ -109,31 +105,19 @@ class ModelPool:
         adapter = load(model_cfg)
         self.loads += 1
         if reuse:
-            layers = list(adapter.decoder_layers())
-            text_config = adapter.text_config()
-            self._entry = _Entry(
-                key=key, adapter=adapter, layers=layers,
-                layer_idx=[[(m, m.layer_idx) for m in layer.modules() if hasattr(m, "layer_idx")] for layer in layers],
-                config={f: copy.deepcopy(getattr(text_config, f)) for f in _PER_LAYER_FIELDS if hasattr(text_config, f)},
-                fingerprint=weights_checksum(adapter.model), in_use=True)
+            from topovlm.pruning import LayerSnapshot
+
+            self._entry = _Entry(key=key, adapter=adapter, snapshot=LayerSnapshot.take(adapter),
+                                 fingerprint=weights_checksum(adapter.model), in_use=True)
         return adapter
 
     def release(self, adapter: Any) -> None:
         """Undo the job's pruning; keep the model only if its weights are the loaded ones."""
-        from torch import nn
-
         entry = self._entry
         if entry is None or entry.adapter is not adapter:
             return
         entry.in_use = False
-        adapter.set_decoder_layers(nn.ModuleList(entry.layers))
-        for per_layer in entry.layer_idx:
-            for module, idx in per_layer:
-                module.layer_idx = idx
-        text_config = adapter.text_config()
-        for f, value in entry.config.items():
-            setattr(text_config, f, copy.deepcopy(value))
-        adapter.kept_layers = list(range(len(entry.layers)))
+        entry.snapshot.restore(adapter)
         adapter.model.eval()
         if weights_checksum(adapter.model) != entry.fingerprint:
             log.info("the job edited the model's weights: it is not reused (the next job loads it again)")

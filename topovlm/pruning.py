@@ -1,7 +1,11 @@
-"""Removing decoder layers so that the pruned model still caches, generates and saves correctly."""
+"""Removing decoder layers so that the pruned model still caches, generates and saves correctly,
+and putting them back (:class:`LayerSnapshot`, :func:`layers_removed`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from torch import nn
 
@@ -53,3 +57,48 @@ def _trim_per_layer_config(text_config: object, positions: list[int], num_before
         if isinstance(bound, int):
             setattr(text_config, name, sum(1 for p in positions if p < bound))
     text_config.num_hidden_layers = len(positions)
+
+
+# every config field that changes with the number of decoder layers
+_PER_LAYER_FIELDS = ("num_hidden_layers", *PER_LAYER_LISTS, *PER_LAYER_PREFIXES)
+
+
+@dataclass
+class LayerSnapshot:
+    """What :func:`remove_layers` changes: the decoder layer modules, each attention module's
+    ``layer_idx``, the per-layer config fields and ``kept_layers``; :meth:`restore` puts them back."""
+
+    layers: list[Any]
+    layer_idx: list[list[tuple[Any, int]]]  # per layer: (module, its layer_idx)
+    config: dict[str, Any]
+    kept: list[int]
+
+    @classmethod
+    def take(cls, adapter: "ModelAdapter") -> "LayerSnapshot":
+        layers = list(adapter.decoder_layers())
+        text_config = adapter.text_config()
+        return cls(layers=layers,
+                   layer_idx=[[(m, m.layer_idx) for m in layer.modules() if hasattr(m, "layer_idx")] for layer in layers],
+                   config={f: copy.deepcopy(getattr(text_config, f)) for f in _PER_LAYER_FIELDS if hasattr(text_config, f)},
+                   kept=list(adapter.kept_layers))
+
+    def restore(self, adapter: "ModelAdapter") -> None:
+        adapter.set_decoder_layers(nn.ModuleList(self.layers))
+        for per_layer in self.layer_idx:
+            for module, idx in per_layer:
+                module.layer_idx = idx
+        text_config = adapter.text_config()
+        for f, value in self.config.items():
+            setattr(text_config, f, copy.deepcopy(value))
+        adapter.kept_layers = list(self.kept)
+
+
+@contextmanager
+def layers_removed(adapter: "ModelAdapter", drop: Iterable[int]) -> Iterator[list[int]]:
+    """The model without ``drop`` (original indices) inside the block, whole again after it
+    (also when the block raises). Yields the original indices kept."""
+    snapshot = LayerSnapshot.take(adapter)
+    try:
+        yield remove_layers(adapter, drop)
+    finally:
+        snapshot.restore(adapter)

@@ -35,6 +35,7 @@ from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, JobResult,
                              rebuild_table, versions, write_json_atomic, write_result)
 from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
+from topovlm.removal_loss import CalibrationLoss
 from topovlm.ranking_store import SUFFIX as RANKING_SUFFIX, check_ranking, load_ranking, save_ranking
 from topovlm.storage import atomic_write, discard, entry_lock, inside, read_json, remove_stale_tmp, safe_name
 from topovlm.tracking import WandbRun, set_aside_incomplete_runs
@@ -202,6 +203,24 @@ def _load_ranking(path: Path, num_layers: int) -> ScoreResult | None:
         return None
 
 
+class _LazyLoss:
+    """``ctx.removal_loss``, tokenising the calibration set at its first call."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build, self._loss = build, None
+
+    def _get(self) -> Any:
+        if self._loss is None:
+            self._loss = self._build()
+        return self._loss
+
+    def __call__(self, removed: Any) -> float:
+        return self._get()(removed)
+
+    def __getattr__(self, name: str) -> Any:  # passes, seconds, num_samples, num_tokens
+        return getattr(self._get(), name)
+
+
 def _checked(scorer: LayerScorer, result: Any, num_layers: int) -> ScoreResult:
     """A scorer's result, checked before anything caches or selects from it."""
     try:
@@ -221,6 +240,9 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
     capture_key = digest(capture_id)
     captures = CaptureCache(job.cache / "captures")
     ctx = ScoringContext(seed=job.cfg.seed, num_layers=n_layers, out_dir=job.out_dir)
+    if scorer.needs_removal_loss:  # built lazily: a cached ranking needs no pass
+        ctx.removal_loss = _LazyLoss(lambda: CalibrationLoss(adapter, scorer.removal_loss_samples(samples),
+                                                             int(cal.batch_size)))
 
     def capture() -> Any:
         with timer("capture"):
