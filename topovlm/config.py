@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from topovlm.errors import ConfigError
 from topovlm.selection import POLICIES, SelectionConfig
@@ -196,7 +196,7 @@ def check_keys(cfg: DictConfig, schema: type = RunConfig, prefix: str = "", extr
     fields = _schema_fields(schema)
     for key in cfg.keys():
         key = str(key)
-        if key in fields or key in extras:
+        if key in fields or key in extras or (not prefix and key == "hydra"):  # Hydra's own node, when composed in
             continue
         path = f"{prefix}{key}"
         known = sorted(fields)
@@ -348,7 +348,8 @@ def _check_values(cfg: DictConfig) -> None:
     check_keys(cfg)
     for key, (kind, low, high) in RANGES.items():
         _in_range(key, OmegaConf.select(cfg, key), kind, low, high)
-    _check_seeds(OmegaConf.to_container(cfg, resolve=True))
+    _check_seeds({k: OmegaConf.to_container(v, resolve=True) if isinstance(v, (DictConfig, ListConfig)) else v
+                  for k, v in cfg.items() if k != "hydra"})  # hydra's node resolves only inside a job
     _check_generation(cfg)
     if not 0.0 <= float(cfg.sparsity) < 1.0:
         raise ConfigError(f"sparsity={cfg.sparsity} must be in [0, 1)")
