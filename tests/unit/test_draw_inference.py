@@ -273,3 +273,28 @@ def test_summarize_a_sweep_with_varying_draws_end_to_end(tmp_path: Path, capsys)
     assert float(cal["shortgpt"]["new_draw_pi_low"]) == pytest.approx(float(cal["shortgpt"]["new_draw_pi_high"]))
     out = capsys.readouterr().out
     assert "comparison of scorers (confirmatory family" in out
+
+
+def test_perplexity_draws_test_the_per_sample_loss_and_keep_the_ratio_per_draw():
+    """A loss metric: each draw's value is the token-weighted perplexity, the pairs are tested on
+    the per-sample loss, lower is better, and no equivalence margin applies."""
+    from topovlm.summary.statistics import cell_draws
+
+    rng = np.random.default_rng(9)
+    toks = rng.integers(5, 20, 60)
+
+    def recs(shift: float) -> list[dict]:
+        loss = 2.0 + shift + rng.normal(0, 0.3, 60)
+        return [{"key": f"q{i}", "nll_sum": float(l * t), "num_tokens": int(t)} for i, (l, t) in enumerate(zip(loss, toks))]
+
+    good = [recs(0.0), recs(0.02), recs(-0.02)]
+    bad = [recs(0.5)] * 3
+    cd = cell_draws(good, "perplexity")
+    assert cd.kind == "ratio" and cd.values.shape == (3, 60)
+    first = good[0]
+    assert cd.draw_values[0] == pytest.approx(math.exp(sum(r["nll_sum"] for r in first) / sum(toks)))
+    assert cd.values[0, 0] == pytest.approx(first[0]["nll_sum"] / first[0]["num_tokens"])
+    bad_cd = cell_draws(bad, "perplexity")
+    v = stats.compare_all_pairs({"good": cd.values, "bad": bad_cd.values}, higher_is_better=False, binary=False)
+    assert v["good"].kind == stats.VERDICT_BEST and v["bad"].kind == stats.VERDICT_WORSE
+    assert v["bad"].vs_best.test == "draw_t" and v["bad"].vs_best.diff > 0.4 and v["bad"].vs_best.tost_p is None

@@ -378,7 +378,7 @@ def compare(table: MetricTable, jobs: list[SummaryJob], alpha: float = 0.05, mar
             v = verdicts.get(c.label)
             if v is None:
                 continue
-            c.verdict, c.verdict_text, c.test, c.p_holm = v.kind, v.text, v.vs_best, v.p_holm
+            c.verdict, c.verdict_text, c.test, c.p_holm, c.best = v.kind, v.text, v.vs_best, v.p_holm, v.best
             c.worse_than, c.draws_needed, c.tost_p_holm, c.family_size = v.worse_than, v.draws_needed, v.tost_p_holm, v.family_size
             c.margin = m
             c.p_best = bs.p_best.get(c.label) if bs else None
