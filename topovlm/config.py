@@ -263,7 +263,8 @@ def build_scorer(scorer_cfg: DictConfig | dict) -> "LayerScorer":
         try:
             cls = hydra.utils.get_class(target)
         except Exception as err:  # noqa: BLE001 - ImportError, AttributeError, ValueError from _locate
-            raise ConfigError(f"scorer._target_={target!r} cannot be imported ({err}); "
+            why = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+            raise ConfigError(f"scorer._target_={target!r} cannot be imported ({why}); "
                               "is its package on PYTHONPATH?") from None
         if not (isinstance(cls, type) and issubclass(cls, LayerScorer)):
             raise ConfigError(f"scorer._target_={target!r} is not a LayerScorer subclass")
