@@ -228,6 +228,8 @@ JSONL = ["calibration.dataset.source=jsonl", "calibration.n=2", "model=tiny_llav
     ([_rec(0), _rec(1), _rec(0)], r"calibration.jsonl:3: id 'r0' repeats line 1"),
     ([_rec(0), json.dumps({"id": "r1", "answer": "a"})], r"calibration.jsonl:2: the record has no question"),
     ([_rec(0), "[1, 2]"], r"calibration.jsonl:2: a record is a JSON object, not list"),
+    ([_rec(0), _rec(1, answer=["red", "crimson"])], r"calibration.jsonl:2: answer must be a string or a number, not list"),
+    ([_rec(0), _rec(1, question=7)], r"calibration.jsonl:2: question must be a non-empty string, not 7"),
 ])
 def test_jsonl_source_is_parsed_in_the_preflight_naming_file_and_line(tmp_path, lines, needle):
     from topovlm.data.sources import SourceError

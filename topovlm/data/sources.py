@@ -67,6 +67,12 @@ def read_vqa_jsonl(root: str | Path, split: str) -> list[tuple[int, dict[str, An
         missing = [k for k in JSONL_REQUIRED if k not in rec]
         if missing:
             raise SourceError(f"{where}: the record has no {', '.join(missing)} (each needs {', '.join(JSONL_REQUIRED)})")
+        if not isinstance(rec["question"], str) or not rec["question"].strip():
+            raise SourceError(f"{where}: question must be a non-empty string, not {rec['question']!r}")
+        answer = rec.get("answer")
+        if answer is not None and (isinstance(answer, bool) or not isinstance(answer, (str, int, float))):
+            # str() of a list or a bool would be scored as a word ("[...]", "True" -> "yes")
+            raise SourceError(f"{where}: answer must be a string or a number, not {type(answer).__name__}")
         rid = str(rec["id"])
         if rid in seen:
             raise SourceError(f"{where}: id {rid!r} repeats line {seen[rid]}")
@@ -109,7 +115,8 @@ def _jsonl(ds: Any, n: int | None, seed: int) -> list[VQASample]:
             except OSError as err:
                 raise SourceError(f"{root / f'{ds.split}.jsonl'}:{number}: record id={rec['id']!r}: "
                                   f"image {root / str(rec['image'])} cannot be read ({err})") from None
-        out.append(VQASample(str(rec["id"]), image, str(rec["question"]), str(rec.get("answer", "")),
+        answer = rec.get("answer")
+        out.append(VQASample(str(rec["id"]), image, rec["question"], "" if answer is None else str(answer),
                              str(rec.get("domain", "default")), str(rec.get("category", ""))))
     return out
 
