@@ -291,6 +291,9 @@ def sample_mismatches(job: SummaryJob) -> list[str]:
         return []
     records = read_samples(path)
     job.records, job.records_read = records, True
+    keys = [r.get("key", r.get("id")) for r in records]
+    if len(set(map(str, keys))) != len(keys):
+        return []  # one record per sample and filter (lmms-eval with several filters): which is scored is not said
     again = recompute_metrics(records)
     out = []
     for metric, value in sorted(job.metrics.items()):
