@@ -1,17 +1,27 @@
 #!/usr/bin/env python
-"""Throughput of the harness itself on the embedded default, each ratio measured in one run.
+"""Throughput of the harness on the embedded default against the machine's measured matmul bound.
 
     python bench/throughput.py                  # -> bench/results/throughput_<date>.md
-    python bench/throughput.py --sweep          # + the README's main sweep, with and without model reuse
+    python bench/throughput.py --sweep          # + the main sweep and a fast first run, cold
 
-* evaluation: the ``vqa`` evaluator (generation only) on the first ``--questions`` test questions at batch 16
-  and at batch 1 (greedy, left-padded; the answers are compared too);
-* calibration: peak memory (this process's resident-set high-water mark, reset before each
-  pass) of the calibration forward over N=128 samples with full-vocabulary logits and
-  without them (the harness's pass keeps the logits of one position);
-* ``--sweep``: wall time of ``launch.py -m scorer=topo,cosine sparsity=0.1,0.2,0.3`` on a
-  cold cache (model build excluded: the assembled default model stays cached), and the
-  share of the summed job time that is neither calibration nor evaluation.
+Every timing is written next to the machine's load averages (``uptime``) when it started: the
+machine is shared, so only ratios measured within one run are compared.
+
+* matmul bound: torch float32 matmuls at the model's shapes and a square one, the same threads;
+  the bound is the fastest of them;
+* evaluation: the ``vqa`` evaluator on the first ``--questions`` test questions at batch 16,
+  generation only and with ``accuracy_mc`` from the prompt pass (ABBA order), and the
+  per-candidate forward (one pass over prompt + candidate each, the previous implementation)
+  as the reference: its picks must equal the prompt pass's, question by question;
+* FLOPs (torch's FlopCounterMode: every matmul and attention of the pass, counted in a separate
+  run of the same pass) of the evaluation pass and of the calibration pass (N=128 prompts), and
+  the share of the bound each pass reaches (the evaluation's counted on its first 64 questions);
+* shared prefix: the tokens every prompt shares (chat template before the image) and what
+  computing them once could save at most, measured on the prompt pass;
+* ``--sweep``: wall time of ``launch.py -m scorer=topo,cosine sparsity=0.1,0.2,0.3`` into a
+  fresh cache (the assembled default model linked in: model build excluded), and of the fast
+  first run (the same with ``task.limit=80``) into an empty cache, model build included and
+  timed on its own; the summed stage timings of the jobs say where the time goes.
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -31,6 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.default_model_speed import machine  # noqa: E402
+
+MAIN_SWEEP = ("scorer=topo,cosine", "sparsity=0.1,0.2,0.3")
+FAST_FIRST_RUN = (*MAIN_SWEEP, "task.limit=80")
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as ``uptime`` prints them."""
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def _compose(overrides=()):
@@ -43,26 +63,182 @@ def _compose(overrides=()):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def eval_throughput(adapter, n: int) -> list[str]:
+def matmul_bound(seconds: float = 0.5) -> tuple[float, list[str]]:
+    """The fastest float32 matmul rate (GFLOP/s) at the model's shapes and a square one."""
+    shapes = [("square 1024", 1024, 1024, 1024),
+              ("prompt pass MLP (16 x 45 tokens, 576 -> 1536)", 720, 576, 1536),
+              ("prompt pass attention projection (720 tokens, 576 -> 576)", 720, 576, 576),
+              ("decode step MLP (16 tokens, 576 -> 1536)", 16, 576, 1536),
+              ("LM head, one position per row (16, 576 -> 49153)", 16, 576, 49153)]
+    rows = []
+    for label, m, k, n in shapes:
+        x, w = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(x, w)
+        best = 0.0
+        for _ in range(3):
+            reps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / 3:
+                torch.mm(x, w)
+                reps += 1
+            best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9)
+        rows.append((label, best))
+    bound = max(r for _, r in rows)
+    out = ["| matmul (float32) | GFLOP/s |", "| --- | --- |"]
+    out += [f"| {label} | {rate:.1f} |" for label, rate in rows]
+    out.append(f"\nBound: **{bound:.1f} GFLOP/s** (the fastest; {torch.get_num_threads()} threads, {load_average()})")
+    return bound, out
+
+
+def _task(n: int, mc: bool):
     from omegaconf import OmegaConf
 
+    cfg = _compose([f"task.limit={n}", f"task.options.multiple_choice={str(mc).lower()}"]).task
+    return OmegaConf.create(OmegaConf.to_container(cfg))
+
+
+def _evaluate(adapter, n: int, mc: bool):
     from topovlm.evaluation.vqa import VQAEvaluator
 
-    rows, answers = [], {}
-    for bs in (16, 1):
-        cfg = _compose([f"task.limit={n}", f"task.batch_size={bs}", "task.options.multiple_choice=false"]).task
-        ev = VQAEvaluator(OmegaConf.create(OmegaConf.to_container(cfg)))
-        start = time.perf_counter()
-        metrics = ev.evaluate(adapter)
-        wall = time.perf_counter() - start
-        answers[bs] = [p["prediction"] for p in ev.predictions]
-        rows.append((bs, wall, n / wall, metrics["accuracy"]))
-    same = answers[16] == answers[1]
-    out = ["| batch size | wall s | questions/s | accuracy |", "| --- | --- | --- | --- |"]
-    out += [f"| {bs} | {w:.1f} | {q:.2f} | {a:.3f} |" for bs, w, q, a in rows]
-    out.append(f"\nbatch 16 / batch 1 throughput: **{rows[0][2] / rows[1][2]:.2f}x** "
-               f"(goal >= 5x); answers identical: {same}")
+    ev = VQAEvaluator(_task(n, mc))
+    load, start = load_average(), time.perf_counter()
+    metrics = ev.evaluate(adapter)
+    return time.perf_counter() - start, load, metrics, ev.predictions
+
+
+def _count_flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def evaluation(adapter, n: int, ratio_n: int, bound: float, flop_questions: int = 64) -> list[str]:
+    """Generation alone vs generation + accuracy_mc on ``ratio_n`` questions (ABBA); the prompt
+    pass's picks against the per-candidate reference on ``n``; FLOPs and share of the bound."""
+    from topovlm.data.sources import load_samples
+    from topovlm.evaluation.base import choice_loglikelihoods
+    from topovlm.evaluation.vqa import candidate_answers, pick_answers
+
+    for mc in (False, True):  # warm-up: the first passes pay one-off kernel and allocator set-up
+        _evaluate(adapter, 16, mc)
+    runs = {False: [], True: []}
+    for mc in (False, True, True, False):
+        runs[mc].append(_evaluate(adapter, ratio_n, mc))
+    out = [f"### Cost of accuracy_mc: the first {ratio_n} questions, batch 16, ABBA order", "",
+           "| pass | wall s | questions/s | load averages at its start | accuracy | accuracy_mc |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for mc in (False, True):
+        label = "generation + accuracy_mc (prompt pass)" if mc else "generation only"
+        for wall, ld, m, _ in runs[mc]:
+            mc_value = f"{m['accuracy_mc']:.4f}" if mc else ""
+            out.append(f"| {label} | {wall:.1f} | {ratio_n / wall:.2f} | {ld} | {m['accuracy']:.3f} | {mc_value} |")
+    gen = sum(w for w, *_ in runs[False]) / 2
+    with_mc = sum(w for w, *_ in runs[True]) / 2
+    answers_same = len({tuple(r["prediction"] for r in preds) for *_, preds in runs[False] + runs[True]}) == 1
+    out += ["", f"Evaluation with accuracy_mc / without: **{with_mc / gen:.3f}x** (mean of the ABBA pairs; "
+            f"goal <= 1.2x); generated answers identical across the four passes: {answers_same}.", ""]
+
+    wall_mc, load_mc, metrics, preds = _evaluate(adapter, n, True)
+    cfg = _task(n, True)
+    samples = load_samples(cfg.dataset)[:n]
+    choices = candidate_answers(samples)
+    load, start = load_average(), time.perf_counter()
+    scores = choice_loglikelihoods(adapter, samples, choices, batch_size=cfg.batch_size)
+    ref_wall = time.perf_counter() - start
+    picks = pick_answers(choices, scores)
+    ref_acc = sum(p == s.answer for p, s in zip(picks, samples)) / n
+    margins = sorted(sorted(sc)[-1] - sorted(sc)[-2] for sc in scores)
+    agree = sum(r["prediction_mc"] == p for r, p in zip(preds, picks))
+    out += [f"### Against the previous implementation: the first {n} questions", "",
+            "| pass | wall s | load averages at its start | accuracy_mc |", "| --- | --- | --- | --- |",
+            f"| generation + accuracy_mc (prompt pass) | {wall_mc:.1f} | {load_mc} | {metrics['accuracy_mc']:.4f} |",
+            f"| accuracy_mc alone, one forward per candidate (previous implementation) | {ref_wall:.1f} | {load} | "
+            f"{ref_acc:.4f} |", "",
+            f"Picks identical to the previous implementation's: **{agree} of {n}** questions; accuracy_mc equal: "
+            f"{metrics['accuracy_mc'] == ref_acc} (also per category: "
+            f"{all(metrics[k] == v for k, v in _mc_metrics(samples, picks).items())}). Smallest gap between a "
+            f"question's best and second-best candidate: {margins[0]:.2e} nats (median {margins[len(margins) // 2]:.2f}).",
+            ""]
+
+    # counted on the first flop_questions (whole batches), scaled to the timed questions
+    k = min(ratio_n, flop_questions)
+    flops_mc = _count_flops(lambda: _evaluate(adapter, k, True)) * ratio_n / k
+    flops_gen = _count_flops(lambda: _evaluate(adapter, k, False)) * ratio_n / k
+    out += [f"### FLOPs and share of the bound ({ratio_n} questions; counted on the first {k} and scaled)", "",
+            "| pass | GFLOP | wall s | GFLOP/s | share of the bound |", "| --- | --- | --- | --- | --- |",
+            f"| evaluation, generation only | {flops_gen / 1e9:.0f} | {gen:.1f} | {flops_gen / 1e9 / gen:.1f} | "
+            f"{flops_gen / 1e9 / gen / bound:.0%} |",
+            f"| evaluation + accuracy_mc | {flops_mc / 1e9:.0f} | {with_mc:.1f} | {flops_mc / 1e9 / with_mc:.1f} | "
+            f"{flops_mc / 1e9 / with_mc / bound:.0%} |"]
     return out
+
+
+def _mc_metrics(samples, picks) -> dict[str, float]:
+    from topovlm.evaluation.vqa import exact_match_metrics
+
+    return {k.replace("accuracy", "accuracy_mc", 1): v for k, v in exact_match_metrics(samples, picks).items()}
+
+
+def calibration(adapter, bound: float) -> list[str]:
+    """The calibration pass as the harness runs it (one position's logits), timed, then counted."""
+    from topovlm.capture import run_capture
+    from topovlm.data.sources import load_samples
+
+    cal = _compose().calibration
+    samples = load_samples(cal.dataset, n=cal.n, seed=cal.seed)
+    run_capture(adapter, samples[:cal.batch_size], batch_size=cal.batch_size)  # warm-up
+    load, start = load_average(), time.perf_counter()
+    run_capture(adapter, samples, batch_size=cal.batch_size)
+    wall = time.perf_counter() - start
+    flops = _count_flops(lambda: run_capture(adapter, samples, batch_size=cal.batch_size))
+    return [f"| calibration (N={cal.n}, batch {cal.batch_size}) | {flops / 1e9:.0f} | {wall:.1f} | "
+            f"{flops / 1e9 / wall:.1f} | {flops / 1e9 / wall / bound:.0%} | {load} |"]
+
+
+def shared_prefix(adapter, repeats: int = 5) -> list[str]:
+    """What a prefix cache could save at most: the prompt pass with and without the tokens
+    every prompt shares (the chat template before the image), timed alternately."""
+    from topovlm.data.sources import load_samples
+
+    samples = load_samples(_compose().task.dataset)[:64]
+    batches = [adapter.build_inputs(samples[i:i + 16]) for i in range(0, len(samples), 16)]
+    rows = [ids[mask.bool()].tolist() for b in batches for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+    image = adapter.vision_mask(batches[0]["input_ids"][:1])[0]
+    first_image = int(image.nonzero()[0, 0] - (1 - batches[0]["attention_mask"][0]).sum()) if image.any() else 10**9
+    shared = 0  # the visual tokens differ per image: the shared prefix ends before them
+    while shared < first_image and all(len(r) > shared and r[shared] == rows[0][shared] for r in rows):
+        shared += 1
+    mean_len = sum(len(r) for r in rows) / len(rows)
+
+    def without_prefix(b):  # each row's tokens after the shared prefix, left-padded again
+        real = [ids[mask.bool()][shared:] for ids, mask in zip(b["input_ids"], b["attention_mask"])]
+        width = max(len(r) for r in real)
+        ids = torch.full((len(real), width), adapter.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for k, r in enumerate(real):
+            ids[k, width - len(r):], mask[k, width - len(r):] = r, 1
+        return {**b, "input_ids": ids, "attention_mask": mask}
+
+    cut = [without_prefix(b) for b in batches]
+    tok = adapter.tokenizer
+    ids = [rows[0]]
+    times = {"full": [], "cut": []}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first round is a warm-up
+            for label, bs in (("full", batches), ("cut", cut)):
+                start = time.perf_counter()
+                for b in bs:
+                    adapter.model(**b, use_cache=True, logits_to_keep=1)
+                times[label].append(time.perf_counter() - start)
+    full, without = min(times["full"][1:]), min(times["cut"][1:])
+    return [f"Shared prefix: {shared} tokens ({tok.convert_ids_to_tokens(ids[0][:shared])}) of a mean "
+            f"{mean_len:.1f}-token prompt (before the 16 visual tokens, which differ per image).",
+            "",
+            "| prompt pass over 64 questions (batch 16), best of {} | wall s |".format(repeats), "| --- | --- |",
+            f"| full prompts | {full:.3f} |", f"| without the shared prefix (an upper bound on a prefix cache) | "
+            f"{without:.3f} |", "",
+            f"At most {(full - without) / full:.1%} of the prompt pass ({load_average()} at the end)."]
 
 
 _CAPTURE_CHILD = """
@@ -105,56 +281,106 @@ def calibration_memory(threads: int) -> list[str]:
     return out
 
 
-def sweep(extra: list[str], variants: tuple[str, ...] = ("reuse", "no_reuse")) -> list[str]:
-    out = []
-    for label, args in (("one model load per process", []), ("a load per job", ["reuse_model=false"])):
-        if ("reuse" if not args else "no_reuse") not in variants:
-            continue
-        cache = tempfile.mkdtemp(prefix="topovlm-sweep-cache-")
-        sweep_dir = tempfile.mkdtemp(prefix="topovlm-sweep-")
-        env = {**os.environ, "TOPOVLM_CACHE": cache}
-        # the assembled default model is reused: only captures, rankings and evaluations are cold
-        default = Path(os.environ.get("TOPOVLM_CACHE", Path.home() / ".cache" / "topovlm"))
-        for entry in default.glob("default-vlm-*"):
-            os.symlink(entry, Path(cache) / entry.name)
-        for entry in default.glob("smollm2*"):
-            os.symlink(entry, Path(cache) / entry.name)
-        cmd = [sys.executable, "launch.py", "-m", "scorer=topo,cosine", "sparsity=0.1,0.2,0.3", "logger=none",
-               f"hydra.sweep.dir={sweep_dir}", *args, *extra]
-        start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            out.append(f"| {label} | failed (exit {proc.returncode}) | | |")
-            print(proc.stderr[-3000:])
-            continue
-        jobs = [json.loads(p.read_text()) for p in Path(sweep_dir).glob("*/results.json")]
-        total = sum(sum(v for v in j["timings"].values()) for j in jobs)
-        work = sum(j["timings"].get(k, 0.0) for j in jobs for k in ("capture", "evaluate", "reference_evaluate"))
-        out.append(f"| {label} | {wall:.0f} | {len(jobs)} | {100 * (1 - work / total):.1f}% |")
-    return ["| sweep | wall s | jobs | share of job time outside calibration and evaluation |",
-            "| --- | --- | --- | --- |", *out]
+def _link_model(src_cache: Path, cache: Path) -> None:
+    """The assembled default model and its language model, reused: only captures, rankings and
+    evaluations are cold."""
+    for pattern in ("default-vlm-*", "smollm2*"):
+        for entry in src_cache.glob(pattern):
+            os.symlink(entry, cache / entry.name)
+
+
+def _stage_sums(sweep_dir: Path) -> tuple[int, dict[str, float]]:
+    sums: dict[str, float] = defaultdict(float)
+    jobs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")]
+    for job in jobs:
+        for stage, seconds in job.get("timings", {}).items():
+            sums[stage] += seconds
+    return len(jobs), dict(sums)
+
+
+def sweep(label: str, overrides: tuple[str, ...], build_model: bool) -> tuple[list[str], dict[str, float]]:
+    cache = Path(tempfile.mkdtemp(prefix="topovlm-sweep-cache-"))
+    sweep_dir = Path(tempfile.mkdtemp(prefix="topovlm-sweep-"))
+    env = {**os.environ, "TOPOVLM_CACHE": str(cache)}
+    build = None
+    if build_model:  # the first use builds the default model (SmolLM2 from PyPI); timed on its own
+        load, start = load_average(), time.perf_counter()
+        subprocess.run([sys.executable, "-c", "from topovlm.default_model import ensure_default_model as e; e()"],
+                       cwd=ROOT, env=env, check=True, capture_output=True)
+        build = (time.perf_counter() - start, load)
+    else:
+        _link_model(Path(os.environ.get("TOPOVLM_CACHE", Path.home() / ".cache" / "topovlm")), cache)
+    cmd = [sys.executable, "launch.py", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    load, start = load_average(), time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    end_load = load_average()
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        return [f"| {label} | failed (exit {proc.returncode}) | | | |"], {}
+    jobs, sums = _stage_sums(sweep_dir)
+    rows = [f"| {label}: `launch.py -m {' '.join(overrides)}` | {wall:.0f} | {jobs} | {load} | {end_load} |"]
+    if build:
+        rows.append(f"| {label}: model build before it (`ensure_default_model`, SmolLM2 from PyPI) | "
+                    f"{build[0]:.0f} | | {build[1]} | |")
+        rows.append(f"| {label}: cold total, model build included | {wall + build[0]:.0f} | | | |")
+    return rows, {"wall": wall, **sums}
+
+
+def sweeps() -> list[str]:
+    rows, stages = [], {}
+    for label, overrides, build in (("main sweep", MAIN_SWEEP, False), ("fast first run", FAST_FIRST_RUN, True)):
+        r, s = sweep(label, overrides, build)
+        rows += r
+        stages[label] = s
+    out = ["| run (cold cache, W&B offline as `make demo`) | wall s | jobs | load averages at start | at end |",
+           "| --- | --- | --- | --- | --- |", *rows, "",
+           "Where the time goes (seconds summed over the jobs' `timings`; the rest of the wall time is start-up,"
+           " the model load, the sweep's summary and plots):", ""]
+    names = sorted({k for s in stages.values() for k in s if k != "wall"},
+                   key=lambda k: -max(s.get(k, 0.0) for s in stages.values()))
+    out += ["| stage | " + " | ".join(stages) + " |", "| --- |" + " --- |" * len(stages)]
+    out += [f"| {k} | " + " | ".join(f"{s.get(k, 0.0):.1f}" for s in stages.values()) + " |" for k in names]
+    return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--questions", type=int, default=64)
+    p.add_argument("--questions", type=int, default=400, help="questions of the reference comparison")
+    p.add_argument("--ratio-questions", type=int, default=96,
+                   help="questions of the ABBA timing of evaluation with and without accuracy_mc")
+    p.add_argument("--no-passes", action="store_true", help="only the sweeps (with --sweep)")
+    p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/throughput_<date>.md)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="also time the main sweep and the fast first run, cold")
+    p.add_argument("--memory", action="store_true", help="also the calibration pass's peak memory with full logits")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from topovlm.adapters.loading import load_adapter
 
-    adapter = load_adapter(_compose().model)
     lines = [f"# Harness throughput on the embedded default ({dt.date.today().isoformat()})", "",
-             f"Machine: {machine()}. Shared machine: compare ratios within this file only.", "",
-             "## Evaluation: batch 16 vs batch 1", "", *eval_throughput(adapter, args.questions), "",
-             "## Calibration pass: full-vocabulary logits vs one position", "", *calibration_memory(args.threads), ""]
+             f"Machine: {machine()}, nproc {os.cpu_count()}. Shared machine: load averages next to every timing; "
+             f"compare ratios within this file only. Started at {load_average()}.", ""]
+    if not args.no_passes:
+        bound, table = matmul_bound()
+        lines += ["## Matmul bound", "", *table, ""]
+        adapter = load_adapter(_compose().model)
+        lines += ["## Evaluation: accuracy_mc from the prompt pass", "",
+                  *evaluation(adapter, args.questions, args.ratio_questions, bound), ""]
+        print("\n".join(lines), flush=True)
+        lines += ["## Calibration pass", "", "| pass | GFLOP | wall s | GFLOP/s | share of the bound | load averages |",
+                  "| --- | --- | --- | --- | --- | --- |", *calibration(adapter, bound), ""]
+        lines += ["## Shared prefix", "", *shared_prefix(adapter), ""]
+        print("\n".join(lines), flush=True)
+        del adapter
+    if args.memory:
+        lines += ["## Calibration pass: full-vocabulary logits vs one position", "",
+                  *calibration_memory(args.threads), ""]
     if args.sweep:
-        lines += ["## The README's main sweep, cold caches", "", *sweep([]), ""]
+        lines += ["## The main sweep and the fast first run, cold", "", *sweeps(), ""]
     text = "\n".join(lines)
     print(text)
-    out = ROOT / "bench" / "results" / f"throughput_{dt.date.today().isoformat()}.md"
+    out = args.out or ROOT / "bench" / "results" / f"throughput_{dt.date.today().isoformat()}.md"
     out.write_text(text + "\n")
     print(f"written: {out}")
     return 0
