@@ -23,7 +23,12 @@ class VQAEvaluator(Evaluator):
     domain and category too): the candidate answer the model finds most likely among its
     category's closed answer set (every answer of that category in the evaluated split), as
     lm-evaluation-harness scores multiple-choice tasks. A model whose generations stop parsing
-    still ranks candidates, so this metric degrades towards chance rather than to 0.
+    still ranks candidates, so this metric degrades towards chance rather than to 0. The prompt
+    runs once per question: the generation's prompt pass gives the single-token candidates'
+    log-likelihoods (its first step's logits) and the keys/values longer candidates continue
+    from; the picks equal one forward per candidate
+    (:func:`~topovlm.evaluation.base.choice_loglikelihoods`, the fallback where the cache cannot
+    be reused).
     """
 
     HIGHER_IS_BETTER = {"accuracy": True, "accuracy_mc": True}
