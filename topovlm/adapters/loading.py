@@ -72,7 +72,7 @@ def _from_pretrained(auto_model: Any, path: str, kwargs: dict[str, Any]) -> Any:
     except Exception:
         if not Path(path).is_dir():
             raise
-        from topovlm.preflight import weights_problem
+        from topovlm.adapters.weights_check import weights_problem
 
         why = weights_problem(path)
         if why is None:
