@@ -109,6 +109,9 @@ class ScoringContext:
     #: removed. The harness removes them, runs the calibration set and restores the model;
     #: the scorer never touches the model. ``removal_loss.passes`` counts the passes so far.
     removal_loss: "RemovalLossFn | None" = None
+    #: for scorers with ``needs_dev_metric`` (the oracle): ``dev_metric(layers)`` is (the task
+    #: metric, each question's 0/1 result) on the development split with those layers removed
+    dev_metric: "Any | None" = None
 
 
 class RemovalLossFn(Protocol):
@@ -132,6 +135,8 @@ class LayerScorer(abc.ABC):
     makes_decision: ClassVar[bool] = False
     #: data-driven scorers (``ppl``, ``sleb``): ``score`` gets ``ctx.removal_loss``
     needs_removal_loss: ClassVar[bool] = False
+    #: the oracle: ``score`` gets ``ctx.dev_metric``, built from ``dev_task(cfg.task)``
+    needs_dev_metric: ClassVar[bool] = False
 
 
     def capture_spec(self) -> CaptureSpec:

@@ -141,6 +141,9 @@ SCORERS: Registry = Registry("scorer", entry_point_group="topovlm.scorers", on_r
     "topo_h0": "baselines.topo_h0:TopoH0Scorer",
     "knn_overlap": "baselines.knn_overlap:KnnOverlapScorer",
     "cka": "baselines.cka:CKAScorer",
+    "ppl": "baselines.ppl:PPLScorer",
+    "sleb": "baselines.sleb:SLEBScorer",
+    "oracle": "topovlm.oracle:OracleScorer",
 })
 SCORERS.base = _scorer_base()
 

@@ -82,3 +82,41 @@ class CalibrationLoss:
         self.passes += 1
         self.seconds += time.perf_counter() - start
         return nll / self.num_tokens
+
+
+#: the per-question 0/1 field of an evaluator's records behind each accuracy metric
+CORRECT_FIELD = {"accuracy": "correct", "accuracy_mc": "correct_mc"}
+
+
+@dataclasses.dataclass
+class DevResult:
+    value: float          # the task metric on the development split
+    correct: list[bool]   # each question's 0/1 result behind it
+    loss: float           # the mean NLL of the development answers (the tie-break of equal metrics)
+
+
+class DevMetric:
+    """``dev(removed)``: the task metric on the development split without ``removed``, each
+    question's 0/1 result and the answers' loss. The oracle analysis measures real removal damage
+    with it; the dev split is disjoint from the test questions and from the calibration samples."""
+
+    def __init__(self, adapter: "ModelAdapter", task_cfg: Any, metric: str) -> None:
+        from topovlm.data.sources import load_samples
+        from topovlm.evaluation import build_evaluator
+
+        if metric not in CORRECT_FIELD:
+            raise ValueError(f"metric={metric!r}; allowed: {', '.join(CORRECT_FIELD)}")
+        self.adapter, self.metric = adapter, metric
+        self.evaluator = build_evaluator(task_cfg)
+        self.loss = CalibrationLoss(adapter, load_samples(task_cfg.dataset), int(task_cfg.batch_size))
+        self.passes, self.seconds = 0, 0.0
+
+    def __call__(self, removed: Sequence[int] = ()) -> DevResult:
+        start = time.perf_counter()
+        with layers_removed(self.adapter, removed):
+            metrics = self.evaluator.evaluate(self.adapter)
+        records = self.evaluator.sample_records() or []
+        loss = self.loss(removed)
+        self.passes += 1
+        self.seconds += time.perf_counter() - start
+        return DevResult(float(metrics[self.metric]), [bool(r[CORRECT_FIELD[self.metric]]) for r in records], loss)

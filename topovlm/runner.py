@@ -240,6 +240,10 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
     capture_key = digest(capture_id)
     captures = CaptureCache(job.cache / "captures")
     ctx = ScoringContext(seed=job.cfg.seed, num_layers=n_layers, out_dir=job.out_dir)
+    if scorer.needs_dev_metric:
+        from topovlm.removal_loss import DevMetric
+
+        ctx.dev_metric = DevMetric(adapter, scorer.dev_task(job.cfg.task), scorer.metric)
     if scorer.needs_removal_loss:  # built lazily: a cached ranking needs no pass
         ctx.removal_loss = _LazyLoss(lambda: CalibrationLoss(adapter, scorer.removal_loss_samples(samples),
                                                              int(cal.batch_size)))

@@ -38,7 +38,10 @@ are equally frequent):
 Splits: ``train``, ``calibration`` and ``test`` draw from disjoint sets of scenes (a
 scene is assigned to exactly one split by a hash of its content, so no image can occur
 in two splits, whatever the sizes and seeds), and each split's random stream is derived
-from ``(version, split, seed)``. The same arguments give byte-identical images and
+from ``(version, split, seed)``. ``dev``, the development split of the oracle analysis,
+draws from the train split's scenes with a stream of its own and leaves out every scene of
+the embedded model's training set (``train``, seed 0, its first ``DEFAULT_SIZES["train"]``
+questions): no dev image was seen in training, in calibration or in the test. The same arguments give byte-identical images and
 texts on every platform (pure-Python ``random`` seeded from SHA-256, PIL drawing
 without anti-aliasing).
 """
@@ -47,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable
 
 from PIL import Image, ImageDraw
@@ -63,8 +67,10 @@ __all__ = [
 VERSIONS = ("v1",)
 # Standard split sizes (the harness's ``dataset.n: null``): the test split is small
 # enough to evaluate in well under a minute on 2 CPU cores.
-DEFAULT_SIZES = {"train": 20000, "calibration": 512, "test": 400}
-SPLITS = ("train", "calibration", "test")
+DEFAULT_SIZES = {"train": 20000, "calibration": 512, "test": 400, "dev": 200}
+SPLITS = ("train", "calibration", "test", "dev")
+#: the scenes a split draws from (``dev``: the train split's, less the training set's scenes)
+_TERRITORY = {"dev": "train"}
 DOMAINS = ("math", "non_math")
 CATEGORIES = ("colour", "shape", "spatial", "count", "arithmetic")
 CATEGORY_DOMAIN = {
@@ -295,6 +301,30 @@ _MAKERS = {
 }
 
 
+def _draws(split: str, n: int, seed: int, version: str, exclude: frozenset[str] = frozenset()
+           ) -> Iterable[tuple[int, str, Scene, str, str]]:
+    """(index, category, scene, question, answer) of ``split``'s first ``n`` questions, unrendered."""
+    territory = _TERRITORY.get(split, split)
+    rng = _rng(version, split, seed)
+    seen: set[tuple[str, str]] = set()
+    i = count = 0
+    while count < n:
+        category = CATEGORIES[i % len(CATEGORIES)]
+        scene, question, answer = _MAKERS[category](rng)
+        if scene_split(scene, version) != territory or (scene.key(), question) in seen or scene.key() in exclude:
+            continue
+        seen.add((scene.key(), question))
+        yield i, category, scene, question, answer
+        count += 1
+        i += 1
+
+
+@lru_cache(maxsize=4)
+def training_scenes(version: str = "v1") -> frozenset[str]:
+    """The scene keys of the embedded model's training set (train, seed 0, default size)."""
+    return frozenset(scene.key() for _, _, scene, _, _ in _draws("train", DEFAULT_SIZES["train"], 0, version))
+
+
 def generate_records(split: str, n: int, seed: int, version: str = "v1") -> list[Record]:
     """Like :func:`generate_split`, but keeps each sample's :class:`Scene`."""
     if version not in VERSIONS:
@@ -303,27 +333,11 @@ def generate_records(split: str, n: int, seed: int, version: str = "v1") -> list
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     if n < 0:
         raise ValueError("n must be >= 0")
-    rng = _rng(version, split, seed)
-    out: list[Record] = []
-    seen: set[tuple[str, str]] = set()
-    i = 0
-    while len(out) < n:
-        category = CATEGORIES[i % len(CATEGORIES)]
-        scene, question, answer = _MAKERS[category](rng)
-        if scene_split(scene, version) != split or (scene.key(), question) in seen:
-            continue
-        seen.add((scene.key(), question))
-        sample = VQASample(
-            id=f"shapes-{version}-{split}-{seed}-{i:06d}",
-            image=render_scene(scene),
-            question=question,
-            answer=answer,
-            domain=CATEGORY_DOMAIN[category],
-            category=category,
-        )
-        out.append(Record(sample, scene))
-        i += 1
-    return out
+    exclude = training_scenes(version) if split == "dev" else frozenset()
+    return [Record(VQASample(id=f"shapes-{version}-{split}-{seed}-{i:06d}", image=render_scene(scene),
+                             question=question, answer=answer, domain=CATEGORY_DOMAIN[category],
+                             category=category), scene)
+            for i, category, scene, question, answer in _draws(split, n, seed, version, exclude)]
 
 
 def generate_split(split: str, n: int, seed: int, version: str = "v1") -> list[VQASample]:

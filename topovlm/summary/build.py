@@ -15,6 +15,7 @@ from topovlm.summary.load import (PLOTS_DIR, SummaryJob, failures_markdown, flat
 from topovlm.summary.plots import write_plots
 from topovlm.summary.statistics import (Statistics, build_statistics, comparison_markdown, job_interval_columns,
                                         statistics_markdown, write_statistics_csvs)
+from topovlm.summary.validity import VALIDITY_CSV, Validity, validity, validity_rows
 from topovlm.summary.tables import (MetricTable, headline_metric, metric_table, ordered_metrics, removed_markdown,
                                     write_csv, write_text)
 
@@ -72,6 +73,8 @@ class Summary:
     stats: Statistics | None = None     # intervals, paired verdicts, draws, regimes, cost
     #: failed.json records, then results.json files left out as unreadable or inconsistent
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: each scorer against the oracle's measured damage, per (model, task) with an oracle job
+    validity: list[Validity] = field(default_factory=list)
 
     @property
     def headline(self) -> str | None:
@@ -100,6 +103,7 @@ class Summary:
         for (model, task) in groups(self.jobs):
             parts.append(f"## {model} · {task}")
             parts += statistics_markdown(self, model, task)
+            parts += [v.markdown() for v in self.validity if (v.model, v.task) == (model, task)]
             parts += [t.markdown() for t in self.tables if (t.model, t.task) == (model, task)]
         parts.append("## Removed layers")
         parts.append(removed_markdown(self.jobs))
@@ -141,6 +145,10 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
     summary = Summary(jobs, out_dir, headlines, tables, agreements, sources=dirs, failures=failures)
     summary.stats = build_statistics(jobs, tables, headlines, margin=equivalence_margin)
     write_statistics_csvs(summary, out_dir)
+    summary.validity = [v for model, task in groups(jobs)
+                        if (v := validity(jobs, model, task, headlines.get((model, task)))) is not None]
+    if summary.validity:
+        summary.files["validity"] = write_csv(out_dir / VALIDITY_CSV, *validity_rows(summary.validity))
 
     columns, rows = csv_rows(jobs, ordered_metrics(jobs, list(headlines.values())), intervals=True)
     summary.files["csv"] = write_csv(out_dir / SUMMARY_CSV, columns, rows)

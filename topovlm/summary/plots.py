@@ -19,6 +19,7 @@ from topovlm.summary.tables import (REFERENCE, VERDICT_BEST, VERDICT_EQUIVALENT,
 
 if TYPE_CHECKING:
     from topovlm.summary.build import Summary
+    from topovlm.summary.validity import Validity
 
 log = logging.getLogger("topovlm.summary")
 
@@ -38,6 +39,7 @@ def write_plots(summary: Summary, plot_dir: Path) -> list[Path]:
     for model, task in groups(jobs):
         tasks += [(fn, (summary, model, task, plot_dir)) for fn in
                   (plot_comparison, plot_agreement_with_unpruned, plot_regimes, plot_pareto, plot_calibration_variance)]
+    tasks += [(plot_validity, (v, jobs, plot_dir)) for v in summary.validity]
     for fn, args in tasks:
         try:
             path = fn(*args)
@@ -463,3 +465,52 @@ def plot_calibration_variance(summary: Summary, model: str, task: str, plot_dir:
     fig.suptitle(f"{model} · {task}: SD over calibration draws vs sampling SE "
                  f"(J = mean pairwise Jaccard of removed layers)", fontsize=10)
     return _save(fig, plot_dir / f"calibration_variance__{slug(model)}__{slug(task)}.png")
+
+
+def plot_validity(v: "Validity", jobs: list[SummaryJob], plot_dir: Path) -> Path | None:
+    """Per-layer leave-one-out damage (bars, bootstrap 95% interval), and under it each scorer's
+    removal order (1 = removed first; its first draw), so a scorer that tracks the damage has its
+    low ranks where the bars are short."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy import stats as sps
+
+    from topovlm.storage import safe_name
+    from topovlm.summary.validity import BOOTSTRAP, ORACLE, loo_correct
+
+    members = [j for j in jobs if (j.model, j.task) == (v.model, v.task)]
+    labels = [r["scorer"] for r in v.rows]
+    ranks = []
+    for label in labels:
+        j = next(j for j in members if j.label == label and j.redundancy is not None)
+        red = np.asarray(j.redundancy, dtype=np.float64)
+        ranks.append(sps.rankdata(-np.nan_to_num(red, nan=-np.inf), method="ordinal"))
+    n = len(v.damage)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7.0, 0.32 * n + 2), 2.2 + 0.32 * max(1, len(labels)) + 2.6),
+                                      gridspec_kw={"height_ratios": [2.6, 0.32 * max(1, len(labels)) + 0.6]},
+                                      sharex=True)
+    oracle = next(j for j in members if j.scorer == ORACLE)
+    correct = loo_correct(oracle)
+    err = None
+    if correct is not None:
+        rng = np.random.default_rng(0)
+        idx = rng.integers(0, correct.shape[1], size=(BOOTSTRAP, correct.shape[1]))
+        means = correct[:, idx].mean(axis=2)
+        boot = means[0] - means[1:]
+        lo, hi = np.percentile(boot, [2.5, 97.5], axis=1)
+        err = np.vstack([v.damage - lo, hi - v.damage]).clip(min=0)
+    top.bar(range(n), v.damage, color="#4c72b0", yerr=err, capsize=2, error_kw={"elinewidth": 0.8})
+    top.axhline(0, color="black", lw=0.6)
+    top.set_ylabel(f"{v.metric} drop\nwithout the layer")
+    top.set_title(f"Measured leave-one-out damage (development split, n={v.dev_n}) and each scorer's removal order",
+                  fontsize=10)
+    if labels:
+        im = bottom.imshow(np.array(ranks), aspect="auto", cmap="viridis_r", vmin=1, vmax=n)
+        bottom.set_yticks(range(len(labels)))
+        bottom.set_yticklabels([f"{lab} (rho {r['spearman']:+.2f})" for lab, r in zip(labels, v.rows)], fontsize=8)
+        fig.colorbar(im, ax=bottom, fraction=0.03, pad=0.01, label="removal order")
+    bottom.set_xlabel("decoder layer")
+    bottom.set_xticks(range(0, n, max(1, n // 15)))
+    fig.tight_layout()
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    return _save(fig, plot_dir / f"{safe_name(f'validity_{v.model}_{v.task}')}.png")
