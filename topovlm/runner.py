@@ -31,8 +31,8 @@ from topovlm.capture import CaptureCache, model_fingerprint
 from topovlm.config import ConfigError, build_scorer, validate
 from topovlm.data.sources import dataset_id, load_samples
 from topovlm.identity import code_digest, digest, library_versions, samples_digest
-from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs, read_result,
-                             rebuild_table, versions, write_json_atomic, write_result)
+from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs,
+                             missing_outputs, read_result, rebuild_table, versions, write_json_atomic, write_result)
 from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
 from topovlm.removal_loss import CalibrationLoss
@@ -278,10 +278,12 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
                                         "ranking": {"key": path.stem, "hit": from_cache}})
 
 
-def select(job: Job, ranking: Ranking) -> tuple[list[int], str]:
-    r = ranking.result
-    return select_layers(r.redundancy, float(job.cfg.sparsity), job.selection, job.scorer.default_policy,
-                         r.block_cost, scorer=job.scorer.name, decision=getattr(r, "decision", None))
+def select(job: Job, ranking: Ranking) -> tuple[list[int], str, list[str]]:
+    """The layers to remove, the policy that chose them, and the notes of a tie that decided them."""
+    r, notes = ranking.result, []
+    removed, policy = select_layers(r.redundancy, float(job.cfg.sparsity), job.selection, job.scorer.default_policy,
+                                    r.block_cost, scorer=job.scorer.name, decision=r.decision, notes=notes)
+    return removed, policy, notes
 
 
 def reference_entry(job: Job, fingerprint: str) -> tuple[Path, dict[str, Any]]:
@@ -441,6 +443,12 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
         job = prepare(cfg, Path(out_dir), sweep_dir, group, run_name)
         with entry_lock(job.cache / "completed" / f"{job.key}.json", "identical job"):  # claim
             done = None if job.force else _completed(job.cache, job.key, job.out_dir, job.cfg.save_model)
+            if done is not None and Path(done.out_dir).resolve() == job.out_dir.resolve():
+                gone = missing_outputs(job.out_dir, done.linked_outputs)
+                if gone:  # a resumed job whose source sweep moved: its outputs are gone, so is the job
+                    log.warning("%s: outputs %s link into %s, which is gone; recomputing the job", job.out_dir,
+                                ", ".join(gone), done.resumed_from)
+                    done = None
             if done is not None:
                 with timer("reuse"):
                     return reuse(job, done)
@@ -488,7 +496,7 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
         eff.measure_baseline(adapter)  # the unpruned model's numbers, before pruning
     ranking = score(job, adapter, fingerprint, samples, timer)
     with timer("select"):
-        removed, policy = select(job, ranking)
+        removed, policy, selection_notes = select(job, ranking)
     ref = None
     if removed:
         with timer("reference_evaluate"):
@@ -522,7 +530,7 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
                    "task.num_samples": metrics.get("num_samples")},
         identity={"code": job.identity["code"], "model_fingerprint": fingerprint, **ranking.cache},
         diagnostics=[p.name for p in images], arrays=arrays, job_key=job.key, out_dir=str(job.out_dir),
-        wandb_group=job.group, extra=dict(r.extra),
+        wandb_group=job.group, extra={**r.extra, **({"selection_warnings": selection_notes} if selection_notes else {})},
     )
     if cfg.save_model:
         from topovlm.export import write_checkpoint

@@ -183,3 +183,16 @@ def test_the_on_device_checksum_sees_one_changed_element_and_an_exchange():
     swapped = w.clone()
     swapped[[10, 2000]] = w[[2000, 10]]
     assert device_sums(changed) != base and device_sums(swapped) != base and device_sums(w.clone()) == base
+
+
+def test_a_tie_that_decides_the_removal_is_recorded_in_the_result(tmp_path, monkeypatch):
+    from baselines.tail import TailScorer
+
+    def constant(self, capture, ctx):
+        return ScoreResult(scores=np.ones(ctx.num_layers), redundancy=np.ones(ctx.num_layers))
+
+    monkeypatch.setattr(TailScorer, "score", constant)
+    res = run_job(compose(overrides(tmp_path, "scorer=tail", "sparsity=0.25")), tmp_path / "a")
+    [note] = res["selection_warnings"]
+    assert "the same redundancy" in note and "lower layer index removed first" in note
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["selection_warnings"] == [note]

@@ -148,10 +148,12 @@ def test_a_resumed_job_whose_source_moved_is_reported(tmp_path):
     assert resumed.name in failures and "linked outputs gone" in failures and "samples.jsonl" in failures
     assert "+force=true" in failures
     assert len(list(csv_rows(second / "summary.csv"))) == 1
-    # rerunning the sweep says so too (the result itself is still complete)
+    # rerunning the sweep says so and recomputes the job: its outputs are real files again
     again = launch(["-m", *fast(tmp_path), *job, f"hydra.sweep.dir={second}"])
-    assert "which is gone or moved: its outputs" in log_of(again) and "samples.jsonl" in log_of(again), \
+    assert "which is gone; recomputing the job" in log_of(again) and "samples.jsonl" in log_of(again), \
         log_of(again)[-3000:]
+    assert again.returncode == 0 and (resumed / "samples.jsonl").is_file()
+    assert not (resumed / "samples.jsonl").is_symlink()
 
 
 def csv_rows(path: Path) -> list[dict]:
