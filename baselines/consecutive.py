@@ -2,7 +2,7 @@
 between consecutive representations, without homology.
 
 The clouds are topo's own (:func:`topovlm.topo.clouds.layer_clouds`, the same parameters
-and defaults as ``conf/scorer/topo.yaml``): representation ``l`` is what layer ``l``
+and defaults as ``scorer=topo``): representation ``l`` is what layer ``l``
 produces (its post-attention norm output, or its output ``h_out[l]`` with
 ``activations=residual``). A layer's input is therefore representation ``l - 1``, and its
 redundancy is the similarity of representations ``l - 1`` and ``l``; higher = more redundant.
@@ -33,6 +33,9 @@ def _choice(name: str, value: Any, allowed: tuple) -> Any:
 class ConsecutiveScorer(LayerScorer):
     """Per-layer similarity of a layer's input and output clouds (subclasses: :meth:`similarity`)."""
 
+    # Every default: [project: same as topo, so the ablation isolates homology] (topo's own
+    # reasons are beside TopoScorer.__init__). For cka, center changes nothing: CKA centres the
+    # features itself [paper: Kornblith et al.]. num_points None: all calibration.n samples.
     def __init__(self, activations: str = "post_attention_norm", pooling: str = "last", center: bool = False,
                  normalize: str = "none", pca_dim: int | None = None, num_points: int | None = None) -> None:
         self.activations = _choice("activations", activations, ACTIVATIONS)

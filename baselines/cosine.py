@@ -41,7 +41,7 @@ def token_spec(pooling: str) -> CaptureSpec:
 class CosineScorer(LayerScorer):
     """score[l] = mean over samples of cos(h_in[l], h_out[l]); prune the most similar."""
 
-    def __init__(self, pooling: str = "last") -> None:
+    def __init__(self, pooling: str = "last") -> None:  # last | text_mean | vision_mean | all_tokens | text_tokens | vision_tokens
         check_pooling(pooling)
         self.pooling = pooling
 

@@ -56,8 +56,17 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 class DomainAwareScorer(LayerScorer):
     """Prune the layers that change activations least on the target domain (or a weighted mix)."""
 
-    def __init__(self, ranking: str = "mixed", mix_weight: float = 0.5, pooling: str = "all_tokens",
-                 domains: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        ranking: str = "mixed",  # math | non_math | mixed
+        mix_weight: float = 0.5,  # mixed = mix_weight * s_math + (1 - mix_weight) * s_non_math
+        # per-sample cosine: all_tokens | text_tokens | vision_tokens | last | text_mean | vision_mean
+        pooling: str = "all_tokens",
+        # ranking domain -> the calibration samples' `domain` labels it covers. The embedded shapes
+        # benchmark labels samples math / non_math; for other data map their labels, e.g.
+        # scorer.domains='{math: [mathvista, chartqa], non_math: [pope, mme]}'
+        domains: dict[str, list[str]] = DEFAULT_DOMAINS,
+    ) -> None:
         if ranking not in RANKINGS:
             raise ValueError(f"ranking={ranking!r}; allowed: {', '.join(RANKINGS)}")
         if not 0.0 <= float(mix_weight) <= 1.0:

@@ -24,6 +24,8 @@ def jaccard(a: np.ndarray, b: np.ndarray, n: int) -> float:
 class KnnOverlapScorer(ConsecutiveScorer):
     """Jaccard overlap of consecutive representations' k-NN graphs; higher = more redundant."""
 
+    # Every default: [project: same as topo, so the ablation isolates homology]. k < N - 1 is
+    # checked before the capture (a complete graph overlaps 1 everywhere).
     def __init__(self, activations: str = "post_attention_norm", pooling: str = "last", center: bool = False,
                  normalize: str = "none", pca_dim: int | None = None, num_points: int | None = None,
                  k: int = 15, symmetrize: str = "union", metric: str = "euclidean") -> None:

@@ -2,8 +2,8 @@
 other step topo's own. An ablation: does H1, which topo scores, add anything over the
 connected components of the same k-NN graphs?
 
-A subclass only because a registered name belongs to one class (``conf/scorer/topo_h0.yaml``
-names it); the constructor is topo's with one default changed.
+A subclass only because a registered name belongs to one class; the constructor is topo's
+with one default changed.
 """
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from typing import Any
 from topovlm.registry import register_scorer
 from topovlm.topo.scorer import TopoScorer
 
-#: H0 only. max_dim stays 1 as in topo, so H1 is still computed and reported beside it
+#: H0 only [project: the ablation]; topo scores H1 alone. max_dim stays 1 as in topo [project:
+#: same as topo], so H1 is still computed and reported (topology.consistency.h1); max_dim=0 gives
+#: the same H0 scores, cheaper (no triangles). empty_layers=skip changes nothing here: beta_0 >= 1
+#: always. Every other default is topo's [project: same as topo, so the ablation isolates homology].
 H0_DEFAULTS: dict[str, Any] = {"dim_weights": {"h0": 1.0, "h1": 0.0, "h2": 0.0}}
 
 

@@ -63,10 +63,15 @@ def _select(cfg: DictConfig, key: str) -> Any:
 
 
 def failure_record(cfg: DictConfig, out_dir: Path, err: BaseException) -> dict[str, Any]:
+    from topovlm.config import resolved_config
+
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # noqa: BLE001
-        config = OmegaConf.to_container(cfg, resolve=False)
+        config = resolved_config(cfg)
+    except Exception:  # noqa: BLE001 - a bad scorer or an interpolation that cannot resolve: as given
+        try:
+            config = OmegaConf.to_container(cfg, resolve=True)
+        except Exception:  # noqa: BLE001 - an interpolation that cannot resolve
+            config = OmegaConf.to_container(cfg, resolve=False)
     return {
         "status": "failed", "error_type": type(err).__name__, "error": str(err),
         "stage": getattr(err, "topovlm_stage", None),

@@ -99,17 +99,13 @@ def build_topo_scorer(preset: str, overrides: Sequence[str]) -> Any:
     """The preset's YAML with ``key=value`` overrides, built like a run builds its scorer."""
     from omegaconf import OmegaConf
 
-    from topovlm.registry import get_scorer_class
+    from topovlm.config import build_scorer
 
     conf = OmegaConf.load(SCORER_CONF / f"{preset}.yaml")
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ValueError(f"scorer overrides must be key=value, got {', '.join(bad)}")
-    conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
-    params = OmegaConf.to_container(conf, resolve=True)
-    name = params.pop("name")
-    params.pop("_target_", None)
-    return get_scorer_class(name)(**params)
+    return build_scorer(OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides))))
 
 
 def topo_score(args: argparse.Namespace) -> int:

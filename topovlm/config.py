@@ -113,7 +113,9 @@ class EfficiencyConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    scorer: Any = MISSING  # scorer-specific keys; checked by the scorer's constructor
+    # Scorer-specific keys, checked by the scorer's constructor. Open (not struct): a preset sets
+    # only what differs from the constructor, so ``scorer.k=5`` must work without Hydra's ``+``.
+    scorer: Any = field(default_factory=lambda: OmegaConf.create({"name": MISSING}, flags={"struct": False}))
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -243,49 +245,78 @@ def _check_generation(cfg: DictConfig) -> None:
             _in_range(f"task.options.gen_kwargs.{k}", v, *GEN_RANGES[k])
 
 
-def build_scorer(scorer_cfg: DictConfig | dict) -> "LayerScorer":
-    """Scorer from its config: ``name`` (registry) or ``_target_``, other keys = hyperparameters.
-
-    With both, they must agree: the class ``_target_`` names must be registered under
-    ``name`` (``scorer=cosine scorer.name=tail`` is an error, not a cosine scorer).
-    """
-    import inspect
-
-    from topovlm.registry import available_scorers, get_scorer_class
+def scorer_class(scorer_cfg: DictConfig | dict) -> tuple[type, dict[str, Any]]:
+    """The scorer's class and its given parameters, from ``name`` (the registry) or ``_target_``
+    (a class outside the scanned packages, by module path). With both, they must agree: the
+    class ``_target_`` names must be registered under ``name`` (``scorer=cosine
+    scorer.name=tail`` is an error, not a cosine scorer)."""
     from topovlm.api import LayerScorer
+    from topovlm.registry import available_scorers, get_scorer_class
 
     params = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
     name = params.pop("name", None)
     target = params.pop("_target_", None)
-    if target:
-        import hydra.utils
-
-        try:
-            cls = hydra.utils.get_class(target)
-        except Exception as err:  # noqa: BLE001 - ImportError, AttributeError, ValueError from _locate
-            why = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
-            raise ConfigError(f"scorer._target_={target!r} cannot be imported ({why}); "
-                              "is its package on PYTHONPATH?") from None
-        if not (isinstance(cls, type) and issubclass(cls, LayerScorer)):
-            raise ConfigError(f"scorer._target_={target!r} is not a LayerScorer subclass")
-        if name and cls.name and cls.name != name:
-            known = available_scorers()
-            if name not in known:
-                raise ConfigError(f"scorer={name!r} is not allowed; allowed values: {', '.join(known)} "
-                                  f"(scorer._target_={target!r} is registered as {cls.name!r})")
-            raise ConfigError(f"scorer.name={name!r} does not match scorer._target_={target!r}, which is registered "
-                              f"as {cls.name!r}; give the scorer's own name or drop one of the two")
-    else:
+    if not target:
         _allowed("scorer", name, available_scorers())
-        cls = get_scorer_class(name)
-    label = name or cls.name or target
+        return get_scorer_class(name), params
+    import hydra.utils
+
+    try:
+        cls = hydra.utils.get_class(target)
+    except Exception as err:  # noqa: BLE001 - ImportError, AttributeError, ValueError from _locate
+        why = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+        raise ConfigError(f"scorer._target_={target!r} cannot be imported ({why}); "
+                          "is its package on PYTHONPATH?") from None
+    if not (isinstance(cls, type) and issubclass(cls, LayerScorer)):
+        raise ConfigError(f"scorer._target_={target!r} is not a LayerScorer subclass")
+    if name and cls.name and cls.name != name:
+        known = available_scorers()
+        if name not in known:
+            raise ConfigError(f"scorer={name!r} is not allowed; allowed values: {', '.join(known)} "
+                              f"(scorer._target_={target!r} is registered as {cls.name!r})")
+        raise ConfigError(f"scorer.name={name!r} does not match scorer._target_={target!r}, which is registered "
+                          f"as {cls.name!r}; give the scorer's own name or drop one of the two")
+    return cls, params
+
+
+def build_scorer(scorer_cfg: DictConfig | dict) -> "LayerScorer":
+    """The scorer a config names: its class (:func:`scorer_class`), other keys = constructor
+    parameters. The one way a scorer is built (runs, validation, ``topovlm topo-score``)."""
+    from topovlm.registry import parameters
+
+    cls, params = scorer_class(scorer_cfg)
+    given = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
+    label = given.get("name") or cls.name or given.get("_target_")
     try:
         return cls(**params)
     except TypeError as err:
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
-        raise ConfigError(f"scorer={label}: {err}; its parameters are: {', '.join(allowed) or '(none)'}") from None
+        raise ConfigError(f"scorer={label}: {err}; its parameters are: {', '.join(parameters(cls)) or '(none)'}") from None
     except ValueError as err:
         raise ConfigError(f"scorer={label}: {err}") from None
+
+
+def scorer_config(scorer_cfg: DictConfig | dict) -> dict[str, Any]:
+    """The scorer's effective constructor parameters: its name, then every parameter, given or
+    default (plugins too). results.json and the job's identity record this, so a preset that
+    sets nothing and one that repeats every default are the same scorer (one summary row)."""
+    from topovlm.registry import parameters
+
+    cls, params = scorer_class(scorer_cfg)
+    given = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
+    out: dict[str, Any] = {"name": cls.name or given.get("name")}
+    if given.get("_target_"):
+        out["_target_"] = given["_target_"]
+    out.update({k: v for k, v in parameters(cls).items() if v is not ...})
+    out.update(params)
+    return OmegaConf.to_container(OmegaConf.create(out))  # as YAML holds it: tuples become lists
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The job's config as recorded (results.json, W&B, the job's identity): resolved, the scorer
+    node as :func:`scorer_config` gives it."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data["scorer"] = scorer_config(cfg.scorer)
+    return data
 
 
 def config_num_layers(model: Any) -> int | None:
@@ -405,11 +436,13 @@ def _check_budget(cfg: DictConfig, scorer: "LayerScorer") -> None:
                           f"({num_layers} layers): {err}") from None
 
 
-def validate(cfg: DictConfig, inputs: bool = True) -> None:
+def validate(cfg: DictConfig, inputs: bool = True) -> "LayerScorer":
     """Every check the config alone allows, before anything expensive happens; the sweep
     runs it for every job at its start (``topovlm.callbacks.SweepGuard``). Raises
     :class:`ConfigError` naming the key and what is allowed. ``inputs``: also check that
-    the model and the datasets the job reads are available (:mod:`topovlm.preflight`)."""
+    the model and the datasets the job reads are available (:mod:`topovlm.preflight`).
+    Returns the job's scorer, built and checked against the config (``check_config`` may
+    adopt run settings: topo takes selection.eps)."""
     _check_values(cfg)
     scorer = _check_scorer(cfg)
     _check_budget(cfg, scorer)
@@ -418,3 +451,4 @@ def validate(cfg: DictConfig, inputs: bool = True) -> None:
         from topovlm.preflight import check_inputs
 
         check_inputs(cfg)  # model path, data files, datasets: before any model loads
+    return scorer

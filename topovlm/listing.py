@@ -1,13 +1,14 @@
 """``topovlm list {scorers,statistics,evaluators,adapters,sources} [pattern]``: what is registered.
 
 For scorers: the module, the default selection policy and every constructor parameter with
-its default (what the scorer's YAML sets), like timm's ``list_models``.
+its default (a scorer's YAML sets only what differs), like timm's ``list_models``.
 """
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any
+
+from topovlm.registry import parameters
 
 #: registry kind -> "module:attribute" of the registry
 REGISTRIES = {
@@ -22,17 +23,6 @@ REGISTRIES = {
 def registry(kind: str) -> Any:
     module, _, attr = REGISTRIES[kind].partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def parameters(obj: Any) -> dict[str, Any]:
-    """Constructor (or function) parameters and their defaults (``...`` when required)."""
-    target = obj.__init__ if isinstance(obj, type) else getattr(obj, "fn", obj)
-    out = {}
-    for name, p in inspect.signature(target).parameters.items():
-        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        out[name] = ... if p.default is p.empty else p.default
-    return out
 
 
 def rows(kind: str, pattern: str = "*") -> list[dict[str, Any]]:

@@ -46,8 +46,15 @@ def evaluations(num_layers: int, protected: int, steps: int) -> int:
 class OracleScorer(LayerScorer):
     needs_dev_metric = True
 
-    def __init__(self, metric: str = "accuracy", dev_split: str = "dev", dev_n: int = 100,
-                 max_removed: float = 0.3) -> None:
+    def __init__(
+        self,
+        metric: str = "accuracy",  # accuracy | accuracy_mc: the task's headline metric [project]
+        dev_split: str = "dev",  # the embedded benchmark's development split (scenes unseen in training)
+        # [project] 100 questions: a 95% interval on a leave-one-out drop of about +-0.1, and the
+        # whole analysis of the embedded default (30 layers, 9 greedy steps) in about 30 minutes on 2 cores
+        dev_n: int = 100,
+        max_removed: float = 0.3,  # [project] the largest sparsity of the default sweep
+    ) -> None:
         if metric not in CORRECT_FIELD:
             raise ValueError(f"metric={metric!r}; allowed: {', '.join(CORRECT_FIELD)}")
         if not isinstance(dev_n, int) or isinstance(dev_n, bool) or dev_n < 1:

@@ -1,12 +1,16 @@
 """One registry class for everything the harness looks up by name.
 
 A :class:`Registry` maps names to objects (classes, functions): entries are registered
-with a decorator, declared lazily as ``"module:attr"`` strings (imported on first use, so
-listing names imports nothing), or come from an entry-point group of installed packages.
+with a decorator when their module is imported, declared lazily as ``"module:attr"`` strings
+(imported on first use), or come from an entry-point group of installed packages. A registry
+may name packages it ``scan``s: the first lookup imports every module in them, so a class
+with the decorator in one of those packages is registered with no list kept anywhere else
+(timm's ``list_models`` works the same way).
 An unknown name raises a ``KeyError`` that lists the known ones. It behaves as a read-only
 mapping: ``name in REG``, ``REG[name]``, ``sorted(REG)``.
 
-The registries: :data:`SCORERS` (here), ``topovlm.capture.STATISTICS``,
+The registries: :data:`SCORERS` (here; it scans ``baselines/`` and the project's own scorer
+modules), ``topovlm.capture.STATISTICS``,
 ``topovlm.evaluation.EVALUATORS``, ``topovlm.adapters.families.ADAPTERS``,
 ``topovlm.data.sources.SOURCES``. A package outside this repository adds a scorer with::
 
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
+import pkgutil
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -29,7 +35,7 @@ class Registry(Mapping, Generic[T]):
 
     def __init__(self, what: str, base: type | None = None, lazy: dict[str, str] | None = None,
                  entry_point_group: str | None = None,
-                 on_register: Callable[[str, Any], None] | None = None) -> None:
+                 on_register: Callable[[str, Any], None] | None = None, scan: tuple[str, ...] = ()) -> None:
         self.what = what
         self.base = base
         self.entry_point_group = entry_point_group
@@ -37,6 +43,8 @@ class Registry(Mapping, Generic[T]):
         self._objects: dict[str, T] = {}
         self._lazy: dict[str, str] = dict(lazy or {})
         self._entry_points_loaded = entry_point_group is None
+        self.scan = tuple(scan)  # packages (or modules) imported on the first lookup
+        self._scanned = not self.scan
 
     # ------------------------------------------------------------------ registering
     def register(self, name: str, obj: T | None = None) -> Any:
@@ -46,8 +54,8 @@ class Registry(Mapping, Generic[T]):
             if self.base is not None and not (isinstance(value, type) and issubclass(value, self.base)):
                 raise TypeError(f"{self.what} {name!r} must be a {self.base.__name__} subclass, got {value!r}")
             existing = self._objects.get(name)
-            if existing is not None and existing is not value and \
-                    getattr(existing, "__qualname__", None) != getattr(value, "__qualname__", None):
+            # the same module and qualname is the same class imported again (a reload): replaced
+            if existing is not None and existing is not value and _where(existing) != _where(value):
                 raise ValueError(f"{self.what} name {name!r} is already registered by {_where(existing)}")
             if self._on_register is not None:
                 self._on_register(name, value)
@@ -64,6 +72,12 @@ class Registry(Mapping, Generic[T]):
 
     # ------------------------------------------------------------------ looking up
     def _load_entry_points(self) -> None:
+        if not self._scanned:
+            self._scanned = True  # first: a scanned module may look a name up while it is imported
+            for package in self.scan:
+                module = importlib.import_module(package)
+                for info in pkgutil.iter_modules(getattr(module, "__path__", []), package + "."):
+                    importlib.import_module(info.name)  # a broken module fails here, loudly
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
@@ -98,7 +112,7 @@ class Registry(Mapping, Generic[T]):
         return name in self._objects or name in self._lazy
 
     def names(self, pattern: str = "*") -> list[str]:
-        """Known names matching a shell-style ``pattern``, without importing anything."""
+        """Known names matching a shell-style ``pattern`` (lazy and entry-point ones not imported)."""
         return [n for n in self if fnmatch.fnmatch(n, pattern)]
 
     def module_of(self, name: str) -> str:
@@ -109,6 +123,17 @@ class Registry(Mapping, Generic[T]):
     def reset_entry_points(self) -> None:
         """Read the entry points again (tests that install a plugin package)."""
         self._entry_points_loaded = self.entry_point_group is None
+
+
+def parameters(obj: Any) -> dict[str, Any]:
+    """Constructor (or function) parameters and their defaults (``...`` when required)."""
+    target = obj.__init__ if isinstance(obj, type) else getattr(obj, "fn", obj)
+    out = {}
+    for name, p in inspect.signature(target).parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        out[name] = ... if p.default is p.empty else p.default
+    return out
 
 
 def _where(obj: Any) -> str:
@@ -128,23 +153,12 @@ def _scorer_base() -> type:
     return LayerScorer
 
 
-SCORERS: Registry = Registry("scorer", entry_point_group="topovlm.scorers", on_register=_name_scorer, lazy={
-    "cosine": "baselines.cosine:CosineScorer",
-    "shortgpt": "baselines.shortgpt:ShortGPTScorer",
-    "angular": "baselines.angular:AngularScorer",
-    "random": "baselines.random_scorer:RandomScorer",
-    "tail": "baselines.tail:TailScorer",
-    "short_lvlm": "baselines.short_lvlm:ShortLVLMScorer",
-    "domain_aware": "baselines.domain_aware:DomainAwareScorer",
-    "topo": "topovlm.topo.scorer:TopoScorer",
-    "topo_llm": "topovlm.topo.scorer:TopoLLMScorer",
-    "topo_h0": "baselines.topo_h0:TopoH0Scorer",
-    "knn_overlap": "baselines.knn_overlap:KnnOverlapScorer",
-    "cka": "baselines.cka:CKAScorer",
-    "ppl": "baselines.ppl:PPLScorer",
-    "sleb": "baselines.sleb:SLEBScorer",
-    "oracle": "topovlm.oracle:OracleScorer",
-})
+#: every module of ``baselines/`` and the project's own scorer modules register by being imported:
+#: a new scorer in ``baselines/`` needs no entry anywhere else
+SCORER_PACKAGES = ("baselines", "topovlm.topo.scorer", "topovlm.oracle")
+
+SCORERS: Registry = Registry("scorer", entry_point_group="topovlm.scorers", on_register=_name_scorer,
+                             scan=SCORER_PACKAGES)
 SCORERS.base = _scorer_base()
 
 

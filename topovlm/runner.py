@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 import topovlm.capture as capture_module
 from topovlm import samples as job_samples
 from topovlm.capture import CaptureCache, model_fingerprint
-from topovlm.config import ConfigError, build_scorer, validate
+from topovlm.config import ConfigError, build_scorer, resolved_config, validate
 from topovlm.data.sources import dataset_id, load_samples
 from topovlm.identity import code_digest, digest, library_versions, samples_digest
 from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs,
@@ -63,7 +63,7 @@ def code_identity(cfg: DictConfig, scorer: LayerScorer | None = None) -> dict[st
 def job_identity(cfg: DictConfig, scorer: LayerScorer | None = None) -> dict[str, Any]:
     """What a completed job's result depends on: the resolved config minus logging and
     storage switches, the code, the library versions, and the embedded model's weights."""
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data = resolved_config(cfg)
     for k in NOT_IDENTITY:
         data.pop(k, None)
     if cfg.model.source == "embedded":
@@ -145,19 +145,14 @@ def seed_everything(seed: int) -> None:
 
 def prepare(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None, group: str, run_name: str | None) -> Job:
     """validate: every config-only check, then the job's identity."""
-    validate(cfg)
-    scorer = build_scorer(cfg.scorer)
-    try:
-        scorer.check_config(cfg)  # this instance too: a scorer may adopt run settings (topo: selection.eps)
-    except ValueError as err:
-        raise ConfigError(f"scorer={scorer.name}: {err}") from None
+    scorer = validate(cfg)
     identity = job_identity(cfg, scorer)
     out_dir.mkdir(parents=True, exist_ok=True)
     return Job(cfg=cfg, out_dir=out_dir, table_dir=sweep_dir or out_dir,
                group=OmegaConf.select(cfg, "logger.wandb.group") or group,
                run_name=run_name or f"{scorer.name}-s{cfg.sparsity:g}", key=digest(identity), identity=identity,
                scorer=scorer, selection=SelectionConfig(**OmegaConf.to_container(cfg.selection, resolve=True)),
-               config=OmegaConf.to_container(cfg, resolve=True),
+               config=resolved_config(cfg),
                force=bool(OmegaConf.select(cfg, "force", default=False)))
 
 

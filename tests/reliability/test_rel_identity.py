@@ -33,14 +33,16 @@ def _readme_block(first_line: str) -> str:
 
 @pytest.mark.slow
 def test_readme_target_scorer_runs_verbatim_and_an_edit_invalidates_its_ranking(tmp_path):
-    """"Adding a scorer" exactly as the README writes it: the module and the YAML with
-    ``_target_``. Then the module is edited (negated scores): the new code's ranking is
-    computed, not the cached one, and the job is not taken for complete."""
-    code = _readme_block("# my_scorers/norm_growth.py")
+    """"Adding a scorer" as the README writes it, its module kept outside the repository and
+    named by ``_target_`` (tests/unit/test_readme_scorer.py follows it inside a copy). Then the
+    module is edited (negated scores): the new code's ranking is computed, not the cached one,
+    and the job is not taken for complete."""
+    code = _readme_block("# baselines/norm_growth.py")
     (tmp_path / "my_scorers").mkdir()
     (tmp_path / "my_scorers" / "norm_growth.py").write_text(code)
     (tmp_path / "conf" / "scorer").mkdir(parents=True)
-    (tmp_path / "conf" / "scorer" / "norm_growth.yaml").write_text(_readme_block("# conf/scorer/norm_growth.yaml"))
+    (tmp_path / "conf" / "scorer" / "norm_growth.yaml").write_text(
+        _readme_block("# conf/scorer/norm_growth.yaml") + "_target_: my_scorers.norm_growth.NormGrowthScorer\n")
     args = [*fast(tmp_path), "scorer=norm_growth", "sparsity=0.25", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
     pythonpath = f"{ROOT}:{tmp_path}"
 

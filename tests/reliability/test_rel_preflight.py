@@ -60,10 +60,11 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["calibration.dataset.split=calib"], "calibration.dataset.split='calib' is not allowed; allowed values: train, calibration, test"),
         (["task.dataset.version=v9"], "task.dataset.version='v9' is not allowed; allowed values: v1"),
         ([f"cache_dir={tmp / 'a_file' / 'cache'}"], "is not a writable directory"),
-        (["scorer=cosine", "scorer.name=tail"], "scorer.name='tail' does not match scorer._target_='baselines.cosine.CosineScorer'"),
+        (["scorer=cosine", "scorer._target_=baselines.tail.TailScorer"],
+         "scorer.name='cosine' does not match scorer._target_='baselines.tail.TailScorer'"),
         (["scorer._target_=no_such_package.Scorer"], "scorer._target_='no_such_package.Scorer' cannot be imported"),
         (["scorer=shortgpt", "scorer.tokens=image"], "scorer=shortgpt: tokens='image'; allowed: all, text, vision"),
-        (["scorer=plugin", "+scorer._target_=tests.reliability.scorers.NeedsManySamples", "scorer.name=needs_many", "calibration.n=4"],
+        (["scorer=plugin", "scorer._target_=tests.reliability.scorers.NeedsManySamples", "scorer.name=needs_many", "calibration.n=4"],
          "scorer=needs_many: calibration.n=4 < 10, the samples this scorer needs"),
     ]
 

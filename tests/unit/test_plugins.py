@@ -49,6 +49,10 @@ def test_entry_point_scorer_is_found(tmp_path, monkeypatch):
         cls = registry.get_scorer_class("middle")
         assert cls.name == "middle" and "middle" in registry.available_scorers()
         assert "cosine" in registry.available_scorers()  # built-ins still there
+        from topovlm.config import scorer_config
+
+        # the plugin's defaults are recorded: a run that sets power and one that does not agree
+        assert scorer_config({"name": "middle"}) == {"name": "middle", "power": 1.0}
     finally:
         registry.SCORERS._objects.pop("middle", None)
         registry.SCORERS._lazy.pop("middle", None)
@@ -64,10 +68,11 @@ def test_plugin_scorer_runs_from_the_command_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "launch.py", *tiny_overrides(tmp_path), "scorer=plugin", "scorer.name=middle",
-         "+scorer.power=2", "sparsity=0.25", "model.tiny.num_layers=8", f"hydra.run.dir={run_dir}"],
+         "scorer.power=2", "sparsity=0.25", "model.tiny.num_layers=8", f"hydra.run.dir={run_dir}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads((run_dir / "results.json").read_text())
     assert res["scorer"] == "middle" and res["removed_layers"] == [3, 4]
+    assert res["config"]["scorer"] == {"name": "middle", "power": 2}  # its parameters, as for a built-in
     np.testing.assert_allclose(res["scores"][3], -0.25)

@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from tests.helpers import CONF, compose
-from topovlm.config import build_scorer
-from topovlm.listing import REGISTRIES, parameters, registry, rows
-from topovlm.registry import SCORERS, Registry
+from topovlm.config import build_scorer, scorer_config
+from topovlm.listing import REGISTRIES, registry, rows
+from topovlm.registry import SCORERS, Registry, parameters
 
 
 def test_registry_lazy_entries_base_class_and_unknown_names():
@@ -64,22 +64,60 @@ SCORER_YAMLS = sorted(p for p in (CONF / "scorer").glob("*.yaml") if p.stem != "
 
 
 @pytest.mark.parametrize("path", SCORER_YAMLS, ids=lambda p: p.stem)
-def test_scorer_yaml_keys_equal_the_constructor_parameters(path: Path):
+def test_a_scorer_yaml_names_its_scorer_and_sets_only_what_differs_from_the_constructor(path: Path):
     data = yaml.safe_load(path.read_text())
-    cls = SCORERS[data["name"]]
-    keys = set(data) - {"name", "_target_", "defaults"}
-    assert keys == set(parameters(cls)), f"{path.name}: YAML keys and {cls.__name__}.__init__ parameters differ"
+    assert data["name"] == path.stem and "_target_" not in data  # the class says where it lives
+    defaults = parameters(SCORERS[path.stem])
+    for key, value in data.items():
+        if key in ("name", "defaults"):
+            continue
+        assert key in defaults, f"{path.name}: {key} is not a parameter of {SCORERS[path.stem].__name__}"
+        assert value != defaults[key], f"{path.name}: {key}={value!r} repeats the constructor's default"
 
 
 @pytest.mark.parametrize("path", SCORER_YAMLS, ids=lambda p: p.stem)
-def test_scorer_yaml_builds_its_registered_class_with_the_constructor_defaults(path: Path):
-    """The preset, as Hydra composes it, builds the class its name is registered under, and
-    sets what the constructor's defaults set (the YAML documents them; it changes none)."""
-
-    scorer = build_scorer(compose([f"scorer={path.stem}"]).scorer)
+def test_scorer_yaml_builds_its_registered_class(path: Path):
+    """The preset, as Hydra composes it, builds the class its name is registered under, with the
+    constructor's defaults where the preset sets nothing."""
+    composed = compose([f"scorer={path.stem}"]).scorer
+    scorer = build_scorer(composed)
     cls = SCORERS[path.stem]
+    given = {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "name"}
     assert type(scorer) is cls and scorer.name == path.stem
-    assert vars(scorer) == vars(cls()), f"{path.name} and {cls.__name__}'s defaults disagree"
+    assert vars(scorer) == vars(cls(**given))
+    # what results.json records: every constructor parameter with its effective value
+    assert list(scorer_config(composed)) == ["name", *parameters(cls)]
+
+
+def test_a_parameter_is_overridden_without_hydras_plus():
+    cfg = compose(["scorer=topo", "scorer.k=5"])
+    assert build_scorer(cfg.scorer).k == 5 and scorer_config(cfg.scorer)["k"] == 5
+    assert scorer_config(compose(["scorer=plugin", "scorer.name=cosine", "scorer.pooling=text_mean"]).scorer) == \
+        {"name": "cosine", "pooling": "text_mean"}
+
+
+def test_the_registry_finds_scorers_by_importing_the_packages_it_scans(tmp_path, monkeypatch):
+    pkg = tmp_path / "scanned_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "mine.py").write_text(
+        "from topovlm.api import LayerScorer\nfrom topovlm.registry import register_scorer\n\n"
+        "@register_scorer('scanned_one')\nclass Mine(LayerScorer):\n    def score(self, capture, ctx):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from topovlm.api import LayerScorer
+
+    reg = Registry("scorer", base=LayerScorer, scan=("scanned_pkg",))
+    monkeypatch.setattr("topovlm.registry.SCORERS", reg)  # the decorator registers into this one
+    assert list(reg) == ["scanned_one"] and reg["scanned_one"].__module__ == "scanned_pkg.mine"
+
+
+def test_a_plugin_class_named_like_a_builtin_cannot_replace_it():
+    from baselines.cosine import CosineScorer
+
+    impostor = type("CosineScorer", (CosineScorer,), {"__module__": "my_plugin.scorers"})
+    with pytest.raises(ValueError, match="'cosine' is already registered by baselines.cosine.CosineScorer"):
+        SCORERS.register("cosine", impostor)
+    assert SCORERS["cosine"] is CosineScorer
 
 
 @pytest.mark.parametrize("kind", ["evaluators", "adapters", "sources"])

@@ -18,6 +18,10 @@ from topovlm.topo.ranking import score_bars
 from topovlm.topo.zigzag import build_zigzag, snap_bars, zigzag_bars
 
 
+#: the zigzag size above which a run fails early with advice (the scorer's default cap)
+MAX_ZIGZAG_SIMPLICES = 250_000
+
+
 @dataclass
 class TopologyConfig:
     k: int = 15
@@ -34,7 +38,7 @@ class TopologyConfig:
     epi_power: float = 1.0
     flag_backend: str = "numpy"
     zigzag_method: str = "fast"
-    max_zigzag_simplices: int | None = None
+    max_zigzag_simplices: int | None = MAX_ZIGZAG_SIMPLICES
 
     def __post_init__(self) -> None:
         if self.max_dim not in (0, 1, 2):

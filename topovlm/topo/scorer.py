@@ -4,9 +4,9 @@ Layers whose topology (zigzag bars of k-NN flag complexes over the calibration s
 pooled states) is carried on by the other layers are redundant and removed first.
 
 * ``topo``: TopoVLM (arXiv 2604.16502) as reported, its gaps filled with the ancestor's
-  choices (``conf/scorer/topo.yaml``);
+  choices (the defaults of :class:`TopoScorer`, each with its source);
 * ``topo_llm``: the ancestor, Gardinazzi et al. (ICML 2025, arXiv 2410.11042), as its
-  public code does it (``conf/scorer/topo_llm.yaml``).
+  public code does it (:data:`ANCESTOR_DEFAULTS`, the differences from topo).
 
 Both rank bars through :meth:`TopoScorer.rank_bars`, which ``topovlm topo-score`` also
 uses on barcodes read from a file. ``docs/topo.md`` compares the two step by step.
@@ -27,7 +27,7 @@ from topovlm.topo.clouds import ACTIVATIONS, NORMALISATIONS, TOPO_POOLINGS, laye
 from topovlm.topo.complexes import FLAG_BACKENDS, SYMMETRISATIONS
 from topovlm.topo.consistency import EMPTY_POLICIES, FORMULAS, combine_dimensions
 from topovlm.topo.epi import effective_persistence_image, topological_activity
-from topovlm.topo.pipeline import TopologyConfig, compute_topology
+from topovlm.topo.pipeline import MAX_ZIGZAG_SIMPLICES, TopologyConfig, compute_topology
 from topovlm.topo.ranking import decide, empty_layer_warnings, score_bars, tie_warning
 from topovlm.topo.zigzag import METHODS, VARIANTS
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: H1 only: the ancestor prunes on H1 and TopoVLM does not say how it combines dimensions.
-#: H0 (and H2 with max_dim=2) are still computed and reported.
+#: H0 (and H2 with max_dim=2) are still computed and reported. Read-only by convention:
+#: :func:`parse_dim_weights` copies it.
 DEFAULT_DIM_WEIGHTS = {"h0": 0.0, "h1": 1.0, "h2": 0.0}
 
 
@@ -87,31 +88,61 @@ class TopoScorer(LayerScorer):
     default_policy = "topk"
     makes_decision = True
 
+    # Every default's source: [paper] = TopoVLM; [ancestor] = Gardinazzi et al.'s paper or public
+    # code; [project] = chosen here where both are silent, with the reason. docs/topo.md: the
+    # step-by-step table. ``conf/scorer/topo.yaml`` sets none of them (it names the scorer).
     def __init__(
         self,
-        activations: str = "post_attention_norm",
-        include_final_norm: bool = True,
-        pooling: str = "last",
-        center: bool = False,
-        normalize: str = "none",
-        pca_dim: int | None = None,
-        num_points: int | None = None,
-        k: int = 15,
-        symmetrize: str = "union",
-        metric: str = "euclidean",
-        max_dim: int = 1,
-        zigzag: str = "intersection",
-        formula: str = "topovlm_reconstruction",
-        alpha: float = 1.0,
-        dim_weights: Mapping[str, float] | None = None,
-        empty_layers: str = "skip",
-        epi_sigma: float = 1.0,
-        epi_power: float = 1.0,
-        epi_mix: float = 0.0,
-        eps: float = 0.9,
-        max_zigzag_simplices: int | None = 250_000,
-        flag_backend: str = "numpy",
-        zigzag_method: str = "fast",
+        # --- point clouds: one pooled vector per calibration sample per representation
+        activations: str = "post_attention_norm",  # [ancestor] each decoder layer's
+        # post_attention_layernorm output (normalised, mid-block); TopoVLM says "hidden states"
+        # only. residual: the layer output h_out[l] (its norm grows ~30x with depth here)
+        include_final_norm: bool = True,  # [ancestor] the final norm's output as an extra
+        # representation L: scored, never removable (L+1 representations)
+        pooling: str = "last",  # [ancestor] last token (TopoVLM: one token pooling multimodal
+        # information) | text_mean | vision_mean | modality [project]: per sample
+        # [text_mean ; vision_mean], each block scaled to unit mean norm per layer
+        center: bool = False,  # [ancestor] none of these three
+        normalize: str = "none",  # none | l2 (unit-norm points) | standardize (unit-variance features)
+        pca_dim: int | None = None,  # project each layer on its top principal components (None: off)
+        num_points: int | None = None,  # N: a seeded subset of the calibration samples (None: all
+        # calibration.n). TopoVLM reports 512 calibration pairs [paper]; this project keeps
+        # calibration.n = 128 for every scorer [project: one calibration set for a fair
+        # comparison]; run calibration.n=512 for TopoVLM's size (cost in docs/topo.md)
+        # --- complexes
+        k: int = 15,  # [paper: best of 5/15/25] neighbours per point. Needs k < N - 1 (checked
+        # before the capture)
+        symmetrize: str = "union",  # [ancestor] sklearn kneighbors_graph edges inserted into one simplex tree
+        metric: str = "euclidean",  # [ancestor]
+        max_dim: int = 1,  # homology dims 0..max_dim; H1 needs triangles [ancestor]. 2 adds H2
+        # --- zigzag
+        zigzag: str = "intersection",  # [paper, ancestor] K_l ⊇ K_l∩K_{l+1} ⊆ K_{l+1}
+        # --- consistency: how persistence similarity PS(i,j) becomes one score per representation
+        formula: str = "topovlm_reconstruction",  # [paper, as read; project reconstruction, no
+        # public code] sum_{j!=i} |i-j|^alpha PS(i,j)/beta(j) / sum_{j!=i} |i-j|^alpha
+        # gardinazzi: mean over all j (j=i included) of PS(i,j)/beta(j) [ancestor pruning]
+        # ilp: sum_j |i-j|^alpha PS(i,j)/beta(i) / sum_j |i-j|^alpha [ancestor figures]
+        alpha: float = 1.0,  # [paper: best of 0.5/1/2]
+        # S = sum_p w_p S_p / sum_p w_p over p <= max_dim. [ancestor] H1 only: TopoVLM does not
+        # say how it combines H0 and H1. H0 is computed and reported (topology.consistency.h0)
+        dim_weights: Mapping[str, float] = DEFAULT_DIM_WEIGHTS,
+        empty_layers: str = "skip",  # [project] representations with beta_p = 0 (0/0 terms) are
+        # left out of the sums | zero: count 0, keep the weight | nan: the ancestor's code (no guard)
+        # --- effective persistence image (bars over birth x persistence); activity = sum over persistence
+        epi_sigma: float = 1.0,  # [project] Gaussian width in layers (TopoVLM: "Gaussian-smoothed", width not given)
+        epi_power: float = 1.0,  # [project] bar weight (persistence / R)^power: long bars up-weighted (TopoVLM)
+        epi_mix: float = 0.0,  # [project] how EPI enters the decision: redundancy = S - epi_mix *
+        # activity / max(activity). TopoVLM reports -1.5 points without EPI but gives no formula;
+        # 0 keeps S alone (measured effect of 0.5 / 1: docs/topo.md)
+        # --- decision. selection.policy=auto -> topk: the swept sparsity is the budget [project:
+        # TopoVLM reports fixed sparsities]. The method's adaptive rule, every removable layer
+        # with redundancy >= eps * max, is recorded in results.json (topology.adaptive);
+        # selection.policy=adaptive applies it.
+        eps: float = 0.9,  # [ancestor: p = 0.8-0.9] (TopoVLM: adaptive, eps not given)
+        # --- cost guard and implementation (all exact; results do not depend on the last two)
+        max_zigzag_simplices: int | None = MAX_ZIGZAG_SIMPLICES,  # fail early with advice above this size (None: no cap)
+        flag_backend: str = "numpy",  # numpy | gudhi: clique enumeration (identical complexes)
+        zigzag_method: str = "fast",  # fast (dionysus fast_zigzag) | classic (zigzag_homology_persistence)
     ) -> None:
         self.activations = _choice("activations", activations, ACTIVATIONS)
         self.include_final_norm = bool(include_final_norm)
@@ -273,12 +304,25 @@ class TopoScorer(LayerScorer):
         return write_topology_plots(section, result.arrays.get("epi"), Path(out_dir), removed)
 
 
-#: where the ancestor's public code differs from ``scorer=topo`` (everything else is shared)
+#: where the ancestor's public code differs from ``scorer=topo``. Every other default is topo's
+#: and is also the ancestor's choice [ancestor]: the last token of each post_attention_layernorm
+#: output plus the final norm's output (L+1 representations, the last scored but never removed),
+#: no centring or normalisation (the norm outputs are used as they are), directed k-NN edges
+#: (sklearn kneighbors_graph, euclidean) in one simplex tree = union, max_dim 1 (H1 needs
+#: triangles; its expansion to dim 4 does not change H1), the intersection zigzag, H1 only,
+#: eps = 0.9 [ancestor: p = 0.8 or 0.9]: remove every decoder layer with r >= p * max r
+#: (selection.policy=auto -> adaptive: this rule, whatever the sparsity); the ancestor protects
+#: no decoder layer: selection.protect=[] for its rule exactly. alpha is unused by gardinazzi.
+#: empty_layers=skip [project]: the ancestor has no guard: one layer with beta_1 = 0 makes every
+#: score NaN (empty_layers=nan reproduces that); skip equals it whenever every beta_1 > 0, and
+#: the beta = 0 warning says when it does not.
 ANCESTOR_DEFAULTS: dict[str, Any] = {
-    "k": 5,  # its published barcodes (k = 4 in some splits)
-    "formula": "gardinazzi",  # mean over all j, j = i included, of PS_1(i,j) / beta_1(j)
-    "epi_sigma": 0.0,  # its persistence image: an unsmoothed count histogram
-    "epi_power": 0.0,
+    "k": 5,  # [ancestor] its published barcodes (k = 4 in some splits)
+    # [ancestor pruning code] r(i) = mean over all j, j = i included, of PS_1(i,j) / beta_1(j); no distance weight
+    "formula": "gardinazzi",
+    "epi_sigma": 0.0,  # [ancestor] unsmoothed count histogram over (birth, death)
+    "epi_power": 0.0,  # [ancestor] every bar counts 1
+    "epi_mix": 0.0,  # [ancestor] the persistence image is a figure, not part of the decision
 }
 
 
