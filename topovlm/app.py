@@ -115,9 +115,17 @@ def main(cfg: DictConfig) -> float | None:
         if info.sweep_dir is None:
             raise
         return None
-    metrics = results.metrics
-    headline = next((k for k in ("accuracy", "perplexity") if k in metrics), None)
-    value = metrics.get(headline) if headline else None
+    value = optimized_value(cfg, results.metrics)
     log.info("%s sparsity=%g removed=%s %s=%s -> %s", results.scorer, results.sparsity,
-             results.removed_layers, headline, value, info.out_dir / "results.json")
+             results.removed_layers, cfg.optimized_metric, value, info.out_dir / "results.json")
+    return value
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The job's value of ``optimized_metric``: what ``launch.py`` returns to a Hydra sweeper."""
+    metric = str(cfg.optimized_metric)
+    value = metrics.get(metric)
+    if value is None:  # a sweeper would optimise nothing: say which metrics there are
+        log.error("optimized_metric=%s is not among the job's metrics; set it to one of: %s", metric,
+                  ", ".join(k for k, v in metrics.items() if isinstance(v, (int, float))))
     return value

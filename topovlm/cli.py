@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dirs", nargs="+", type=Path, help="sweep directories (or results.json files)")
     s.add_argument("-o", "--out", type=Path, default=None,
                    help="where the summary goes (default: the sweep directory when there is one, else ./summary)")
-    s.add_argument("--metric", default=None, help="headline metric (default: accuracy, else perplexity)")
+    s.add_argument("--metric", default=None, help="headline metric (default: the optimized_metric the jobs record)")
     s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     s.add_argument("--wandb", choices=("auto", "offline", "online", "disabled"), default="disabled",
                    help="also log a W&B summary run (job_type=summary, the sweep's group); "

@@ -68,6 +68,7 @@ class TaskConfig:
     batch_size: int = 16
     max_new_tokens: int = 6
     options: dict[str, Any] = field(default_factory=dict)  # evaluator-specific (e.g. lmms-eval task list)
+    metric: str = "accuracy"  # the task's headline metric, as the evaluator reports it (optimized_metric's default)
 
 
 @dataclass
@@ -121,6 +122,9 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
     sparsity: float = 0.0  # fraction of decoder layers removed: k = floor(sparsity * L + 0.5)
+    # the metric app.main returns (what a Hydra sweeper such as Optuna optimises) and the summary's
+    # headline metric; a metric the job does not report is an error
+    optimized_metric: str = "${task.metric}"
     seed: int = 0  # seeds python, numpy, torch and the random scorer
     num_threads: Optional[int] = None  # torch CPU threads per job (e.g. 1 with parallel launchers)
     cache_dir: str = "${oc.env:TOPOVLM_CACHE,${oc.env:HOME}/.cache/topovlm}"

@@ -41,7 +41,8 @@ SWEEP_TABLE = "results.jsonl"
 _BOOKKEEPING = (RESULTS_FILE, FAILED_FILE, SWEEP_TABLE, "wandb", ".hydra")
 #: config keys that change how a job is logged, stored or scheduled, never what it computes:
 #: left out of a job's identity (its cache key) and never part of a scorer's label in a summary
-NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads", "reuse_model")
+NOT_IDENTITY = ("logger", "force", "save_model", "cache_dir", "reference", "num_threads", "reuse_model",
+                "optimized_metric")
 #: the layout of results.json this version writes (``schema_version``); files without the
 #: field are the unversioned layout written before it, read as well
 SCHEMA_VERSION = 1

@@ -66,6 +66,7 @@ def job_identity(cfg: DictConfig, scorer: LayerScorer | None = None) -> dict[str
     data = resolved_config(cfg)
     for k in NOT_IDENTITY:
         data.pop(k, None)
+    data["task"].pop("metric", None)  # which reported metric leads: no number depends on it
     if cfg.model.source == "embedded":
         from topovlm.default_model.build import weights_digest
 

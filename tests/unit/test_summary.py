@@ -277,6 +277,33 @@ def test_each_task_gets_its_own_headline_metric(tmp_path: Path):
     assert set(header[11:14]) == {"accuracy", "mme_perception_score", "pope_accuracy"}  # headlines first
 
 
+def test_the_headline_is_the_metric_the_run_config_optimises(tmp_path: Path):
+    """optimized_metric, recorded in each job's config, names the headline; --metric overrides it."""
+    for scorer in ("cosine", "topo"):
+        out = fake_job(tmp_path, scorer, 0.25, 0.8, removed=[1], task="pope", metric="pope_accuracy")
+        res = json.loads((out / "results.json").read_text())
+        res["metrics"]["pope_f1_score"] = 0.5 if scorer == "cosine" else 0.6
+        res["config"]["optimized_metric"] = "pope_f1_score"
+        (out / "results.json").write_text(json.dumps(res))
+    assert build_summary([tmp_path], plots=False).headlines[("m", "pope")] == "pope_f1_score"
+    assert build_summary([tmp_path], plots=False, metric="pope_accuracy").headlines[("m", "pope")] == "pope_accuracy"
+
+
+def test_optimized_metric_defaults_to_the_task_presets_metric():
+    from tests.helpers import compose
+
+    assert compose([]).optimized_metric == "accuracy"
+    assert compose(["task=text_ppl"]).optimized_metric == "perplexity"
+    assert compose(["task=pope"]).optimized_metric == "pope_accuracy"
+    assert compose(["optimized_metric=accuracy_mc"]).optimized_metric == "accuracy_mc"
+    from topovlm.app import optimized_value
+
+    metrics = {"accuracy": 0.4, "accuracy_mc": 0.7, "perplexity": 3.0}  # no guessing: the one named
+    assert optimized_value(compose(["optimized_metric=accuracy_mc"]), metrics) == 0.7
+    assert optimized_value(compose(["task=text_ppl"]), metrics) == 3.0
+    assert optimized_value(compose(["task=pope"]), metrics) is None
+
+
 # --------------------------------------------------------------------------- per-sample statistics
 
 N_SAMPLES = 100

@@ -11,7 +11,7 @@ import csv
 import math
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -67,10 +67,13 @@ def _metric_names(jobs: list[SummaryJob]) -> list[str]:
 
 
 def headline_metric(jobs: list[SummaryJob], preferred: str | None = None) -> str | None:
-    """``preferred`` when the jobs report it, else accuracy, else perplexity, else the first metric
-    the evaluator reports (e.g. ``pope_accuracy``, ``mme_perception_score``, ``exact_match``)."""
+    """``preferred`` (``topovlm summarize --metric``) when the jobs report it, else the
+    ``optimized_metric`` their configs name. Results written before the config recorded it:
+    accuracy, else perplexity, else the first metric the evaluator reports."""
     names = _metric_names(jobs)
-    for pref in (preferred, "accuracy", "perplexity"):
+    named = Counter(str(j.config["optimized_metric"]) for j in jobs
+                    if isinstance(j.config, dict) and j.config.get("optimized_metric"))
+    for pref in (preferred, *(m for m, _ in named.most_common()), "accuracy", "perplexity"):
         if pref and pref in names:
             return pref
     return names[0] if names else None
