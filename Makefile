@@ -11,7 +11,7 @@ CONSTRAINTS ?= constraints/cpu.txt
 PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 SWEEP ?= scorer=topo,cosine sparsity=0.1,0.2,0.3
 
-.PHONY: setup demo test test-fast bench clean-cache lock
+.PHONY: setup demo lint test test-fast bench clean-cache lock
 
 $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(PY) launch.py -m $(SWEEP)
+
+# ruff (pyflakes, pycodestyle errors) everywhere; mypy on the typed core. Config: pyproject.toml.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy -m topovlm.api -m topovlm.registry -m topovlm.results
 
 # Every test: tests/unit, tests/integration (the real embedded model, built on first use),
 # tests/reliability, the slow subprocess sweeps. What CI runs (.ci/run).

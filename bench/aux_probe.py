@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model.build import build_model  # noqa: E402
-from topovlm.default_model.quick_eval import evaluate  # noqa: E402
+from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.build import build_model  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.quick_eval import evaluate  # noqa: E402 - after the sys.path set-up above
 
 _spec = importlib.util.spec_from_file_location("train_dm", ROOT / "scripts" / "train_default_model.py")
 train = importlib.util.module_from_spec(_spec)

@@ -21,8 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.default_model_speed import machine  # noqa: E402
-from bench.throughput import _compose  # noqa: E402
+from bench.default_model_speed import machine  # noqa: E402 - after the sys.path set-up above
+from bench.throughput import _compose  # noqa: E402 - after the sys.path set-up above
 
 
 def main() -> int:
@@ -48,7 +48,7 @@ def main() -> int:
         spec = spec | s.capture_spec()
     cap = run_capture(adapter, samples, spec, batch_size=cfg.calibration.batch_size)
     def rounded(norms_too: bool) -> Capture:
-        r16 = lambda d: {k: v.astype(np.float16).astype(np.float32) for k, v in d.items()}  # noqa: E731
+        r16 = lambda d: {k: v.astype(np.float16).astype(np.float32) for k, v in d.items()}  # noqa: E731 - a one-line local helper
         return Capture(cap.num_layers, cap.sample_ids, cap.domains, r16(cap.pooled), dict(cap.stats), cap.meta,
                        norms=r16(cap.norms) if norms_too else dict(cap.norms))
 

@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from topovlm.default_model.build import weights_digest  # noqa: E402
-from topovlm.summary import build_summary  # noqa: E402
+from topovlm.default_model.build import weights_digest  # noqa: E402 - after the sys.path set-up above
+from topovlm.summary import build_summary  # noqa: E402 - after the sys.path set-up above
 
 SPARSITIES = "0.1,0.2,0.3"
 # (label, overrides): the default grid fits a CPU session; --full sweeps every scorer at every sparsity

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model import ensure_default_model  # noqa: E402
-from topovlm.default_model.quick_eval import (  # noqa: E402
+from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model import ensure_default_model  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.quick_eval import (  # noqa: E402 - after the sys.path set-up above
     accuracy, build_prompt, drop_layers, generate_answers,
 )
 

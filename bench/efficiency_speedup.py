@@ -33,8 +33,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from topovlm.efficiency import EfficiencySettings, device_name, measure, speedups  # noqa: E402
-from topovlm.pruning import remove_layers  # noqa: E402
+from topovlm.efficiency import EfficiencySettings, device_name, measure, speedups  # noqa: E402 - after the sys.path set-up above
+from topovlm.pruning import remove_layers  # noqa: E402 - after the sys.path set-up above
 
 
 def load(name: str):
@@ -58,7 +58,7 @@ def load(name: str):
 
             model, tok = load_pretrained("causal_lm", str(ensure_language_model()))
             return "smollm2", CausalLMAdapter(model, tok, name="smollm2")
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - one failed measurement is reported, the benchmark goes on
             if name == "smollm2":
                 raise
             print(f"SmolLM2 unavailable ({err}); using the tiny model", file=sys.stderr)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((scorer, "FAIL", [None] * len(STAGES), time.perf_counter() - start,
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
 
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 - a one-line local helper
     lines = [f"# GPU smoke test: {args.model} ({args.path})", "",
              f"{dt.date.today().isoformat()}, {_machine()}; task={args.task} limit={args.limit}, "
              f"calibration={args.calibration} n={args.calibration_n}, sparsity={args.sparsity}", "",

@@ -22,9 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model.build import NUM_IMAGE_TOKENS, build_model  # noqa: E402
-from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
+from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.build import NUM_IMAGE_TOKENS, build_model  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - after the sys.path set-up above
 
 
 def _train_script():

@@ -39,10 +39,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model.build import build_model, visual_token_index  # noqa: E402
-from topovlm.default_model.quick_eval import build_prompt  # noqa: E402
-from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
+from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.build import build_model, visual_token_index  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.quick_eval import build_prompt  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - after the sys.path set-up above
 
 _QUESTION = re.compile(r"Is the (\w+ \w+) (to the left of|to the right of|above|below) the (\w+ \w+)\?")
 RELATIONS = ("to the left of", "to the right of", "above", "below")

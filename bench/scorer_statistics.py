@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare_scorers import machine  # noqa: E402
-from topovlm.summary import SUMMARY_MD, build_summary  # noqa: E402
+from bench.compare_scorers import machine  # noqa: E402 - after the sys.path set-up above
+from topovlm.summary import SUMMARY_MD, build_summary  # noqa: E402 - after the sys.path set-up above
 
 EXPECTED_JOBS = 8 * 3 * 3  # scorers x sparsities x calibration draws
 

@@ -23,10 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.lm_probe import probe  # noqa: E402
-from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, build_model, visual_token_index  # noqa: E402
-from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
+from bench.lm_probe import probe  # noqa: E402 - after the sys.path set-up above
+from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, build_model, visual_token_index  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - after the sys.path set-up above
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from topovlm.summary import build_summary  # noqa: E402
-from topovlm.topo.consistency import FORMULAS  # noqa: E402
+from topovlm.summary import build_summary  # noqa: E402 - after the sys.path set-up above
+from topovlm.topo.consistency import FORMULAS  # noqa: E402 - after the sys.path set-up above
 
 EPI_MIXES = (0.0, 0.25, 0.5, 1.0)
 

@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from topovlm.topo.pipeline import TopologyConfig, compute_topology  # noqa: E402
+from topovlm.topo.pipeline import TopologyConfig, compute_topology  # noqa: E402 - after the sys.path set-up above
 
 
 # ----------------------------------------------------------------------------- clouds

@@ -59,11 +59,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from topovlm.data import shapes  # noqa: E402
-from topovlm.default_model.build import (  # noqa: E402
+from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
+from topovlm.default_model.build import (  # noqa: E402 - after the sys.path set-up above
     IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH_SIZE, build_model, visual_token_index,
 )
-from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402
+from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - after the sys.path set-up above
 
 COLOUR_IDS = {c: i + 1 for i, c in enumerate(shapes.COLOURS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(shapes.SHAPES)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import CONF, ROOT, compose, make_samples, tiny_overrides  # noqa: F401
+from tests.helpers import CONF, ROOT, compose, make_samples, tiny_overrides  # noqa: F401 - the helpers, importable from conftest as well
 
 # tiny models run fastest on one thread (and the suite must fit a 2-core machine)
 torch.set_num_threads(1)

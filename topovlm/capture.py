@@ -509,7 +509,7 @@ class CaptureCache:
                 if arr.shape[:2] != (n_layers, n):
                     raise ValueError(f"shape {arr.shape}, expected ({n_layers}, {n}, ...)")
                 stats[r.key] = arr
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - an unreadable or malformed cache file is discarded and recomputed
                 discard(f, err)
                 missing.append(r)
         norms: dict[str, np.ndarray] = {}
@@ -523,7 +523,7 @@ class CaptureCache:
                     norms = {k: z[k] for k in z.files}
                 if any(v.shape[:2] != (n_layers + 1, n) for v in norms.values()):
                     raise ValueError(f"norm arrays not ({n_layers + 1}, {n}, d)")
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - an unreadable or malformed cache file is discarded and recomputed
                 discard(norms_file, err)
                 norms, need_norms = {}, True
         capture = Capture(n_layers, meta["sample_ids"], meta["domains"], pooled, stats, meta["meta"], norms=norms)

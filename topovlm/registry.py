@@ -78,7 +78,7 @@ class Registry(Mapping, Generic[T]):
                 module = importlib.import_module(package)
                 for info in pkgutil.iter_modules(getattr(module, "__path__", []), package + "."):
                     importlib.import_module(info.name)  # a broken module fails here, loudly
-        if self._entry_points_loaded:
+        if self._entry_points_loaded or self.entry_point_group is None:
             return
         self._entry_points_loaded = True
         for ep in entry_points(group=self.entry_point_group):
@@ -127,7 +127,7 @@ class Registry(Mapping, Generic[T]):
 
 def parameters(obj: Any) -> dict[str, Any]:
     """Constructor (or function) parameters and their defaults (``...`` when required)."""
-    target = obj.__init__ if isinstance(obj, type) else getattr(obj, "fn", obj)
+    target = getattr(obj, "__init__") if isinstance(obj, type) else getattr(obj, "fn", obj)
     out = {}
     for name, p in inspect.signature(target).parameters.items():
         if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):

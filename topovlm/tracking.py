@@ -18,7 +18,6 @@ import shutil
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class WandbRun:
                           settings=wandb.Settings(init_timeout=float(getattr(cfg, "init_timeout", None) or 10)))
             try:
                 self.run = wandb.init(mode=mode, **kwargs)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
                 if mode != "online":
                     raise
                 self._warn(f"W&B online init failed ({type(err).__name__}: {err}); logging offline")
@@ -137,7 +136,7 @@ class WandbRun:
             return
         try:
             self.run.log(data)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
             log.warning("W&B log failed: %s", err)
 
     def log_images(self, paths: list[Path]) -> None:
@@ -147,7 +146,7 @@ class WandbRun:
             import wandb
 
             self.run.log({f"diagnostics/{p.stem}": wandb.Image(str(p)) for p in paths})
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
             log.warning("W&B image log failed: %s", err)
 
     def summary(self, data: dict[str, Any]) -> None:
@@ -155,7 +154,7 @@ class WandbRun:
             return
         try:
             self.run.summary.update(data)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
             log.warning("W&B summary failed: %s", err)
 
     def config_update(self, data: dict[str, Any]) -> None:
@@ -163,7 +162,7 @@ class WandbRun:
             return
         try:
             self.run.config.update(data, allow_val_change=True)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
             log.warning("W&B config update failed: %s", err)
 
     @property
@@ -178,7 +177,7 @@ class WandbRun:
             run_dir = Path(self.run.dir).parent  # <...>/wandb/offline-run-<ts>-<id>/files
             return {"id": self.run.id, "name": self.run.name, "group": self.run.group, "mode": self.mode,
                     "run_dir": str(run_dir), "notes": self.notes}
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
             return None
 
     def __enter__(self) -> "WandbRun":
@@ -188,7 +187,7 @@ class WandbRun:
         if self.run is not None:
             try:
                 self.run.finish(exit_code=1 if exc_type else 0)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
                 log.warning("W&B finish failed: %s", err)
             self.run = None
 

@@ -10,7 +10,6 @@ next to the summary and says how to publish it.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 

@@ -18,10 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import topovlm.capture  # noqa: E402
-import topovlm.runner  # noqa: E402
-import topovlm.summary  # noqa: E402
-import topovlm.tracking  # noqa: E402
+import topovlm.capture  # noqa: E402 - after the sys.path set-up above
+import topovlm.runner  # noqa: E402 - after the sys.path set-up above
+import topovlm.summary  # noqa: E402 - after the sys.path set-up above
+import topovlm.tracking  # noqa: E402 - after the sys.path set-up above
 
 TARGETS = {
     "load": (topovlm.runner, "load_model"),

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, compose, tiny_overrides
+from tests.helpers import ROOT
 from tests.reliability.common import env, fast, launch, log_of, rows
 from topovlm.cli import main
 

@@ -61,7 +61,7 @@ def test_cache_reuses_capture_and_adds_missing_statistics(tiny_llava, tmp_path):
         loads.append(1)
         return tiny_llava
 
-    samples_fn = lambda: make_samples(6)  # noqa: E731
+    samples_fn = lambda: make_samples(6)  # noqa: E731 - a one-line local helper
     key = CaptureCache.key("tiny", "shapes:test")
     first = cache.get(key, adapter_fn, samples_fn, CaptureSpec(), batch_size=3)
     assert cache.forward_passes == 1

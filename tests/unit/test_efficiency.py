@@ -6,7 +6,6 @@ import json
 import mmap
 
 import pytest
-import torch
 
 from tests.helpers import compose, tiny_overrides
 from topovlm import efficiency

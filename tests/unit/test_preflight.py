@@ -90,7 +90,7 @@ def _jsonl_folder(tmp_path, n=10):
 def test_jsonl_source_honours_its_seed(tmp_path):
     folder = _jsonl_folder(tmp_path)
     ds = compose(["calibration.dataset.source=jsonl", f"calibration.dataset.path={folder}"]).calibration.dataset
-    ids = lambda seed: [s.id for s in load_samples(ds, n=4, seed=seed)]  # noqa: E731
+    ids = lambda seed: [s.id for s in load_samples(ds, n=4, seed=seed)]  # noqa: E731 - a one-line local helper
     assert ids(0) == ids(0) and ids(0) != ids(1)
     with pytest.raises(ValueError, match="11 samples asked for, the source has 10"):
         load_samples(ds, n=11, seed=0)

@@ -206,7 +206,7 @@ def test_scp_moves_the_pruned_model_toward_the_unpruned_one(fresh_tiny_llava, tm
     record = scorer.after_pruning(adapter, [3, 5], samples, ScoringContext())
     compensated = _logits(adapter, samples)
     kl_pruned, kl_comp = _kl(reference, pruned), _kl(reference, compensated)
-    dist = lambda x: float(((x - reference).norm(dim=-1) / reference.norm(dim=-1)).mean())  # noqa: E731
+    dist = lambda x: float(((x - reference).norm(dim=-1) / reference.norm(dim=-1)).mean())  # noqa: E731 - a one-line local helper
     print(f"\nSCP o_proj rank 4: KL to unpruned {kl_pruned:.5f} -> {kl_comp:.5f}, "
           f"relative logit distance {dist(pruned):.4f} -> {dist(compensated):.4f}, "
           f"decoder-output gap {record['output_gap_last_token']}")

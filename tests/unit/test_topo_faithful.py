@@ -3,7 +3,6 @@ the norm activations, and loud failures on degenerate inputs."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,7 +179,7 @@ def test_norm_capture_and_cache(tiny_llava, tmp_path):
 
     cache = CaptureCache(tmp_path)
     key = CaptureCache.key("tiny", "shapes:norms")
-    samples_fn = lambda: make_samples(6)  # noqa: E731
+    samples_fn = lambda: make_samples(6)  # noqa: E731 - a one-line local helper
     cache.get(key, lambda: tiny_llava, samples_fn, CaptureSpec(), batch_size=3)
     got = cache.get(key, lambda: tiny_llava, samples_fn, CaptureSpec(norms=True), batch_size=3)
     assert cache.forward_passes == 2  # an older capture without norms: one pass for just that

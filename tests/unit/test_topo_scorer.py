@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dionysus  # noqa: E402,F401
-import gudhi  # noqa: E402,F401
+import dionysus  # noqa: F401 - a missing topology backend fails at collection, not mid-test
+import gudhi  # noqa: F401 - a missing topology backend fails at collection, not mid-test
 
-from tests.helpers import SYNTHETIC_D as D  # noqa: E402
-from tests.helpers import SYNTHETIC_L as L  # noqa: E402
-from tests.helpers import SYNTHETIC_N as N  # noqa: E402
-from tests.helpers import synthetic_capture  # noqa: E402
-from topovlm.capture import Capture  # noqa: E402
-from topovlm.scoring import ScoringContext  # noqa: E402
-from topovlm.topo.scorer import TopoScorer  # noqa: E402
+from tests.helpers import SYNTHETIC_D as D
+from tests.helpers import SYNTHETIC_L as L
+from tests.helpers import SYNTHETIC_N as N
+from tests.helpers import synthetic_capture
+from topovlm.capture import Capture
+from topovlm.scoring import ScoringContext
+from topovlm.topo.scorer import TopoScorer
 
 ROOT = Path(__file__).resolve().parents[2]
 

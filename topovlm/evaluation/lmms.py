@@ -113,8 +113,8 @@ class LmmsDatasetUnavailable(FileNotFoundError):
 
 def import_lmms_eval() -> Any:
     try:
-        import lmms_eval.evaluator  # noqa: F401
-        from lmms_eval.api.model import lmms  # noqa: F401
+        import lmms_eval.evaluator
+        from lmms_eval.api.model import lmms  # noqa: F401 - imported to check that lmms-eval's model API is importable
     except ImportError as err:
         raise LmmsEvalMissing(
             f"task.evaluator=lmms needs lmms-eval ({err}). GPU machines: pip install 'topovlm[lmms]'. "
@@ -131,7 +131,7 @@ def lmms_eval_version() -> str:
         from importlib.metadata import version
 
         return version("lmms_eval")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - any failure to read the version: recorded as unknown
         return "unknown"
 
 
@@ -375,7 +375,7 @@ def _hub_cache_dirs() -> list[Path]:
         from huggingface_hub import constants
 
         hub = Path(constants.HF_HUB_CACHE)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - huggingface_hub missing or misconfigured: its default location
         hub = Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
     return [hub]
 
@@ -388,7 +388,7 @@ def _datasets_cache_dirs() -> list[Path]:
         import datasets
 
         dirs.append(Path(datasets.config.HF_DATASETS_CACHE))
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - datasets missing or misconfigured: its cache is not searched
         pass
     dirs.append(Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "datasets")
     return list(dict.fromkeys(dirs))

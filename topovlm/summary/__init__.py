@@ -43,8 +43,9 @@ from topovlm.summary.statistics import (CALIBRATION_CSV, COMPARISON_CSV, EFFICIE
                                         Comparison, CostRow, DrawRow, Statistics, build_statistics, cell_interval,
                                         cell_samples, compare, comparison_markdown, job_samples, metric_samples,
                                         paired_test)
-from topovlm.summary.tables import (REFERENCE, VERDICT_BEST, VERDICT_NA, VERDICT_SAME, VERDICT_WORSE, MetricTable, Stat,
-                                    headline_metric, metric_table, ordered_metrics, removed_markdown)
+from topovlm.stats import VERDICT_BEST, VERDICT_NA, VERDICT_SAME, VERDICT_WORSE
+from topovlm.summary.tables import (REFERENCE, MetricTable, Stat, headline_metric, metric_table, ordered_metrics,
+                                    removed_markdown)
 
 __all__ = [
     "AGREEMENT_CSV", "CALIBRATION_CSV", "COMPARISON_CSV", "CSV_FIRST", "CSV_LAST", "DEFAULT_HIGHER_IS_BETTER",

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from topovlm.summary.agreement import Agreement, first_per_draw
 from topovlm.summary.load import SummaryJob, groups
 from topovlm.summary.statistics import Comparison
-from topovlm.summary.tables import (REFERENCE, VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA,
-                                    VERDICT_SAME, VERDICT_WORSE, slug)
+from topovlm.stats import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA, VERDICT_SAME,
+                           VERDICT_WORSE)
+from topovlm.summary.tables import REFERENCE, slug
 
 if TYPE_CHECKING:
     from topovlm.summary.build import Summary

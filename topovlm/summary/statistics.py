@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from topovlm.samples import REFERENCE_FIELDS
 from topovlm.summary.load import SEED_KEYS, SummaryJob, is_reference
-from topovlm.summary.tables import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA, VERDICT_SAME,
-                                    VERDICT_WORSE, MetricTable, Stat, fmt_value, write_csv)
+from topovlm.stats import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA, VERDICT_SAME,
+                           VERDICT_WORSE)
+from topovlm.summary.tables import MetricTable, Stat, fmt_value, write_csv
 
 if TYPE_CHECKING:
     import numpy as np

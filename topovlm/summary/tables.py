@@ -14,10 +14,9 @@ import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from topovlm.stats import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA,  # noqa: F401
-                           VERDICT_SAME, VERDICT_WORSE)
+from topovlm.stats import VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_WORSE
 from topovlm.summary.load import SummaryJob, higher_is_better, is_reference
 
 if TYPE_CHECKING:
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
 REFERENCE = "unpruned (reference)"
 _SKIP_METRICS = ("num_samples",)
 # a cell's verdict against the other scorers at its sparsity (topovlm.summary.statistics;
-# the words are topovlm.stats', re-exported here)
+# the words are topovlm.stats')
 #: the mark a cell of a metric table carries for its verdict (none: best or not shown different)
 VERDICT_MARKS = {VERDICT_WORSE: "↓", VERDICT_EQUIVALENT: "≡", VERDICT_INCONCLUSIVE: "?"}
 

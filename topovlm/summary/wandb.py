@@ -19,8 +19,9 @@ from typing import Any
 from topovlm.summary.build import Summary, csv_rows
 from topovlm.summary.load import SummaryJob
 from topovlm.summary.statistics import CALIBRATION_CSV, EFFICIENCY_CSV, REGIMES_CSV
-from topovlm.summary.tables import VERDICT_BEST, VERDICT_NA, VERDICT_SAME, ordered_metrics, slug
-from topovlm.tracking import sweep_group  # noqa: F401 - the W&B group rule, also imported from here
+from topovlm.stats import VERDICT_BEST, VERDICT_NA, VERDICT_SAME
+from topovlm.summary.tables import ordered_metrics, slug
+from topovlm.tracking import sweep_group
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,13 @@ def log_summary_run(summary: Summary, settings: Any, *, group: str | None = None
         for row in curve_rows(summary):
             run.log(row)
         run.summary.update(_best(summary))
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
         ok = False
         log.warning("W&B summary logging failed: %s", err)
     finally:
         try:
             run.finish(exit_code=0 if ok else 1)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
             log.warning("W&B finish failed: %s", err)
     return run_dir
 
