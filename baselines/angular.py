@@ -8,9 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from baselines.cosine import pooled_cosine
-from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.api import POOLINGS, LayerScorer, ScoreResult, ScoringContext
+from topovlm.api import POOLINGS, CaptureLike, LayerScorer, ScoreResult, ScoringContext
 
 
 def block_distances(states: np.ndarray) -> np.ndarray:
@@ -36,7 +35,7 @@ class AngularScorer(LayerScorer):
             raise ValueError(f"pooling={pooling!r}; allowed: {', '.join(POOLINGS)}")
         self.pooling = pooling
 
-    def score(self, capture: Capture, ctx: ScoringContext) -> ScoreResult:
+    def score(self, capture: CaptureLike, ctx: ScoringContext) -> ScoreResult:
         states = capture.pooled[self.pooling].astype(np.float64)
         cost = block_distances(states)
         single = cost[1]  # d(l, 1): how much one layer turns the residual stream

@@ -21,7 +21,7 @@ from topovlm.api import CaptureSpec, LayerScorer, ScoreResult, ScoringContext
 from topovlm.topo.clouds import ACTIVATIONS, NORMALISATIONS, TOPO_POOLINGS, layer_clouds
 
 if TYPE_CHECKING:
-    from topovlm.capture import Capture
+    from topovlm.api import CaptureLike
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> Any:
@@ -55,7 +55,7 @@ class ConsecutiveScorer(LayerScorer):
         """``(R, N, d)`` clouds -> ``(R - 1,)`` similarity of representations ``i`` and ``i + 1``,
         and JSON-serialisable details for results.json."""
 
-    def score(self, capture: "Capture", ctx: ScoringContext) -> ScoreResult:
+    def score(self, capture: "CaptureLike", ctx: ScoringContext) -> ScoreResult:
         lc = layer_clouds(capture, self.pooling, center=self.center, normalize=self.normalize,
                           pca_dim=self.pca_dim, num_points=self.num_points, seed=ctx.seed,
                           activations=self.activations, include_final_norm=False)

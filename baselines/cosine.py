@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.api import POOLINGS, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
+from topovlm.api import POOLINGS, CaptureLike, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
 
 # token-level poolings: mean over those tokens of the per-token cosine
 TOKEN_POOLINGS = {"all_tokens": "all", "text_tokens": "text", "vision_tokens": "vision"}
@@ -18,7 +17,7 @@ def pooled_cosine(h_in: np.ndarray, h_out: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-12)
 
 
-def layer_cosine(capture: Capture, pooling: str) -> np.ndarray:
+def layer_cosine(capture: CaptureLike, pooling: str) -> np.ndarray:
     """``(L, N)`` cosine between each layer's input and output under a pooling."""
     if pooling in TOKEN_POOLINGS:
         return capture.stat(StatRequest.make("token_cos", tokens=TOKEN_POOLINGS[pooling]))
@@ -48,6 +47,6 @@ class CosineScorer(LayerScorer):
     def capture_spec(self) -> CaptureSpec:
         return token_spec(self.pooling)
 
-    def score(self, capture: Capture, ctx: ScoringContext) -> ScoreResult:
+    def score(self, capture: CaptureLike, ctx: ScoringContext) -> ScoreResult:
         cos = np.nanmean(layer_cosine(capture, self.pooling), axis=1)
         return ScoreResult(scores=cos, redundancy=cos)

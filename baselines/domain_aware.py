@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from baselines.cosine import check_pooling, layer_cosine, token_spec
-from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.api import CaptureSpec, LayerScorer, ScoreResult, ScoringContext
+from topovlm.api import CaptureLike, CaptureSpec, LayerScorer, ScoreResult, ScoringContext
 
 RANKINGS = ("math", "non_math", "mixed")
 DEFAULT_DOMAINS = {"math": ["math"], "non_math": ["non_math"]}
@@ -92,7 +91,7 @@ class DomainAwareScorer(LayerScorer):
             return {"math": self.mix_weight, "non_math": 1.0 - self.mix_weight}
         return {self.ranking: 1.0}
 
-    def score(self, capture: Capture, ctx: ScoringContext) -> ScoreResult:
+    def score(self, capture: CaptureLike, ctx: ScoringContext) -> ScoreResult:
         cos = layer_cosine(capture, self.pooling)  # (L, N)
         per_domain: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}

@@ -42,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from topovlm.capture import Capture, LayerCall, _masked_mean, register_statistic, row_cosine, run_capture
+from topovlm.capture import run_capture
+from topovlm.token_stats import LayerCall, masked_mean, register_statistic, row_cosine
 from topovlm.registry import register_scorer
-from topovlm.api import POOLINGS, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
+from topovlm.api import POOLINGS, CaptureLike, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
@@ -108,7 +109,7 @@ def tis_cos(call: LayerCall, top_p_vision: float = 0.5, top_p_text: float = 0.5,
             column_mean: str = "visible") -> torch.Tensor:
     """Per sample: mean of cos(h_in, h_out) over the layer's important tokens."""
     keep = important_tokens(call, top_p_vision, top_p_text, column_mean)
-    return _masked_mean(row_cosine(call.h_in, call.h_out), keep)
+    return masked_mean(row_cosine(call.h_in, call.h_out), keep)
 
 
 register_statistic(STAT, tis_cos, needs_attention=True,
@@ -265,7 +266,7 @@ class ShortLVLMScorer(LayerScorer):
     def capture_spec(self) -> CaptureSpec:
         return CaptureSpec((self.request(),))
 
-    def score(self, capture: Capture, ctx: ScoringContext) -> ScoreResult:
+    def score(self, capture: CaptureLike, ctx: ScoringContext) -> ScoreResult:
         cos = capture.stat(self.request())
         mean = np.nanmean(cos, axis=1)
         if self.compensation == "scp":

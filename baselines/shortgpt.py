@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from topovlm.capture import Capture
 from topovlm.registry import register_scorer
-from topovlm.api import CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
+from topovlm.api import CaptureLike, CaptureSpec, LayerScorer, ScoreResult, ScoringContext, StatRequest
 
 TOKENS = ("all", "text", "vision")
 
@@ -26,7 +25,7 @@ class ShortGPTScorer(LayerScorer):
     def capture_spec(self) -> CaptureSpec:
         return CaptureSpec((StatRequest.make("token_cos", tokens=self.tokens),))
 
-    def score(self, capture: Capture, ctx: ScoringContext) -> ScoreResult:
+    def score(self, capture: CaptureLike, ctx: ScoringContext) -> ScoreResult:
         cos = capture.stat(StatRequest.make("token_cos", tokens=self.tokens))
         bi = 1.0 - np.nanmean(cos, axis=1)
         return ScoreResult(scores=bi, redundancy=-bi)

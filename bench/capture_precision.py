@@ -34,7 +34,7 @@ def main() -> int:
     from topovlm.config import build_scorer
     from topovlm.data.sources import load_samples
     from topovlm.registry import SCORERS
-    from topovlm.scoring import CaptureSpec, ScoringContext
+    from topovlm.api import CaptureSpec, ScoringContext
     from topovlm.selection import SelectionConfig, num_to_remove, select_layers
 
     torch.set_num_threads(1)

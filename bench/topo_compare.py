@@ -71,7 +71,7 @@ def curves(name: str, r: dict) -> list[str]:
 def variants(name: str, r: dict, key: str, values: tuple) -> list[str]:
     """Top-k and adaptive sets with one scorer setting varied, from the run's own bars
     (the scorer's ranking code: no model, no new zigzag)."""
-    from topovlm.runner import build_scorer
+    from topovlm.config import build_scorer
 
     t = r["topology"]
     params = dict(r["config"]["scorer"])

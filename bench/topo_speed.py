@@ -83,7 +83,7 @@ def _real_capture(n: int, seed: int):
 
         from topovlm.adapters.loading import load_adapter
         from topovlm.capture import run_capture
-        from topovlm.scoring import CaptureSpec
+        from topovlm.api import CaptureSpec
         from topovlm.config import register_configs
         from topovlm.data.sources import load_samples
 

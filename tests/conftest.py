@@ -56,7 +56,7 @@ def fresh_tiny_llava():
 def tiny_capture(tiny_llava):
     """A real capture of the tiny LLaVA on 8 image questions, with token-level cosines."""
     from topovlm.capture import run_capture
-    from topovlm.scoring import CaptureSpec, StatRequest
+    from topovlm.api import CaptureSpec, StatRequest
 
     spec = CaptureSpec(tuple(StatRequest.make("token_cos", tokens=t) for t in ("all", "text", "vision")))
     return run_capture(tiny_llava, make_samples(8), spec, batch_size=4)

@@ -198,6 +198,8 @@ class CaptureLike(Protocol):
 
     def h_out(self, pooling: str = "last") -> np.ndarray: ...
 
+    def norm_out(self, pooling: str = "last") -> np.ndarray: ...  # with CaptureSpec(norms=True)
+
     def stat(self, request: "StatRequest | str") -> np.ndarray: ...
 
 

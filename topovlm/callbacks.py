@@ -90,22 +90,13 @@ def preflight(config: DictConfig, arguments: list[str] | None = None,
     return len(jobs), bad
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job directories (Hydra writes ``.hydra/`` into each), not other folders
-    placed in it, such as a shared ``logger.wandb.dir`` whose runs belong to several jobs."""
-    if not sweep_dir.is_dir():
-        return []
-    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and (p / ".hydra").is_dir())
-
-
 def _report_missing_outputs(sweep_dir: Path) -> list[Path]:
     """Job dirs whose result was resumed from a job that has since moved or gone: their
     linked outputs (samples, diagnostics) dangle. Said on the terminal; the numbers stay."""
-    from topovlm.results import RESULTS_FILE, missing_outputs, read_result
+    from topovlm.results import RESULTS_FILE, job_dirs, missing_outputs, read_result
 
     out = []
-    for d in job_dirs(sweep_dir):
+    for d in job_dirs(sweep_dir, started=True):
         res = read_result(d / RESULTS_FILE)
         gone = missing_outputs(d, res.linked_outputs) if res is not None and res.resumed_from else []
         if gone:
@@ -146,11 +137,11 @@ class SweepGuard(Callback):
             sys.exit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from topovlm.results import RESULTS_FILE, read_result, rebuild_table
+        from topovlm.results import RESULTS_FILE, job_dirs, read_result, rebuild_table
         from topovlm.tracking import set_aside_incomplete_runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        for d in job_dirs(sweep_dir):
+        for d in job_dirs(sweep_dir, started=True):
             res = read_result(d / RESULTS_FILE)
             set_aside_incomplete_runs(d, keep=(res.wandb or {}).get("run_dir") if res is not None else None)
         rows = rebuild_table(sweep_dir)
@@ -275,8 +266,8 @@ class SummaryCallback(Callback):
         settings = OmegaConf.select(config, "logger.wandb")
         if settings is None:
             return
-        from topovlm.tracking import set_aside_incomplete_runs
-        from topovlm.summary.wandb import log_summary_run, sweep_group
+        from topovlm.summary.wandb import log_summary_run
+        from topovlm.tracking import set_aside_incomplete_runs, sweep_group
 
         settings = OmegaConf.to_container(settings, resolve=True)
         set_aside_incomplete_runs(sweep_dir)  # earlier (killed or superseded) summary runs leave the sync glob

@@ -421,17 +421,15 @@ def _check_scorer(cfg: DictConfig) -> "LayerScorer":
 
 
 def _check_budget(cfg: DictConfig, scorer: "LayerScorer") -> None:
-    from topovlm.selection import SelectionError, check_budget
+    from topovlm.selection import SelectionError, check_budget, no_decision, resolve_policy
 
-    policy = scorer.default_policy if cfg.selection.policy == "auto" else cfg.selection.policy
-    if policy == "adaptive" and not scorer.makes_decision:
-        raise ConfigError(f"selection.policy=adaptive: scorer={scorer.name} makes no decision of its own "
-                          "(topo and topo_llm do); allowed policies for it: topk, block, threshold, spacing")
+    selection = SelectionConfig(**OmegaConf.to_container(cfg.selection, resolve=True))
+    if resolve_policy(selection, float(cfg.sparsity), scorer.default_policy) == "adaptive" and not scorer.makes_decision:
+        raise ConfigError(no_decision(f"scorer={scorer.name}"))
 
     num_layers = config_num_layers(cfg.model)
     if num_layers is None:
         return  # checked again once the model is loaded, before anything is computed
-    selection = SelectionConfig(**OmegaConf.to_container(cfg.selection, resolve=True))
     try:
         check_budget(float(cfg.sparsity), num_layers, selection, scorer.default_policy)
     except SelectionError as err:

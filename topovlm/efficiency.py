@@ -253,13 +253,13 @@ class JobEfficiency:
         """Cache file of the unpruned model's numbers, or (``kept``) of one kept-layer set's."""
         if self.cache_root is None or not self.settings.cache:
             return None
-        from topovlm.capture import _digest
+        from topovlm.identity import digest
 
         ident = {"model": self.model_key, "settings": asdict(self.settings), "device": device_name(adapter.device),
                  "host": platform.node(), "threads": torch.get_num_threads(), "dtype": str(next(adapter.model.parameters()).dtype)}
         if kept is None:
-            return self.cache_root / "efficiency" / f"unpruned-{_digest(ident)}.json"
-        return self.cache_root / "efficiency" / f"kept-{_digest({**ident, 'kept_layers': list(kept)})}.json"
+            return self.cache_root / "efficiency" / f"unpruned-{digest(ident)}.json"
+        return self.cache_root / "efficiency" / f"kept-{digest({**ident, 'kept_layers': list(kept)})}.json"
 
     def _measure_pruned(self, adapter: "ModelAdapter") -> tuple[dict[str, Any], bool]:
         """Timing depends on the architecture only: once per distinct kept-layer set and model."""

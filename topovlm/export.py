@@ -45,7 +45,7 @@ def _base_model(config: dict[str, Any]) -> str | None:
 
 def provenance(results: "JobResult") -> dict[str, Any]:
     """The ``pruning`` section of config.json."""
-    from topovlm.results import versions
+    from topovlm.identity import recorded_versions
 
     config = results.config
     scorer = dict(config.get("scorer", {}))
@@ -62,7 +62,7 @@ def provenance(results: "JobResult") -> dict[str, Any]:
         "calibration": _calibration(config),
         "base_model": _base_model(config) or config.get("model", {}).get("name"),
         "compensation": results.after_pruning or {},
-        "topovlm_version": versions().get("topovlm"),
+        "topovlm_version": recorded_versions().get("topovlm"),
     }
 
 

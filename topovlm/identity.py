@@ -30,6 +30,8 @@ PROJECT_PACKAGES = ("topovlm", "baselines")
 _NOT_FOLLOWED = ("topovlm.registry", "topovlm.tracking", "topovlm.results", "topovlm.identity")
 # libraries whose version is part of every cache key
 VERSIONED = ("topovlm", "torch", "transformers", "numpy", "scikit-learn", "scipy", "gudhi", "dionysus", "lmms-eval")
+# recorded in results.json beside them: they may explain a difference but change no cached number
+ALSO_RECORDED = ("hydra-core", "wandb")
 
 
 def digest(obj: Any) -> str:
@@ -37,17 +39,27 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=None)
-def library_versions() -> dict[str, str]:
+def _installed(pkg: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
-    for pkg in VERSIONED:
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+@lru_cache(maxsize=None)
+def library_versions() -> dict[str, str]:
+    """The versions cache keys hold (``absent``: not installed)."""
+    return {pkg: _installed(pkg) or "absent" for pkg in VERSIONED}
+
+
+def recorded_versions() -> dict[str, str]:
+    """What results.json records: Python and every installed library of both lists."""
+    import platform
+
+    found = {pkg: _installed(pkg) for pkg in (*VERSIONED, *ALSO_RECORDED)}
+    return {"python": platform.python_version(), **{k: v for k, v in found.items() if v is not None}}
 
 
 def _module_file(name: str) -> Path | None:

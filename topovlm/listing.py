@@ -13,7 +13,7 @@ from topovlm.registry import parameters
 #: registry kind -> "module:attribute" of the registry
 REGISTRIES = {
     "scorers": "topovlm.registry:SCORERS",
-    "statistics": "topovlm.capture:STATISTICS",
+    "statistics": "topovlm.token_stats:STATISTICS",
     "evaluators": "topovlm.evaluation:EVALUATORS",
     "adapters": "topovlm.adapters.families:ADAPTERS",
     "sources": "topovlm.data.sources:SOURCES",

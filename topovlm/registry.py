@@ -10,7 +10,7 @@ An unknown name raises a ``KeyError`` that lists the known ones. It behaves as a
 mapping: ``name in REG``, ``REG[name]``, ``sorted(REG)``.
 
 The registries: :data:`SCORERS` (here; it scans ``baselines/`` and the project's own scorer
-modules), ``topovlm.capture.STATISTICS``,
+modules), ``topovlm.token_stats.STATISTICS``,
 ``topovlm.evaluation.EVALUATORS``, ``topovlm.adapters.families.ADAPTERS``,
 ``topovlm.data.sources.SOURCES``. A package outside this repository adds a scorer with::
 

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -69,18 +68,6 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(Path(path), json.dumps(to_jsonable(data), indent=2))
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("topovlm", "torch", "transformers", "hydra-core", "gudhi", "dionysus", "scikit-learn", "wandb", "lmms-eval"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def load_results(path: Path) -> dict[str, Any] | None:
@@ -243,19 +230,22 @@ def read_result(path: Path, cls: type[JobResult] = JobResult, **annotations: Any
 
 # ------------------------------------------------------------------ job dirs and the table
 
-def _holds_job(d: Path) -> bool:
-    return (d / RESULTS_FILE).is_file() or (d / FAILED_FILE).is_file()
+def _holds_job(d: Path, started: bool = False) -> bool:
+    return (d / RESULTS_FILE).is_file() or (d / FAILED_FILE).is_file() or (started and (d / ".hydra").is_dir())
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
+def job_dirs(sweep_dir: Path, started: bool = False) -> list[Path]:
     """The job directories of a sweep (its direct sub-dirs holding a result or a failure),
-    or the directory itself for a single run; in job order (Hydra's ``<num>_`` prefix)."""
+    or the directory itself for a single run; in job order (Hydra's ``<num>_`` prefix).
+    ``started``: also the jobs that left neither (killed), known by the ``.hydra/`` Hydra writes
+    into each job dir, but no other folder placed in the sweep, such as a shared
+    ``logger.wandb.dir`` whose runs belong to several jobs."""
     sweep_dir = Path(sweep_dir)
     if _holds_job(sweep_dir):
         return [sweep_dir]
     if not sweep_dir.is_dir():
         return []
-    dirs = [d for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and _holds_job(d)]
+    dirs = [d for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith(".") and _holds_job(d, started)]
 
     def order(d: Path) -> tuple:
         m = re.match(r"(\d+)", d.name)

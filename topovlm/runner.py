@@ -27,12 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import topovlm.capture as capture_module
 from topovlm import samples as job_samples
-from topovlm.capture import CaptureCache, model_fingerprint
+from topovlm.capture_cache import CaptureCache, model_fingerprint
 from topovlm.config import ConfigError, build_scorer, resolved_config, validate
 from topovlm.data.sources import dataset_id, load_samples
-from topovlm.identity import code_digest, digest, library_versions, samples_digest
+from topovlm.identity import code_digest, digest, library_versions, recorded_versions, samples_digest
 from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs,
-                             missing_outputs, read_result, rebuild_table, versions, write_json_atomic, write_result)
+                             missing_outputs, read_result, rebuild_table, write_json_atomic, write_result)
 from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
 from topovlm.removal_loss import CalibrationLoss
@@ -40,11 +40,7 @@ from topovlm.ranking_store import SUFFIX as RANKING_SUFFIX, check_ranking, load_
 from topovlm.storage import atomic_write, discard, entry_lock, inside, read_json, remove_stale_tmp, safe_name
 from topovlm.tracking import WandbRun, set_aside_incomplete_runs
 
-__all__ = ["run_job", "job_key", "build_scorer", "Job", "JobResult", "NOT_IDENTITY"]
-
 log = logging.getLogger(__name__)
-EVALUATOR_MODULES = {"vqa": "topovlm.evaluation.vqa", "perplexity": "topovlm.evaluation.perplexity",
-                     "lmms": "topovlm.evaluation.lmms"}
 
 
 # ------------------------------------------------------------------------------ identity
@@ -52,9 +48,10 @@ EVALUATOR_MODULES = {"vqa": "topovlm.evaluation.vqa", "perplexity": "topovlm.eva
 def code_identity(cfg: DictConfig, scorer: LayerScorer | None = None) -> dict[str, str]:
     """Digests of the code that computes this job's numbers."""
     from topovlm.adapters.families import ADAPTERS
+    from topovlm.evaluation import EVALUATORS
 
     scorer = scorer or build_scorer(cfg.scorer)
-    evaluator = EVALUATOR_MODULES.get(cfg.task.evaluator, f"topovlm.evaluation.{cfg.task.evaluator}")
+    evaluator = EVALUATORS.module_of(cfg.task.evaluator)  # the module, not imported (lmms-eval is slow to import)
     return {"scorer": code_digest(type(scorer)), "evaluator": code_digest(evaluator),
             "capture": code_digest(capture_module, ADAPTERS[cfg.model.family]),
             "selection": code_digest("topovlm.selection", "topovlm.pruning")}
@@ -521,7 +518,7 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
         reference_metrics=ref,  # the unpruned model's, same task and seed
         efficiency=efficiency, timings=timer.timings, scores_from_cache=ranking.from_cache,
         after_pruning=edit, protocol={**evaluator.protocol(), "model_inputs": adapter.protocol()},
-        config=job.config, versions=versions(),
+        config=job.config, versions=recorded_versions(),
         effective={"calibration.n": len(samples), "calibration.batch_size": int(cfg.calibration.batch_size),
                    "task.num_samples": metrics.get("num_samples")},
         identity={"code": job.identity["code"], "model_fingerprint": fingerprint, **ranking.cache},

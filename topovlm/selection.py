@@ -303,24 +303,35 @@ def select_layers(
     return removed, policy
 
 
+def resolve_policy(cfg: SelectionConfig, sparsity: float, default_policy: str) -> str:
+    """The policy a job applies: ``auto`` is the scorer's default; above ``spacing_above``, spacing."""
+    policy = default_policy if cfg.policy == "auto" else cfg.policy
+    if cfg.spacing_above is not None and sparsity > cfg.spacing_above:
+        policy = "spacing"
+    if policy not in POLICIES:
+        raise SelectionError(f"selection.policy={policy!r}; allowed: {', '.join(POLICIES)}")
+    return policy
+
+
+def no_decision(scorer: str) -> str:
+    """The message for ``selection.policy=adaptive`` with a scorer that has no rule of its own."""
+    return (f"selection.policy=adaptive: {scorer} makes no decision of its own (topo and topo_llm do); "
+            "allowed policies for it: topk, block, threshold, spacing")
+
+
 def _select(redundancy: np.ndarray, sparsity: float, cfg: SelectionConfig, default_policy: str,
             block_cost: np.ndarray | None, scorer: str, decision: list[int] | None) -> tuple[list[int], str]:
     redundancy = np.asarray(redundancy, dtype=np.float64)
     check_finite(redundancy, scorer)
     n = len(redundancy)
     k = num_to_remove(sparsity, n)
-    policy = default_policy if cfg.policy == "auto" else cfg.policy
-    if cfg.spacing_above is not None and sparsity > cfg.spacing_above:
-        policy = "spacing"
-    if policy not in POLICIES:
-        raise SelectionError(f"selection.policy={policy!r}; allowed: {', '.join(POLICIES)}")
+    policy = resolve_policy(cfg, sparsity, default_policy)
     protected = _protected(list(cfg.protect), n)
     if policy == "threshold":
         return select_threshold(redundancy, cfg.eps, protected), policy
     if policy == "adaptive":
         if decision is None:
-            raise SelectionError(f"selection.policy=adaptive: {scorer} makes no decision of its own "
-                                 "(topo and topo_llm do); use threshold, topk, block or spacing")
+            raise SelectionError(no_decision(scorer))
         return sorted(int(i) for i in decision if int(i) not in protected), policy
     if k == 0:
         return [], policy
@@ -334,7 +345,7 @@ def _select(redundancy: np.ndarray, sparsity: float, cfg: SelectionConfig, defau
 def check_budget(sparsity: float, num_layers: int, cfg: SelectionConfig, default_policy: str = "topk") -> None:
     """Raise :class:`SelectionError` if no redundancy profile can meet the budget (config only:
     the number of layers, ``protect``, the policy and its constraints)."""
-    policy = default_policy if cfg.policy == "auto" else cfg.policy
+    policy = resolve_policy(cfg, sparsity, default_policy)
     protected = _protected(list(cfg.protect), num_layers)
     if len(protected) >= num_layers and (policy == "threshold" or num_to_remove(sparsity, num_layers) > 0):
         raise SelectionError(f"selection.protect={list(cfg.protect)} protects all {num_layers} layers: nothing can be removed")

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from topovlm.registry import register_scorer
-from topovlm.scoring import LayerScorer, ScoreResult
+from topovlm.api import LayerScorer, ScoreResult
 
 
 @register_scorer("needs_many")

@@ -101,7 +101,7 @@ def test_every_value_that_matters_is_in_the_keys(tmp_path):
 def test_model_fingerprint_does_not_depend_on_where_the_model_is_mounted(tmp_path, tiny_llava):
     from topovlm.adapters.families import LlavaAdapter
     from topovlm.adapters.loading import load_pretrained
-    from topovlm.capture import model_fingerprint
+    from topovlm.capture_cache import model_fingerprint
 
     tiny_llava.model.save_pretrained(tmp_path / "mount_a" / "m")
     tiny_llava.processor.save_pretrained(tmp_path / "mount_a" / "m")

@@ -120,7 +120,7 @@ def test_config_names_never_write_outside_the_cache_and_the_job_dir(key, kind, t
 
 def test_a_pooled_model_edited_where_the_fingerprint_does_not_sample_is_not_reused():
     from topovlm.adapters.loading import load_adapter
-    from topovlm.capture import model_fingerprint
+    from topovlm.capture_cache import model_fingerprint
     from topovlm.model_pool import ModelPool
 
     cfg = compose(["debug=smoke"]).model

@@ -93,7 +93,8 @@ def _resumed(tmp_path):
 
 def test_a_shared_wandb_dir_inside_the_sweep_keeps_the_complete_jobs_runs(tmp_path):
     """logger.wandb.dir=<sweep>/wb: that folder is no job, so its runs are not set aside."""
-    from topovlm.callbacks import SweepGuard, job_dirs
+    from topovlm.callbacks import SweepGuard
+    from topovlm.results import job_dirs
 
     sweep = tmp_path / "sweep"
     shared = sweep / "wb" / "wandb" / "offline-run-20260101_000000-abc"
@@ -102,7 +103,7 @@ def test_a_shared_wandb_dir_inside_the_sweep_keeps_the_complete_jobs_runs(tmp_pa
     (job / ".hydra").mkdir(parents=True)
     killed = job / "wandb" / "offline-run-20260101_000001-def"  # a job dir's own unfinished run
     killed.mkdir(parents=True)
-    assert job_dirs(sweep) == [job]
+    assert job_dirs(sweep, started=True) == [job] and job_dirs(sweep) == []  # killed: no result yet
     SweepGuard(preflight=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     assert shared.is_dir()  # untouched
     assert not killed.exists() and (job / "wandb" / ".incomplete" / killed.name).is_dir()

@@ -10,7 +10,7 @@ from baselines.random_scorer import RandomScorer
 from baselines.shortgpt import ShortGPTScorer
 from baselines.tail import TailScorer
 from topovlm.capture import Capture
-from topovlm.scoring import ScoringContext
+from topovlm.api import ScoringContext
 from topovlm.selection import SelectionConfig, select_layers
 
 

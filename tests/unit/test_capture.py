@@ -5,8 +5,9 @@ import numpy as np
 import torch
 
 from tests.helpers import make_samples
-from topovlm.capture import CaptureCache, run_capture
-from topovlm.scoring import CaptureSpec, StatRequest
+from topovlm.capture import run_capture
+from topovlm.capture_cache import CaptureCache
+from topovlm.api import CaptureSpec, StatRequest
 
 
 def test_pooled_states_match_hidden_states(tiny_llava):

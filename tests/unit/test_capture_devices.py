@@ -18,8 +18,9 @@ from torch.utils._pytree import tree_flatten
 
 from tests.helpers import make_samples
 from topovlm import capture as capture_mod
+from topovlm import token_stats
 from topovlm.capture import run_capture
-from topovlm.scoring import CaptureSpec, StatRequest
+from topovlm.api import CaptureSpec, StatRequest
 
 _MOVES = {torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda}
 
@@ -115,6 +116,6 @@ def test_hooks_use_masks_on_the_layers_device(fresh_tiny_llava, monkeypatch):
 
 def test_the_check_catches_masks_left_on_the_input_device(fresh_tiny_llava, monkeypatch):
     """Without the move (the bug on multi-GPU nodes) the simulated device mismatch is seen."""
-    monkeypatch.setattr(capture_mod.TokenMasks, "on", lambda self, device: self)
+    monkeypatch.setattr(token_stats.TokenMasks, "on", lambda self, device: self)
     mode = _capture_with_two_devices(fresh_tiny_llava, monkeypatch)
     assert mode.violations, "masks on the input device mixed with the second device's states went unnoticed"

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 
 from tests.helpers import ROOT, compose, tiny_overrides
 from topovlm.config import ConfigError, validate
-from topovlm.runner import build_scorer
+from topovlm.config import build_scorer
 
 
 def test_default_config_composes_and_validates():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import compose, tiny_overrides
-from topovlm.scoring import ScoringContext
+from topovlm.api import ScoringContext
 from topovlm.selection import SelectionConfig, select_layers
 
 from baselines.cosine import CosineScorer
@@ -77,7 +77,7 @@ def test_domain_mapping_for_other_tasks(tiny_capture) -> None:
 
 def test_config_and_validation(tmp_path) -> None:
     from topovlm.config import ConfigError
-    from topovlm.runner import build_scorer
+    from topovlm.config import build_scorer
 
     cfg = compose(tiny_overrides(tmp_path, "scorer=domain_aware", "scorer.ranking=math"))
     scorer = build_scorer(cfg.scorer)

@@ -17,7 +17,7 @@ from topovlm import registry
 PLUGIN = textwrap.dedent(
     """
     import numpy as np
-    from topovlm.scoring import LayerScorer, ScoreResult
+    from topovlm.api import LayerScorer, ScoreResult
 
     class MiddleFirst(LayerScorer):
         \"\"\"Removes the layers nearest the middle first.\"\"\"

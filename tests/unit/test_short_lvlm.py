@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from tests.helpers import compose, make_samples, tiny_overrides
-from topovlm.capture import STATISTICS, LayerCall, TokenMasks, register_statistic, run_capture
+from topovlm.capture import run_capture
+from topovlm.token_stats import STATISTICS, LayerCall, TokenMasks, register_statistic
 from topovlm.pruning import remove_layers
-from topovlm.scoring import CaptureSpec, ScoringContext, StatRequest
+from topovlm.api import CaptureSpec, ScoringContext, StatRequest
 
 from baselines.short_lvlm import (
     ShortLVLMScorer, _top_fraction, important_tokens, scp_plan, token_importance,
@@ -131,7 +132,7 @@ def test_tis_over_all_tokens_is_shortgpt(tiny_llava) -> None:
 
 def test_scorer_config_and_validation(tmp_path) -> None:
     from topovlm.config import ConfigError
-    from topovlm.runner import build_scorer
+    from topovlm.config import build_scorer
 
     cfg = compose(tiny_overrides(tmp_path, "scorer=short_lvlm", "scorer.compensation=scp"))
     scorer = build_scorer(cfg.scorer)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers import ROOT
-from topovlm.summary import build_summary, jaccard, kendall_tau
+from topovlm.stats import jaccard
+from topovlm.summary import build_summary, kendall_tau
 
 NUM_LAYERS = 8
 COSINE_RED = [0, 1, 2, 3, 4, 7, 6, 5]
@@ -221,7 +222,7 @@ def test_module_entry_point_runs(sweep: Path, tmp_path: Path):
 
 
 def test_wandb_summary_run_offline(sweep: Path, tmp_path: Path):
-    from topovlm.wandb_summary import log_summary_run
+    from topovlm.summary.wandb import log_summary_run
 
     s = build_summary([sweep])
     run_dir = log_summary_run(s, {"enabled": True, "mode": "offline", "project": "topovlm-test",
@@ -490,7 +491,7 @@ def test_calibration_variance_over_draws(tmp_path: Path):
 
 
 def test_wandb_summary_tables_carry_intervals_and_verdicts(stat_sweep: Path, tmp_path: Path):
-    from topovlm.wandb_summary import log_summary_run
+    from topovlm.summary.wandb import log_summary_run
 
     s = build_summary([stat_sweep])
     run_dir = log_summary_run(s, {"enabled": True, "mode": "offline", "project": "topovlm-test"}, group="g")

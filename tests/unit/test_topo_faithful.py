@@ -137,7 +137,7 @@ def test_scorer_and_topo_score_share_one_code_path(tmp_path):
     """Bars the scorer computes, written in the ancestor's format and read back, give its scores."""
     from tests.helpers import synthetic_capture
 
-    from topovlm.scoring import ScoringContext
+    from topovlm.api import ScoringContext
     from topovlm.topo.clouds import layer_clouds
     from topovlm.topo.pipeline import compute_topology
 
@@ -159,8 +159,9 @@ def test_scorer_and_topo_score_share_one_code_path(tmp_path):
 def test_norm_capture_and_cache(tiny_llava, tmp_path):
     import torch
 
-    from topovlm.capture import CaptureCache, run_capture
-    from topovlm.scoring import CaptureSpec
+    from topovlm.capture import run_capture
+    from topovlm.capture_cache import CaptureCache
+    from topovlm.api import CaptureSpec
 
     cap = run_capture(tiny_llava, make_samples(6), CaptureSpec(norms=True), batch_size=3)
     num_layers = tiny_llava.num_layers
@@ -192,7 +193,7 @@ def test_final_norm_is_scored_but_never_removed():
     from tests.helpers import SYNTHETIC_L as L
     from tests.helpers import synthetic_capture
 
-    from topovlm.scoring import ScoringContext
+    from topovlm.api import ScoringContext
 
     cap = synthetic_capture()
     res = TopoLLMScorer(eps=0.01).score(cap, ScoringContext(seed=0, num_layers=L))

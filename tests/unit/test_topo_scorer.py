@@ -15,7 +15,7 @@ from tests.helpers import SYNTHETIC_L as L
 from tests.helpers import SYNTHETIC_N as N
 from tests.helpers import synthetic_capture
 from topovlm.capture import Capture
-from topovlm.scoring import ScoringContext
+from topovlm.api import ScoringContext
 from topovlm.topo.scorer import TopoScorer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -33,7 +33,7 @@ The sections, one module each:
 """
 from __future__ import annotations
 
-from topovlm.summary.agreement import Agreement, agreement, jaccard, kendall_tau
+from topovlm.summary.agreement import Agreement, agreement, kendall_tau
 from topovlm.summary.build import (AGREEMENT_CSV, CSV_FIRST, CSV_LAST, SUMMARY_CSV, SUMMARY_MD, Summary, build_summary,
                                    csv_rows)
 from topovlm.summary.load import (DEFAULT_HIGHER_IS_BETTER, NOT_VARIANT, PLOTS_DIR, SEED_KEYS, SummaryJob,
@@ -53,7 +53,7 @@ __all__ = [
     "VERDICT_BEST", "VERDICT_NA", "VERDICT_SAME", "VERDICT_WORSE", "Agreement", "CellSamples", "Comparison", "CostRow",
     "DrawRow", "MetricTable", "Stat", "Statistics", "Summary", "SummaryJob", "agreement", "build_statistics",
     "build_summary", "cell_interval", "cell_samples", "compare", "comparison_markdown", "csv_rows",
-    "failures_markdown", "find_results", "headline_metric", "higher_is_better", "jaccard", "job_samples",
+    "failures_markdown", "find_results", "headline_metric", "higher_is_better", "job_samples",
     "kendall_tau", "load_failures", "load_jobs", "metric_samples", "metric_table", "ordered_metrics", "paired_test",
     "removed_markdown", "write_plots",
 ]

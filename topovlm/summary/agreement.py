@@ -7,8 +7,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
+from topovlm.stats import jaccard
 from topovlm.summary.load import SummaryJob
 from topovlm.summary.tables import Stat, fmt_value
 
@@ -39,11 +40,6 @@ def kendall_tau(x: Sequence[float | None], y: Sequence[float | None]) -> float |
         return None
     tau = kendalltau([p[0] for p in pairs], [p[1] for p in pairs]).statistic
     return None if tau is None or math.isnan(tau) else float(tau)
-
-
-def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
-    a, b = set(a), set(b)
-    return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 
 @dataclass

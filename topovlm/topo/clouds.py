@@ -24,7 +24,7 @@ import numpy as np
 from topovlm.api import POOLINGS
 
 if TYPE_CHECKING:
-    from topovlm.capture import Capture
+    from topovlm.api import CaptureLike
 
 #: ``modality`` concatenates the text-mean and vision-mean vectors of each sample,
 #: each block scaled to unit mean norm per layer (see :func:`modality_clouds`).
@@ -100,7 +100,7 @@ def preprocess(clouds: np.ndarray, center: bool = False, normalize: str = "none"
     return x.astype(np.float32)
 
 
-def representations(capture: "Capture", pooling: str, activations: str = "residual",
+def representations(capture: "CaptureLike", pooling: str, activations: str = "residual",
                     include_final_norm: bool = False) -> np.ndarray:
     """``(R, N, d)`` pooled states, ``R = L`` (+ 1 with the final norm), in capture order."""
     if activations not in ACTIVATIONS:
@@ -117,7 +117,7 @@ def representations(capture: "Capture", pooling: str, activations: str = "residu
     return stack(pooling)
 
 
-def layer_clouds(capture: "Capture", pooling: str = "last", center: bool = False, normalize: str = "none",
+def layer_clouds(capture: "CaptureLike", pooling: str = "last", center: bool = False, normalize: str = "none",
                  pca_dim: int | None = None, num_points: int | None = None, seed: int = 0,
                  activations: str = "residual", include_final_norm: bool = False) -> LayerClouds:
     """Point clouds of every representation, samples in canonical (sorted-id) order.

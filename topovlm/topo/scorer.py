@@ -34,7 +34,7 @@ from topovlm.topo.zigzag import METHODS, VARIANTS
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from topovlm.capture import Capture
+    from topovlm.api import CaptureLike
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def parse_dim_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
 
 
 @dataclass
-class Ranking:
+class BarRanking:
     """What :meth:`TopoScorer.rank_bars` makes of a barcode over R representations."""
 
     betti: dict[int, np.ndarray]
@@ -206,7 +206,7 @@ class TopoScorer(LayerScorer):
 
     # ------------------------------------------------------------------ bars -> scores (shared)
     def rank_bars(self, bars: Mapping[int, np.ndarray], num_reps: int, final_norm: bool,
-                  hint: str = "") -> Ranking:
+                  hint: str = "") -> BarRanking:
         """Scores, EPI activity, warnings and the adaptive decision of layer bars ``[B, D)``
         over ``num_reps`` representations; with ``final_norm`` the last one is the final
         norm's and is never removable. The scorer and ``topovlm topo-score`` both call this."""
@@ -227,12 +227,12 @@ class TopoScorer(LayerScorer):
         if tie is not None:
             warnings.append(tie)
         adaptive = decide(redundancy, removable, eps=self.eps)
-        return Ranking(betti=scored.betti, consistency=scored.consistency, combined=scored.combined,
+        return BarRanking(betti=scored.betti, consistency=scored.consistency, combined=scored.combined,
                        activity=activity, activity_combined=activity_combined, redundancy=redundancy,
                        removable=removable, adaptive=adaptive, warnings=warnings)
 
     # ------------------------------------------------------------------ the scorer
-    def score(self, capture: "Capture", ctx: ScoringContext) -> ScoreResult:
+    def score(self, capture: "CaptureLike", ctx: ScoringContext) -> ScoreResult:
         lc = layer_clouds(capture, self.pooling, center=self.center, normalize=self.normalize,
                           pca_dim=self.pca_dim, num_points=self.num_points, seed=ctx.seed,
                           activations=self.activations, include_final_norm=self.include_final_norm)
@@ -255,7 +255,7 @@ class TopoScorer(LayerScorer):
                            extra={"topology": section}, arrays=arrays,
                            decision=[int(i) for i in ranking.adaptive["layers"] if i < num_layers])
 
-    def _section(self, ranking: Ranking, bars: Mapping[int, np.ndarray], ids: list[str], dropped: list[str],
+    def _section(self, ranking: BarRanking, bars: Mapping[int, np.ndarray], ids: list[str], dropped: list[str],
                  topo: Any = None) -> dict[str, Any]:
         dims = sorted(bars)
 
