@@ -49,3 +49,13 @@ def test_interfaces_import_nothing_of_the_project():
     graph = import_graph()
     for module in ("topovlm.api", "topovlm.errors"):
         assert not list(graph.successors(module)), f"{module} imports {list(graph.successors(module))}"
+
+
+def test_the_lmms_eval_model_class_is_imported_only_when_lmms_eval_runs():
+    """Importing the evaluator (as validation and the registry listing do) leaves lmms-eval unimported."""
+    import subprocess
+    import sys
+
+    code = "import sys, topovlm.evaluation.lmms; print('lmms_eval' in sys.modules, 'topovlm.evaluation.lmms_model' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]

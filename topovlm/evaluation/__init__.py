@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from topovlm.evaluation.base import Evaluator
+from topovlm.api import Evaluator
 from topovlm.registry import Registry
 from topovlm.evaluation.perplexity import PerplexityEvaluator
 from topovlm.evaluation.vqa import VQAEvaluator

@@ -15,7 +15,7 @@ from typing import Any
 
 from lmms_eval.models.registry_v2 import ModelManifest
 
-from topovlm.evaluation.lmms import _build_lmm_class
+from topovlm.evaluation.lmms_model import AdapterLMM
 
 MANIFEST = ModelManifest(model_id="topovlm", simple_class_path="topovlm.evaluation.lmms_plugin.TopoVLM")
 
@@ -29,7 +29,7 @@ def family_of(path: str) -> str:
     return _MODEL_TYPES.get(model_type, "causal_lm")
 
 
-class TopoVLM(_build_lmm_class()):  # type: ignore[misc]
+class TopoVLM(AdapterLMM):
     """``--model topovlm``: a checkpoint loaded through the harness's adapters."""
 
     def __init__(self, pretrained: str, family: str | None = None, device: str = "cuda", dtype: str = "bfloat16",

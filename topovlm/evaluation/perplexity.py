@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from topovlm.data.sources import load_samples
-from topovlm.evaluation.base import Evaluator
+from topovlm.api import Evaluator
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
