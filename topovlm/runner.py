@@ -430,18 +430,16 @@ def reuse(job: Job, done: JobResult) -> JobResult:
 def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, group: str = "local",
             run_name: str | None = None) -> JobResult:
     """Run one (model, scorer, sparsity, task) job; return its result (also in results.json).
-    An exception carries ``topovlm_stage``: the stage it was raised in."""
+    The stages, in order; an exception carries ``topovlm_stage``, the stage it was raised in."""
+    from topovlm.efficiency import EfficiencySettings, JobEfficiency
+    from topovlm.evaluation import build_evaluator
+    from topovlm.model_pool import POOL
+
     timer = Timer()
     try:
-        job = prepare(cfg, Path(out_dir), sweep_dir, group, run_name)
+        job = prepare(cfg, Path(out_dir), sweep_dir, group, run_name)  # every config check, once
         with entry_lock(job.cache / "completed" / f"{job.key}.json", "identical job"):  # claim
-            done = None if job.force else _completed(job.cache, job.key, job.out_dir, job.cfg.save_model)
-            if done is not None and Path(done.out_dir).resolve() == job.out_dir.resolve():
-                gone = missing_outputs(job.out_dir, done.linked_outputs)
-                if gone:  # a resumed job whose source sweep moved: its outputs are gone, so is the job
-                    log.warning("%s: outputs %s link into %s, which is gone; recomputing the job", job.out_dir,
-                                ", ".join(gone), done.resumed_from)
-                    done = None
+            done = finished(job)
             if done is not None:
                 with timer("reuse"):
                     return reuse(job, done)
@@ -451,7 +449,51 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
             set_aside_incomplete_runs(job.out_dir)
             with timer("calibration_samples"):
                 samples = calibration_samples(job)
-            return compute(job, samples, timer)
+            evaluator = build_evaluator(cfg.task)
+            eff = JobEfficiency(EfficiencySettings.from_cfg(OmegaConf.select(cfg, "efficiency", default=None),
+                                                            cfg.model.source),
+                                job.cache, cfg.model.name, cfg.model.device)  # the peak-memory window starts here
+            with timer("load_model"):
+                adapter = load_model(job)
+            try:
+                fingerprint = model_fingerprint(adapter)
+                eff.model_key = f"{cfg.model.name}-{fingerprint}"
+                num_layers = adapter.num_layers
+                with timer("efficiency"):
+                    eff.measure_baseline(adapter)  # the unpruned model's numbers, before pruning
+                ranking = score(job, adapter, fingerprint, samples, timer)
+                with timer("select"):
+                    removed, policy, notes = select(job, ranking)
+                ref = None
+                if removed:
+                    with timer("reference_evaluate"):
+                        ref = reference(job, evaluator, adapter, fingerprint)
+                with timer("prune"):
+                    kept, edit = prune(job, adapter, removed, samples)
+                with timer("evaluate"):
+                    metrics = evaluator.evaluate(adapter)
+                if not removed:
+                    ref = metrics
+                    store_reference(job, fingerprint, metrics, evaluator)
+                with timer("samples"):  # samples.jsonl, each record joined with the unpruned model's
+                    job_samples.write_job_samples(job.out_dir, evaluator, cfg.task.name,
+                                                  reference_entry(job, fingerprint)[0], unpruned=not removed)
+                with timer("efficiency"):
+                    efficiency = eff.finish(adapter, pruned=bool(removed), original_layers=num_layers,
+                                            eval_wall_time_s=timer.timings.get("evaluate"))
+                with timer("diagnostics"):
+                    images, arrays = write_outputs(job, ranking, removed)
+                results = job_result(job, ranking, samples, num_layers, removed, kept, policy, notes, metrics, ref,
+                                     evaluator, adapter, fingerprint, efficiency, edit, images, arrays, timer)
+                if cfg.save_model:
+                    from topovlm.export import write_checkpoint
+
+                    with timer("save_model"):  # a Hugging Face directory with provenance and a model card
+                        write_checkpoint(adapter, job.out_dir / "pruned_model", results)
+                with timer("record"):
+                    return record(job, results, images)
+            finally:
+                POOL.release(adapter)  # the unpruned model again, for the next job of this process
     except Exception as err:
         err.topovlm_stage = timer.stage  # type: ignore[attr-defined]
         raise
@@ -461,56 +503,27 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
             torch.cuda.empty_cache()
 
 
-def compute(job: Job, samples: list, timer: Timer) -> JobResult:
-    """load -> score -> select -> reference -> prune -> evaluate -> record."""
-    from topovlm.efficiency import EfficiencySettings, JobEfficiency
-    from topovlm.evaluation import build_evaluator
-
-    cfg = job.cfg
-    evaluator = build_evaluator(cfg.task)
-    eff = JobEfficiency(EfficiencySettings.from_cfg(OmegaConf.select(cfg, "efficiency", default=None), cfg.model.source),
-                        job.cache, cfg.model.name, cfg.model.device)  # the job's peak-memory window starts here
-    with timer("load_model"):
-        adapter = load_model(job)
-    from topovlm.model_pool import POOL
-
-    try:
-        return evaluate_pruned(job, samples, timer, evaluator, eff, adapter)
-    finally:
-        POOL.release(adapter)  # the unpruned model again, for the next job of this process
+def finished(job: Job) -> JobResult | None:
+    """The finished result of an identical job to reuse (None: compute this one)."""
+    if job.force:
+        return None
+    done = _completed(job.cache, job.key, job.out_dir, job.cfg.save_model)
+    if done is not None and Path(done.out_dir).resolve() == job.out_dir.resolve():
+        gone = missing_outputs(job.out_dir, done.linked_outputs)
+        if gone:  # a resumed job whose source sweep moved: its outputs are gone, so is the job
+            log.warning("%s: outputs %s link into %s, which is gone; recomputing the job", job.out_dir,
+                        ", ".join(gone), done.resumed_from)
+            return None
+    return done
 
 
-def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: Any, adapter: Any) -> JobResult:
-    """score -> select -> reference -> prune -> evaluate -> record, on the loaded model."""
-    cfg = job.cfg
-    num_layers, fingerprint = adapter.num_layers, model_fingerprint(adapter)
-    eff.model_key = f"{cfg.model.name}-{fingerprint}"
-    with timer("efficiency"):
-        eff.measure_baseline(adapter)  # the unpruned model's numbers, before pruning
-    ranking = score(job, adapter, fingerprint, samples, timer)
-    with timer("select"):
-        removed, policy, selection_notes = select(job, ranking)
-    ref = None
-    if removed:
-        with timer("reference_evaluate"):
-            ref = reference(job, evaluator, adapter, fingerprint)
-    with timer("prune"):
-        kept, edit = prune(job, adapter, removed, samples)
-    with timer("evaluate"):
-        metrics = evaluator.evaluate(adapter)
-    if not removed:
-        ref = metrics
-        store_reference(job, fingerprint, metrics, evaluator)
-    with timer("samples"):  # samples.jsonl, each record joined with the unpruned model's
-        job_samples.write_job_samples(job.out_dir, evaluator, cfg.task.name, reference_entry(job, fingerprint)[0],
-                                      unpruned=not removed)
-    with timer("efficiency"):
-        efficiency = eff.finish(adapter, pruned=bool(removed), eval_wall_time_s=timer.timings.get("evaluate"),
-                                original_layers=num_layers)
-    with timer("diagnostics"):
-        images, arrays = write_outputs(job, ranking, removed)
-    r = ranking.result
-    results = JobResult(
+def job_result(job: Job, ranking: Ranking, samples: list, num_layers: int, removed: list[int], kept: list[int],
+               policy: str, notes: list[str], metrics: dict[str, Any], ref: dict[str, Any] | None, evaluator: Any,
+               adapter: Any, fingerprint: str, efficiency: dict[str, Any], edit: dict[str, Any],
+               images: list[Path], arrays: dict[str, str], timer: Timer) -> JobResult:
+    """What the stages produced, as the job's result."""
+    cfg, r = job.cfg, ranking.result
+    return JobResult(
         model=cfg.model.name, task=cfg.task.name, scorer=job.scorer.name, sparsity=float(cfg.sparsity),
         seed=int(cfg.seed), num_layers=num_layers, num_layers_kept=len(kept), removed_layers=removed,
         kept_layers=kept, selection_policy=policy, scores=r.scores, redundancy=r.redundancy,
@@ -523,15 +536,8 @@ def evaluate_pruned(job: Job, samples: list, timer: Timer, evaluator: Any, eff: 
                    "task.num_samples": metrics.get("num_samples")},
         identity={"code": job.identity["code"], "model_fingerprint": fingerprint, **ranking.cache},
         diagnostics=[p.name for p in images], arrays=arrays, job_key=job.key, out_dir=str(job.out_dir),
-        wandb_group=job.group, extra={**r.extra, **({"selection_warnings": selection_notes} if selection_notes else {})},
+        wandb_group=job.group, extra={**r.extra, **({"selection_warnings": notes} if notes else {})},
     )
-    if cfg.save_model:
-        from topovlm.export import write_checkpoint
-
-        with timer("save_model"):  # a Hugging Face directory with provenance and a model card
-            write_checkpoint(adapter, job.out_dir / "pruned_model", results)
-    with timer("record"):
-        return record(job, results, images)
 
 
 def metric_directions(evaluator: Any, metrics: dict[str, Any]) -> dict[str, bool]:
