@@ -48,6 +48,8 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not integration and not slow"
 
+# Every harness benchmark, each without arguments (the embedded model; research/ holds the
+# default model's training probes, which take their own arguments).
 bench: setup
 	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 

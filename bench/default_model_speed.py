@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model import ensure_default_model  # noqa: E402 - after the sys.path set-up above
-from topovlm.default_model.quick_eval import (  # noqa: E402 - after the sys.path set-up above
+from research.default_model.quick_eval import (  # noqa: E402 - after the sys.path set-up above
     accuracy, build_prompt, drop_layers, generate_answers,
 )
 

@@ -7,6 +7,7 @@ evaluation default to the embedded shapes benchmark, generated locally, so no da
 download is involved (``--task pope --limit 50`` once POPE is in the Hugging Face cache;
 ``--calibration coco_captions`` once that set is).
 
+    python bench/gpu_smoke.py      # the embedded default model, no checkpoint needed (make bench)
     python bench/gpu_smoke.py --model llava-1.5-7b --path /models/llava-1.5-7b-hf
     python bench/gpu_smoke.py --model qwen2-vl-7b --path /models/Qwen2-VL-7B-Instruct --scorers cosine,topo
     python bench/gpu_smoke.py --model llava-1.5-7b --path DIR --device cpu --dtype float32   # no GPU
@@ -50,8 +51,8 @@ def _machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="llava-1.5-7b", help="model preset (conf/model/)")
-    p.add_argument("--path", required=True, help="local checkpoint directory (or a cached hub id)")
+    p.add_argument("--model", default="default", help="model preset (conf/model/); default: the embedded model")
+    p.add_argument("--path", default=None, help="local checkpoint directory (or a cached hub id) of a --model preset")
     p.add_argument("--scorers", default="cosine,shortgpt,topo")
     p.add_argument("--sparsity", type=float, default=0.25)
     p.add_argument("--task", default="shapes", help="task preset; shapes needs no download")
@@ -64,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.device_map=null")
     args = p.parse_args(argv)
+    if args.path is None and args.model != "default":
+        p.error(f"--model {args.model} needs --path (a local checkpoint directory or a cached hub id)")
 
     from topovlm.runner import run_job
 
     cache = args.cache_dir or tempfile.mkdtemp(prefix="topovlm-smoke-")
     rows, ok = [], True
     for scorer in args.scorers.split(","):
-        overrides = [f"model={args.model}", f"model.path={args.path}", f"task={args.task}", f"task.limit={args.limit}",
+        overrides = [f"model={args.model}", *([f"model.path={args.path}"] if args.path else []), f"task={args.task}",
+                     f"task.limit={args.limit}",
                      f"calibration={args.calibration}", f"calibration.n={args.calibration_n}", f"scorer={scorer}",
                      f"sparsity={args.sparsity}", "logger=none", f"cache_dir={cache}", *args.overrides]
         if args.device:

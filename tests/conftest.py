@@ -1,9 +1,12 @@
 """Shared fixtures: tiny random models (built in-process), real captures, an isolated W&B.
 
 Helpers (compose, tiny_overrides, make_samples, ...) live in tests/helpers.py; they are
-also importable from here. Tests under tests/integration/ are marked ``integration``.
+also importable from here. Tests under tests/integration/ and tests/research/integration/ are
+marked ``integration``.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +16,14 @@ from tests.helpers import CONF, ROOT, compose, make_samples, tiny_overrides  # n
 # tiny models run fastest on one thread (and the suite must fit a 2-core machine)
 torch.set_num_threads(1)
 
-INTEGRATION = ROOT / "tests" / "integration"
+INTEGRATION = (ROOT / "tests" / "integration", ROOT / "tests" / "research" / "integration")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The directory is the marker: tests/integration/ is ``integration``, nothing else is."""
+    """The directory is the marker: tests/integration/ (and tests/research/integration/, the
+    research's) is ``integration``, nothing else is."""
     for item in items:
-        if item.path.is_relative_to(INTEGRATION):
+        if any(item.path.is_relative_to(d) for d in INTEGRATION):
             item.add_marker(pytest.mark.integration)
         elif item.get_closest_marker("integration"):
             raise pytest.UsageError(f"{item.nodeid} is marked integration: move it under tests/integration/")
@@ -31,6 +35,23 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+
+
+# the embedded default model (integration tests: built on first use)
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from topovlm.default_model import ensure_default_model
+
+    return ensure_default_model()
+
+
+@pytest.fixture(scope="session")
+def loaded(model_dir):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return model, processor
 
 
 @pytest.fixture(scope="session")

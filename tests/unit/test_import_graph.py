@@ -59,3 +59,14 @@ def test_the_lmms_eval_model_class_is_imported_only_when_lmms_eval_runs():
     code = "import sys, topovlm.evaluation.lmms; print('lmms_eval' in sys.modules, 'topovlm.evaluation.lmms_model' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "False"], out.stderr[-2000:]
+
+
+def test_the_harness_imports_nothing_from_the_research_folder():
+    """research/ (how the embedded model was trained) may use the harness, never the reverse."""
+    found = []
+    for path in [*(ROOT / "topovlm").rglob("*.py"), *(ROOT / "baselines").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "research"]
+    assert not found, found

@@ -184,7 +184,7 @@ def weights_digest(path: str | os.PathLike | None = None) -> str:
     path = Path(path) if path is not None else WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"trained vision weights not found: {path} (train them with "
-                                "scripts/train_default_model.py)")
+                                "research/default_model/train_default_model.py)")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the default model's vision tower and projector (one command, reproducible).
 
-    python scripts/train_default_model.py --out runs/default_model
+    python research/default_model/train_default_model.py --out runs/default_model
 
 Recipe (defaults):
 
@@ -27,7 +27,7 @@ Recipe (defaults):
    ``--ground-heads H --ground-layer L`` supervises that lookup's attention (GroundingLoss:
    at each object a spatial or where-question names, heads H of layer L attend to the
    object's own visual token), and ``--ground-position`` makes what they fetch carry the
-   object's row and column; ``bench/grounding_heads.py`` measures which heads look at the
+   object's row and column; ``research/default_model/grounding_heads.py`` measures which heads look at the
    image there.
 3. The result (``vision.safetensors``; float16 vision tower + projector [+ LoRA]) and
    ``meta.json`` (recipe, timings, accuracies) are written to ``--out``; copy them to
@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -301,7 +301,7 @@ class TokenPositionHead(nn.Module):
 
     The vision tower keeps each token's position and content, but the projector of the
     committed weights drops the position and most of the content
-    (``bench/token_position_probe.py``), so attention cannot find an object's token by its
+    (``research/default_model/token_position_probe.py``), so attention cannot find an object's token by its
     content, nor fetch a position from it. This head makes both part of what the language
     model reads.
     """
@@ -564,7 +564,7 @@ class GroundingLoss:
     last token of a named object's name, attend to that object's own visual token.
 
     Every spatial question is made of two such lookups, and stage B alone forms them too slowly
-    here (``bench/attention_probe.py``: twice uniform after 1000 steps). The loss is the negative
+    here (``research/default_model/attention_probe.py``: twice uniform after 1000 steps). The loss is the negative
     log of the attention probability on the object's token, over all keys the query sees,
     recomputed from the layer's own (LoRA-adapted) query and key projections and rotary
     embeddings, so it trains exactly the attention the model runs. At inference the model is
@@ -572,7 +572,7 @@ class GroundingLoss:
 
     With ``position`` a linear head (``self.head``, trained with the adapters) also reads the
     named object's row and column from the layer's attention output at the mention: attention
-    alone fetches what the object is, not where it is (``bench/lm_probe.py``: the position is
+    alone fetches what the object is, not where it is (``research/default_model/lm_probe.py``: the position is
     not readable at the mention after the heads attend to the object), and this makes the
     fetched value carry the position.
     """
@@ -814,7 +814,7 @@ def main(argv=None):
                     help="start from an earlier run's checkpoint.pt or continuation.pt (vision tower, "
                          "heads, projector, LoRA); stage A then runs --aux-steps on top of it")
     args = ap.parse_args(argv)
-    args.command = "python scripts/train_default_model.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    args.command = "python research/default_model/train_default_model.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     if args.position_steps and not args.token_positions:
         ap.error("--position-steps needs --token-positions (it fits the token-position head)")

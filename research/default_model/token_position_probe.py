@@ -1,15 +1,15 @@
 """Where along the visual path a token's own grid position and content are lost: linear probes
 of each vision-tower layer and of the projector output (what the language model reads).
 
-``bench/lm_probe.py`` finds that an object's row or column cannot be read from its own visual
+``research/default_model/lm_probe.py`` finds that an object's row or column cannot be read from its own visual
 token inside the language model. This follows the token back: for every visual token of
 ``--n`` images (training split, seed 30000), a logistic regression (scikit-learn, 3-fold
 cross-validation) predicts the token's row and column (0-3, chance 0.25) from each layer's
 hidden state, over all tokens and over the tokens that show an object, and the token's own
 content: whether its cell holds an object, and that object's colour and shape.
 
-    .venv/bin/python bench/token_position_probe.py                      # the committed weights
-    .venv/bin/python bench/token_position_probe.py --weights runs/x/vision.safetensors
+    .venv/bin/python research/default_model/token_position_probe.py                      # the committed weights
+    .venv/bin/python research/default_model/token_position_probe.py --weights runs/x/vision.safetensors
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.lm_probe import probe  # noqa: E402 - after the sys.path set-up above
+from research.default_model.lm_probe import probe  # noqa: E402 - after the sys.path set-up above
 from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model.build import IMAGE_SIZE, PATCH_SIZE, build_model, visual_token_index  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - after the sys.path set-up above

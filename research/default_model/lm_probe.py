@@ -1,7 +1,7 @@
 """What the language model's hidden states carry about the two objects a spatial question
 names: linear probes, layer by layer, at two positions of the prompt.
 
-``bench/aux_probe.py`` shows that the visual tokens carry each spatial answer. This asks
+``research/default_model/aux_probe.py`` shows that the visual tokens carry each spatial answer. This asks
 whether the language side ever fetches it: at the first object's mention ("... the red
 circle") and at the last prompt position (where the answer is produced), a logistic
 regression (scikit-learn, 3-fold cross-validation) is fitted to the hidden states of
@@ -23,8 +23,8 @@ the question's axis is unknown there: the probes read the object's ``column_a`` 
 
 Accuracy at the majority-class level means the label is not linearly readable there.
 
-    .venv/bin/python bench/lm_probe.py                      # the committed weights
-    .venv/bin/python bench/lm_probe.py --weights runs/x/vision.safetensors
+    .venv/bin/python research/default_model/lm_probe.py                      # the committed weights
+    .venv/bin/python research/default_model/lm_probe.py --weights runs/x/vision.safetensors
 """
 from __future__ import annotations
 
@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model.build import build_model, visual_token_index  # noqa: E402 - after the sys.path set-up above
-from topovlm.default_model.quick_eval import build_prompt  # noqa: E402 - after the sys.path set-up above
+from research.default_model.quick_eval import build_prompt  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - after the sys.path set-up above
 
 _QUESTION = re.compile(r"Is the (\w+ \w+) (to the left of|to the right of|above|below) the (\w+ \w+)\?")

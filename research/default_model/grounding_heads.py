@@ -1,5 +1,5 @@
 """Which attention heads look at the image where a question names an object? The measurement
-behind ``--ground-heads`` / ``--ground-layer`` of ``scripts/train_default_model.py``.
+behind ``--ground-heads`` / ``--ground-layer`` of ``research/default_model/train_default_model.py``.
 
 For the spatial questions among ``--n`` draws (training split, seed 30000), at the last token of
 each named object's name, per decoder layer and head: the attention probability on all 16
@@ -7,19 +7,18 @@ visual tokens (``image``) and on the named object's own token (``target``), comp
 training script's ``GroundingLoss`` (the same recomputation of the layer's attention that the
 grounding loss trains). Uniform attention over the visual tokens puts ``image / 16`` on the target.
 
-    .venv/bin/python bench/grounding_heads.py                                   # committed weights
-    .venv/bin/python bench/grounding_heads.py --weights runs/x/vision.safetensors --layers 4
+    .venv/bin/python research/default_model/grounding_heads.py                                   # committed weights
+    .venv/bin/python research/default_model/grounding_heads.py --weights runs/x/vision.safetensors --layers 4
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
@@ -28,10 +27,9 @@ from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - 
 
 
 def _train_script():
-    spec = importlib.util.spec_from_file_location("train_dm", ROOT / "scripts" / "train_default_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from research.default_model import train_default_model
+
+    return train_default_model
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Does the language model look at the objects a spatial question names? Attention from the
 prompt onto the named objects' own visual tokens, layer by layer.
 
-``bench/lm_probe.py`` finds that neither named object's position is readable at the text
+``research/default_model/lm_probe.py`` finds that neither named object's position is readable at the text
 positions. Fetching it needs attention that finds the object's visual token by what it shows.
 For every spatial question of ``--n`` draws (training split, seed 30000), at the last prompt
 position (where the answer is produced) and at the first object's mention, this measures the
@@ -16,8 +16,8 @@ object is named spreads over the tokens. Reference levels: ``1/16`` (uniform ove
 tokens) and ``occupied`` (the object's share if the attention were uniform over the tokens that
 show an object, averaged over questions).
 
-    .venv/bin/python bench/attention_probe.py                      # the committed weights
-    .venv/bin/python bench/attention_probe.py --weights runs/x/vision.safetensors
+    .venv/bin/python research/default_model/attention_probe.py                      # the committed weights
+    .venv/bin/python research/default_model/attention_probe.py --weights runs/x/vision.safetensors
 """
 from __future__ import annotations
 
@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.lm_probe import _QUESTION  # noqa: E402 - after the sys.path set-up above
+from research.default_model.lm_probe import _QUESTION  # noqa: E402 - after the sys.path set-up above
 from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model.build import build_model, visual_token_index  # noqa: E402 - after the sys.path set-up above
-from topovlm.default_model.quick_eval import build_prompt  # noqa: E402 - after the sys.path set-up above
+from research.default_model.quick_eval import build_prompt  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model.smollm2 import ensure_language_model  # noqa: E402 - after the sys.path set-up above
 
 

@@ -7,12 +7,11 @@ and arithmetic the ``count`` / ``sum`` / ``diff`` heads. If the heads
 answer well where the model does not, the bottleneck is the language side reading the
 visual tokens, not the vision tower.
 
-    .venv/bin/python bench/aux_probe.py --checkpoint runs/dm16rel/checkpoint.pt --relation-targets
+    .venv/bin/python research/default_model/aux_probe.py --checkpoint runs/dm16rel/checkpoint.pt --relation-targets
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
 import sys
 from collections import defaultdict
@@ -20,16 +19,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from topovlm.data import shapes  # noqa: E402 - after the sys.path set-up above
 from topovlm.default_model.build import build_model  # noqa: E402 - after the sys.path set-up above
-from topovlm.default_model.quick_eval import evaluate  # noqa: E402 - after the sys.path set-up above
-
-_spec = importlib.util.spec_from_file_location("train_dm", ROOT / "scripts" / "train_default_model.py")
-train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train)
+from research.default_model import train_default_model as train  # noqa: E402 - after the sys.path set-up above
+from research.default_model.quick_eval import evaluate  # noqa: E402 - after the sys.path set-up above
 
 _REL = {"to the left of": ("col", 1), "to the right of": ("col", 2), "above": ("row", 1), "below": ("row", 2)}
 
