@@ -283,16 +283,27 @@ def scorer_class(scorer_cfg: DictConfig | dict) -> tuple[type, dict[str, Any]]:
     return cls, params
 
 
+def _effective(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """The constructor's defaults with ``params`` merged in as Hydra merges a preset: a mapping
+    merges key by key (``scorer.domains.math=[x]`` keeps ``non_math``), anything else replaces."""
+    from topovlm.registry import parameters
+
+    defaults = {k: v for k, v in parameters(cls).items() if v is not ...}
+    merged = OmegaConf.merge(OmegaConf.create(defaults), OmegaConf.create(params))
+    return OmegaConf.to_container(merged)  # plain values, as YAML holds them (tuples become lists)
+
+
 def build_scorer(scorer_cfg: DictConfig | dict) -> "LayerScorer":
     """The scorer a config names: its class (:func:`scorer_class`), other keys = constructor
-    parameters. The one way a scorer is built (runs, validation, ``topovlm topo-score``)."""
+    parameters over its defaults. The one way a scorer is built (runs, validation,
+    ``topovlm topo-score``)."""
     from topovlm.registry import parameters
 
     cls, params = scorer_class(scorer_cfg)
     given = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
     label = given.get("name") or cls.name or given.get("_target_")
     try:
-        return cls(**params)
+        return cls(**_effective(cls, params))
     except TypeError as err:
         raise ConfigError(f"scorer={label}: {err}; its parameters are: {', '.join(parameters(cls)) or '(none)'}") from None
     except ValueError as err:
@@ -303,16 +314,12 @@ def scorer_config(scorer_cfg: DictConfig | dict) -> dict[str, Any]:
     """The scorer's effective constructor parameters: its name, then every parameter, given or
     default (plugins too). results.json and the job's identity record this, so a preset that
     sets nothing and one that repeats every default are the same scorer (one summary row)."""
-    from topovlm.registry import parameters
-
     cls, params = scorer_class(scorer_cfg)
     given = OmegaConf.to_container(scorer_cfg, resolve=True) if isinstance(scorer_cfg, DictConfig) else dict(scorer_cfg)
     out: dict[str, Any] = {"name": cls.name or given.get("name")}
     if given.get("_target_"):
         out["_target_"] = given["_target_"]
-    out.update({k: v for k, v in parameters(cls).items() if v is not ...})
-    out.update(params)
-    return OmegaConf.to_container(OmegaConf.create(out))  # as YAML holds it: tuples become lists
+    return {**out, **_effective(cls, params)}
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

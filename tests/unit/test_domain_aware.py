@@ -84,7 +84,8 @@ def test_config_and_validation(tmp_path) -> None:
     assert isinstance(scorer, DomainAwareScorer) and scorer.ranking == "math"
     assert scorer.domains == {"math": ["math"], "non_math": ["non_math"]}
     for bad in ({"ranking": "physics"}, {"mix_weight": 1.5}, {"pooling": "mean"},
-                {"domains": {"math": ["a"]}}, {"domains": {"math": "a", "non_math": ["b"]}}):
+                {"domains": {"maths": ["a"]}}, {"domains": {"math": "a", "non_math": ["b"]}}):
+        # (a key left out keeps its default, as a Hydra override merges: an unknown one is an error)
         with pytest.raises(ConfigError):
             build_scorer({"name": "domain_aware", **bad})
 

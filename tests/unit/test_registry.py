@@ -96,6 +96,16 @@ def test_a_parameter_is_overridden_without_hydras_plus():
         {"name": "cosine", "pooling": "text_mean"}
 
 
+def test_a_mapping_parameter_is_overridden_key_by_key_as_a_preset_was():
+    """A preset no longer lists a dict default, so an override of one of its keys merges into
+    the constructor's default, as it merged into the preset's copy before."""
+    h0 = build_scorer(compose(["scorer=topo_h0", "scorer.dim_weights.h1=1"]).scorer)
+    assert h0.dim_weights == {"h0": 1.0, "h1": 1.0, "h2": 0.0}
+    cfg = compose(["scorer=domain_aware", "scorer.domains.math=[mathvista]"]).scorer
+    assert build_scorer(cfg).domains == {"math": ["mathvista"], "non_math": ["non_math"]}
+    assert scorer_config(cfg)["domains"] == {"math": ["mathvista"], "non_math": ["non_math"]}
+
+
 def test_the_registry_finds_scorers_by_importing_the_packages_it_scans(tmp_path, monkeypatch):
     pkg = tmp_path / "scanned_pkg"
     pkg.mkdir()
