@@ -21,6 +21,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +107,62 @@ def _report_missing_outputs(sweep_dir: Path) -> list[Path]:
     return out
 
 
+def fmt_duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def eta_text(durations: list[float], remaining: int | None) -> str:
+    """``; about 4.2 min left`` from the mean time of the jobs finished so far (which were
+    cheaper when they reused a cache: a rough figure), or nothing before the first finishes."""
+    if not durations or remaining is None or remaining <= 0:
+        return ""
+    return f" (about {fmt_duration(remaining * sum(durations) / len(durations))} left)"
+
+
+def remove_locks(sweep_dir: Path) -> list[Path]:
+    """The sweep table's and job dirs' ``.lock`` files (filelock leaves them behind): removed
+    once the sweep has ended, so the sweep dir holds results only."""
+    out = []
+    for lock in [*sweep_dir.glob("*.lock"), *sweep_dir.glob("*/*.lock")]:
+        lock.unlink(missing_ok=True)
+        out.append(lock)
+    return out
+
+
 class SweepGuard(Callback):
     def __init__(self, preflight: bool = True, abort_on_bad_config: bool = False) -> None:
         self.preflight = preflight
         self.abort_on_bad_config = abort_on_bad_config
         self.expected: int | None = None
+        # jobs finished in this process and their wall times (Hydra's basic launcher runs every
+        # job here; a joblib / submitit worker sees only its own): the time-left estimate
+        self.durations: list[float] = []
+        self._job_start: float | None = None
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """``[job k/N] scorer=... sparsity=...``, and the time left once a job has finished."""
+        num = OmegaConf.select(config, "hydra.job.num")
+        if num is None:  # a single run
+            return
+        self._job_start = time.perf_counter()
+        total = self.expected
+        what = " ".join(OmegaConf.select(config, "hydra.overrides.task", default=[]) or [])
+        log.info("[job %d/%s] %s%s", int(num) + 1, total if total is not None else "?", what,
+                 eta_text(self.durations, total - int(num) if total is not None else None))
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._job_start is None:
+            return
+        took = time.perf_counter() - self._job_start
+        self.durations.append(took)
+        self._job_start = None
+        num = OmegaConf.select(config, "hydra.job.num")
+        log.info("[job %d/%s] done in %s", int(num) + 1, self.expected if self.expected is not None else "?",
+                 fmt_duration(took))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _EXIT_STATUS["code"] = 0
+        self.durations, self._job_start = [], None
         if not self.preflight:
             return
         if OmegaConf.select(config, "hydra.sweeper._target_", default="").split(".")[-1] != "BasicSweeper":
@@ -146,6 +195,7 @@ class SweepGuard(Callback):
             set_aside_incomplete_runs(d, keep=(res.wandb or {}).get("run_dir") if res is not None else None)
         rows = rebuild_table(sweep_dir)
         _report_missing_outputs(sweep_dir)
+        remove_locks(sweep_dir)  # every job has ended (and the summary, called before this): nobody holds them
         failed = [r for r in rows if r.get("status") == "failed"]
         missing = (self.expected - len(rows)) if self.expected is not None else 0
         if failed or missing > 0:
@@ -249,9 +299,11 @@ class SummaryCallback(Callback):
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
+            from topovlm.progress import stage
             from topovlm.summary import build_summary
 
-            summary = build_summary([sweep_dir], sweep_dir, metric=self.metric, plots=self.plots)
+            with stage("sweep summary", logger=log):
+                summary = build_summary([sweep_dir], sweep_dir, metric=self.metric, plots=self.plots)
         except FileNotFoundError as err:
             log.warning("no summary: %s", err)
             return

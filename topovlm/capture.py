@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from topovlm.progress import bar
 
 from topovlm.api import POOLINGS, CaptureSpec, StatRequest
 from topovlm.token_stats import STATISTICS, LayerCall, TokenMasks
@@ -232,7 +232,7 @@ def run_capture(
         restore_attn = _use_eager_attention(adapter)
     try:
         with recorder:
-            for start in tqdm(range(0, len(samples), batch_size), desc="calibration", leave=False):
+            for start in bar(range(0, len(samples), batch_size), "calibration", leave=False):
                 for batch, inputs in _batches(adapter, samples[start:start + batch_size], recorder.needs_attention,
                                               attention_budget_bytes):
                     valid = inputs["attention_mask"].bool()

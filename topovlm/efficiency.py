@@ -10,7 +10,14 @@ unpruned models of a family: a fixed 64x64 image and a question of repeated word
 * ``decode_tokens_per_s``: greedy generation of exactly ``new_tokens`` tokens, median
   time minus the median prefill, over ``new_tokens - 1`` decode steps;
 * ``generate_latency_s``: the median time of that generation;
-* ``peak_memory_bytes`` during the measurement (see below).
+* ``model_memory_bytes``: the model's own tensors (parameters and buffers, each storage
+  counted once): what pruning saves, whatever else the process holds;
+* ``peak_memory_bytes`` during the measurement on GPU (see below).
+
+The probe is on by default on GPU and off by default on CPU (``efficiency.enabled=null``):
+timings on a shared CPU are noise (a 10% pruned model came out slower than the unpruned
+one), and each job spent about half a minute on them. ``efficiency.enabled=true`` measures
+on CPU too; results.json's ``efficiency.skipped`` says why a job measured nothing.
 
 On GPU every timed region is bracketed by ``torch.cuda.synchronize()``.
 
@@ -19,10 +26,11 @@ Peak memory (``peak_memory_method`` says which one was used):
 * CUDA: ``torch.cuda.max_memory_allocated`` (tensors; ``..._reserved`` too), reset by
   ``torch.cuda.reset_peak_memory_stats`` at each reset;
 * CPU (Linux): the process's resident-set high-water mark (``VmHWM``), reset by
-  writing ``5`` to ``/proc/self/clear_refs``. It counts the whole process (Python,
-  libraries, model weights, activations), so compare numbers from the same harness
-  version and machine. tracemalloc is not used: it does not see torch's allocations;
-  torch has no CPU peak-allocation counter outside the profiler;
+  writing ``5`` to ``/proc/self/clear_refs``, reported as ``process_peak_rss_bytes``
+  only: it counts the whole process (Python, libraries, other jobs' leftovers), so the
+  pruned-to-unpruned memory ratio is ``model_memory_ratio``, from ``model_memory_bytes``.
+  tracemalloc is not used: it does not see torch's allocations; torch has no CPU
+  peak-allocation counter outside the profiler;
 * elsewhere: ``ru_maxrss`` (not resettable: a process-lifetime peak).
 
 :class:`JobEfficiency` is what the runner uses: it resets the peak at the start of a
@@ -55,7 +63,7 @@ _STATUS = Path("/proc/self/status")
 
 @dataclass
 class EfficiencySettings:
-    enabled: bool = True
+    enabled: bool | None = None  # None: on GPU, off on CPU (see the module docstring)
     prompt_words: int = 64  # question length; the prompt's token count is reported
     new_tokens: int = 16
     warmup: int = 1
@@ -64,16 +72,43 @@ class EfficiencySettings:
     cache: bool = True  # cache the unpruned model's numbers per model and machine
 
     @classmethod
-    def from_cfg(cls, cfg: Any, model_source: str | None = None) -> "EfficiencySettings":
-        """From an ``efficiency`` config node (None: defaults; lighter ones for tiny test models)."""
+    def from_cfg(cls, cfg: Any, model_source: str | None = None, device: Any = None) -> "EfficiencySettings":
+        """From an ``efficiency`` config node (None: defaults; lighter ones for tiny test models).
+        ``enabled`` unset: on when ``device`` is a GPU, off otherwise."""
         base = cls(prompt_words=8, new_tokens=4, warmup=1, repeats=3) if model_source == "tiny" else cls()
-        if cfg is None:
-            return base
-        data = {k: v for k, v in cfg.items() if v is not None}  # None: keep the default
+        data = {k: v for k, v in (cfg or {}).items() if v is not None}  # None: keep the default
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"efficiency: unknown keys {sorted(unknown)}; allowed: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**{**asdict(base), **data})
+        out = cls(**{**asdict(base), **data})
+        if out.enabled is None:
+            out.enabled = on_gpu(device)
+        return out
+
+    def skipped(self, explicit: bool) -> str | None:
+        """Why nothing was timed (None: it was); ``explicit``: the config set ``enabled``."""
+        if self.enabled:
+            return None
+        if explicit:
+            return "efficiency.enabled=false"
+        return ("off by default on CPU: timings on a shared CPU are noise and cost about 30 s per job; "
+                "efficiency.enabled=true measures them")
+
+
+def on_gpu(device: Any) -> bool:
+    try:
+        return device is not None and torch.device(str(device)).type == "cuda"
+    except (RuntimeError, TypeError):
+        return False
+
+
+def model_memory_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters and buffers, each storage once (tied weights share one)."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        storage = t.untyped_storage()
+        seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+    return int(sum(seen.values()))
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -164,7 +199,7 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
     inputs = fixed_inputs(adapter, s)
     tok = adapter.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    method = reset_peak_memory(device)
+    reset_peak_memory(device)
 
     def prefill() -> Any:
         return model(**inputs, use_cache=True)
@@ -188,8 +223,11 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
     decode_time = statistics.median(decode_times)
     steps = s.batch_size * max(1, s.new_tokens - 1)
     mem = peak_memory(device)
+    if mem["peak_memory_method"] != "cuda_max_memory_allocated":  # the whole process's: named as such
+        mem = {"process_peak_rss_bytes": mem["peak_memory_bytes"], "process_peak_rss_method": mem["peak_memory_method"]}
     return {
         **counts,
+        "model_memory_bytes": model_memory_bytes(model),
         "num_decoder_layers": adapter.num_layers,
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "batch_size": s.batch_size,
@@ -203,7 +241,6 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
         "prefill_latency_range_s": [min(prefill_times), max(prefill_times)],
         "decode_time_range_s": [min(decode_times), max(decode_times)],
         **mem,
-        "peak_memory_method": mem.get("peak_memory_method", method),
         "device": device_name(device),
         "torch_threads": torch.get_num_threads(),
     }
@@ -227,7 +264,9 @@ def speedups(pruned: dict[str, Any], base: dict[str, Any], original_layers: int)
         "params_ratio": pruned["params_total"] / base["params_total"],
         "decoder_params_ratio": pruned["params_decoder_layers"] / max(1, base["params_decoder_layers"]),
     }
-    if base.get("peak_memory_bytes") and pruned.get("peak_memory_bytes"):
+    if base.get("model_memory_bytes") and pruned.get("model_memory_bytes"):
+        out["model_memory_ratio"] = pruned["model_memory_bytes"] / base["model_memory_bytes"]
+    if base.get("peak_memory_bytes") and pruned.get("peak_memory_bytes"):  # GPU: tensors allocated while timing
         out["peak_memory_ratio"] = pruned["peak_memory_bytes"] / base["peak_memory_bytes"]
     return out
 
@@ -244,6 +283,7 @@ class JobEfficiency:
         self.baseline_from_cache = False
         self.device = device
         self.job_peak_method = reset_peak_memory(device)  # the job's peak-memory window starts here
+        self.explicit = False  # the config set efficiency.enabled (else: the device's default)
         self._peak_before = 0  # peak of earlier windows (measure() starts its own window)
 
     def _save_peak(self) -> None:
@@ -300,13 +340,19 @@ class JobEfficiency:
                original_layers: int) -> dict[str, Any]:
         """Everything for results.json's ``efficiency`` (the job's peak memory is read first)."""
         job_peak = peak_memory(adapter.device)
+        peak = max(self._peak_before, job_peak["peak_memory_bytes"])
+        gpu = job_peak["peak_memory_method"] == "cuda_max_memory_allocated"
         out: dict[str, Any] = {**adapter.parameter_counts(), "num_decoder_layers": adapter.num_layers,
                                "num_decoder_layers_original": original_layers,
-                               "job_peak_memory_bytes": max(self._peak_before, job_peak["peak_memory_bytes"]),
-                               "job_peak_memory_method": job_peak["peak_memory_method"]}
+                               "model_memory_bytes": model_memory_bytes(adapter.model),
+                               # GPU: the tensors the job allocated; CPU: the whole process's, named so
+                               ("job_peak_memory_bytes" if gpu else "process_peak_rss_bytes"): peak,
+                               ("job_peak_memory_method" if gpu else "process_peak_rss_method"):
+                                   job_peak["peak_memory_method"]}
         if eval_wall_time_s is not None:
             out["eval_wall_time_s"] = float(eval_wall_time_s)
         if not self.settings.enabled:
+            out["skipped"] = self.settings.skipped(self.explicit)
             return out
         if pruned or self.baseline is None:
             current, out["measurement_from_cache"] = self._measure_pruned(adapter) if pruned else \
@@ -318,7 +364,8 @@ class JobEfficiency:
             out.update(speedups(current, self.baseline, original_layers))
             out["baseline"] = {k: self.baseline[k] for k in ("prefill_latency_s", "decode_tokens_per_s",
                                                               "generate_latency_s", "params_total",
-                                                              "peak_memory_bytes") if k in self.baseline}
+                                                              "model_memory_bytes", "peak_memory_bytes")
+                               if k in self.baseline}
             out["baseline_from_cache"] = self.baseline_from_cache
         return out
 

@@ -103,24 +103,44 @@ class Job:
     selection: SelectionConfig
     config: dict[str, Any]  # the resolved config, as recorded
     force: bool
+    reused: list[str] = field(default_factory=list)  # cache entries this job reused (one INFO line)
 
     @property
     def cache(self) -> Path:
         return Path(self.cfg.cache_dir)
 
 
+#: how a stage is named in the log and on its progress bars
+STAGE_NAMES = {"calibration_samples": "calibration samples", "load_model": "model load", "capture": "calibration",
+               "score": "scoring", "select": "selection", "reference_evaluate": "reference eval",
+               "prune": "pruning", "evaluate": "pruned eval", "samples": "samples.jsonl", "record": "record"}
+#: stages whose progress bars also name the job ("pruned eval, topo s=0.2")
+_TAGGED_BARS = ("capture", "evaluate")
+#: bookkeeping stages (well under a second): their start and end are logged at DEBUG
+MINOR_STAGES = ("claim", "calibration_samples", "select", "prune", "samples", "diagnostics", "record", "reuse")
+
+
 @dataclass
 class Timer:
-    """Wall time per stage; ``stage`` is the one running (named in a failure record)."""
+    """Wall time per stage; ``stage`` is the one running (named in a failure record). Each stage
+    logs its start and its end with its time, tagged with the job (``tag``: "topo s=0.2")."""
 
     timings: dict[str, float] = field(default_factory=dict)
     stage: str = "validate"
+    tag: str = ""
+    minor: set[str] = field(default_factory=lambda: set(MINOR_STAGES))
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        from topovlm import progress
+
         outer, self.stage, start = self.stage, stage, time.perf_counter()
+        name = STAGE_NAMES.get(stage, stage.replace("_", " "))
         try:
-            yield
+            with progress.stage(f"[{self.tag}] {name}" if self.tag else name, logger=log,
+                                bar_label=f"{name}, {self.tag}" if self.tag and stage in _TAGGED_BARS else name,
+                                level=logging.DEBUG if stage in self.minor else logging.INFO):
+                yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - start
         self.stage = outer  # reached only without an exception: a failure keeps the innermost stage
@@ -245,7 +265,8 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
         with timer("capture"):
             cap = captures.get(capture_key, lambda: adapter, lambda: samples, scorer.capture_spec(), cal.batch_size)
         if captures.last_hit:
-            log.info("cache hit: capture %s (keyed on %s)", captures.root / capture_key, keyed_on(capture_id))
+            job.reused.append("capture")
+            log.debug("cache hit: capture %s (keyed on %s)", captures.root / capture_key, keyed_on(capture_id))
         return cap
 
     ranking_id = {"capture": capture_key, "scorer": scorer.name, "params": scorer.params(), "seed": job.cfg.seed,
@@ -259,7 +280,8 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
                 remove_stale_tmp(path)
                 result = None if job.force else _load_ranking(path, n_layers)
                 if result is not None:
-                    log.info("cache hit: ranking %s (keyed on %s)", path, keyed_on(ranking_id))
+                    job.reused.append("ranking")
+                    log.debug("cache hit: ranking %s (keyed on %s)", path, keyed_on(ranking_id))
                     from_cache = True
                 else:
                     result, from_cache = _checked(scorer, scorer.score(capture(), ctx), n_layers), False
@@ -298,7 +320,8 @@ def reference(job: Job, evaluator: Any, adapter: Any, fingerprint: str) -> dict[
         records_missing = job_samples.load_reference(path) is None and \
             job_samples.evaluator_records(evaluator, job.cfg.task.name) is not None
         if cached is not None and not (records_missing and job.cfg.reference):
-            log.info("cache hit: reference %s (keyed on %s)", path, keyed_on(ref_id))
+            job.reused.append("reference eval")
+            log.debug("cache hit: reference %s (keyed on %s)", path, keyed_on(ref_id))
             return cached["metrics"]
         if not job.cfg.reference:
             return None if cached is None else cached["metrics"]
@@ -409,13 +432,13 @@ def reuse(job: Job, done: JobResult) -> JobResult:
     """A finished job with this identity exists: this dir gets its result and outputs."""
     src = Path(done.out_dir)
     if src.resolve() == job.out_dir.resolve():
-        log.info("job %s already complete (%s); skipping (+force=true recomputes); keyed on %s",
-                 job.key, src, keyed_on(job.identity))
+        log.info("job already complete (%s); skipping (+force=true recomputes)", src)
+        log.debug("job %s keyed on %s", job.key, keyed_on(job.identity))
         (job.out_dir / FAILED_FILE).unlink(missing_ok=True)  # a refused attempt of another job, now moot
         rebuild_table(job.table_dir)
         return done
-    log.info("job %s already complete (%s); reusing its result and outputs (+force=true recomputes); "
-             "keyed on %s", job.key, src, keyed_on(job.identity))
+    log.info("job already complete (%s); reusing its result and outputs (+force=true recomputes)", src)
+    log.debug("job %s keyed on %s", job.key, keyed_on(job.identity))
     clear_job_dir(job.out_dir)
     set_aside_incomplete_runs(job.out_dir)
     linked = link_outputs(src, job.out_dir)
@@ -438,6 +461,7 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
     timer = Timer()
     try:
         job = prepare(cfg, Path(out_dir), sweep_dir, group, run_name)  # every config check, once
+        timer.tag = f"{job.scorer.name} s={float(cfg.sparsity):g}"
         with entry_lock(job.cache / "completed" / f"{job.key}.json", "identical job"):  # claim
             done = finished(job)
             if done is not None:
@@ -450,9 +474,12 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
             with timer("calibration_samples"):
                 samples = calibration_samples(job)
             evaluator = build_evaluator(cfg.task)
-            eff = JobEfficiency(EfficiencySettings.from_cfg(OmegaConf.select(cfg, "efficiency", default=None),
-                                                            cfg.model.source),
+            eff_cfg = OmegaConf.select(cfg, "efficiency", default=None)
+            eff = JobEfficiency(EfficiencySettings.from_cfg(eff_cfg, cfg.model.source, cfg.model.device),
                                 job.cache, cfg.model.name, cfg.model.device)  # the peak-memory window starts here
+            eff.explicit = OmegaConf.select(cfg, "efficiency.enabled", default=None) is not None
+            if not eff.settings.enabled:
+                timer.minor.add("efficiency")  # only the job's peak memory is read: nothing to announce
             with timer("load_model"):
                 adapter = load_model(job)
             try:
@@ -468,6 +495,8 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                 if removed:
                     with timer("reference_evaluate"):
                         ref = reference(job, evaluator, adapter, fingerprint)
+                if job.reused:  # the details (paths, keys) are at DEBUG
+                    log.info("[%s] reused from the cache (%s): %s", timer.tag, job.cache, ", ".join(job.reused))
                 with timer("prune"):
                     kept, edit = prune(job, adapter, removed, samples)
                 with timer("evaluate"):

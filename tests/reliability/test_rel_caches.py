@@ -52,7 +52,7 @@ def test_a_corrupt_entry_is_logged_discarded_and_recomputed(kind, tmp_path, capl
     victim = _one(tmp_path / "cache", pattern)
     damage(victim)
     (victim.parent / f".{victim.name}.x1y2z3.tmp").write_bytes(b"")  # a killed writer's leftover
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # the cache hits' details (keys, paths) are at DEBUG
     # a job that needs the entry again (another sparsity: same capture, ranking and reference;
     # for the index, the same job in another dir; for the capture, +force=true rescores from it)
     again = {"completed index": ["sparsity=0.25"]}.get(kind, ["sparsity=0.5"])

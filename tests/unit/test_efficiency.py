@@ -11,7 +11,7 @@ from tests.helpers import compose, tiny_overrides
 from topovlm import efficiency
 from topovlm.efficiency import EfficiencySettings, JobEfficiency, measure, peak_memory, reset_peak_memory, speedups
 
-FAST = EfficiencySettings(prompt_words=4, new_tokens=3, warmup=1, repeats=2)
+FAST = EfficiencySettings(enabled=True, prompt_words=4, new_tokens=3, warmup=1, repeats=2)
 
 
 def test_measure_and_speedup_after_pruning(fresh_tiny_llava):
@@ -20,7 +20,7 @@ def test_measure_and_speedup_after_pruning(fresh_tiny_llava):
     adapter = fresh_tiny_llava
     base = measure(adapter, FAST)
     for key in ("params_total", "params_decoder_layers", "prefill_latency_s", "decode_tokens_per_s",
-                "generate_latency_s", "peak_memory_bytes", "prompt_tokens"):
+                "generate_latency_s", "model_memory_bytes", "prompt_tokens"):
         assert base[key] > 0, key
     assert base["num_decoder_layers"] == 8 and base["new_tokens"] == 3
     remove_layers(adapter, [2, 5])
@@ -31,6 +31,12 @@ def test_measure_and_speedup_after_pruning(fresh_tiny_llava):
     assert sp["ideal_speedup"] == pytest.approx(8 / 6)
     assert sp["decoder_params_ratio"] == pytest.approx(0.75)
     assert sp["prefill_speedup"] > 0 and sp["decode_speedup"] > 0
+    # memory is the model's own tensors, not the process's: it falls with the layers removed
+    layer_bytes = sum(p.numel() * p.element_size() for p in adapter.decoder_layers()[0].parameters())
+    assert base["model_memory_bytes"] - pruned["model_memory_bytes"] == 2 * layer_bytes
+    assert sp["model_memory_ratio"] == pytest.approx(pruned["model_memory_bytes"] / base["model_memory_bytes"])
+    assert sp["model_memory_ratio"] < 1
+    assert "peak_memory_ratio" not in sp and "peak_memory_bytes" not in base  # CPU: no whole-process ratio
 
 
 def test_peak_memory_is_reset():
@@ -60,7 +66,7 @@ def test_unpruned_baseline_is_cached_per_model(tiny_llava, tmp_path, monkeypatch
     assert len(calls) == 2
     out = second.finish(tiny_llava, pruned=False, eval_wall_time_s=1.5, original_layers=8)
     assert len(calls) == 2  # unpruned job: its own numbers are the baseline's
-    assert out["prefill_speedup"] == 1.0 and out["eval_wall_time_s"] == 1.5 and out["job_peak_memory_bytes"] > 0
+    assert out["prefill_speedup"] == 1.0 and out["eval_wall_time_s"] == 1.5 and out["model_memory_bytes"] > 0
 
 
 def test_settings_from_config():
@@ -68,12 +74,30 @@ def test_settings_from_config():
     assert EfficiencySettings.from_cfg({"repeats": 9}).repeats == 9
     with pytest.raises(ValueError, match="unknown keys"):
         EfficiencySettings.from_cfg({"repeat": 9})
+    # unset: off on CPU (timings there are noise), on on GPU; an explicit value wins
+    assert EfficiencySettings.from_cfg(None, device="cpu").enabled is False
+    assert EfficiencySettings.from_cfg({"enabled": None}, device="cuda").enabled is True
+    assert EfficiencySettings.from_cfg({"enabled": True}, device="cpu").enabled is True
+    assert "off by default on CPU" in EfficiencySettings.from_cfg(None, device="cpu").skipped(explicit=False)
+
+
+def test_cpu_job_skips_efficiency_by_default_and_the_summary_says_why(tmp_path):
+    from topovlm.runner import run_job
+    from topovlm.summary import build_summary
+
+    res = run_job(compose(tiny_overrides(tmp_path, "task.dataset.n=4", "calibration.n=6", "sparsity=0.25")),
+                  tmp_path / "sweep" / "0_a")
+    eff = res["efficiency"]
+    assert "prefill_speedup" not in eff and not (tmp_path / "cache" / "efficiency").exists()
+    assert eff["skipped"].startswith("off by default on CPU") and eff["model_memory_bytes"] > 0
+    md = build_summary([tmp_path / "sweep"], plots=False).full_markdown()
+    assert "Efficiency: not measured (off by default on CPU" in md
 
 
 def test_runner_records_efficiency_and_speedup(tmp_path):
     from topovlm.runner import run_job
 
-    base = ["task.dataset.n=4", "task.max_new_tokens=2", "calibration.n=6"]
+    base = ["task.dataset.n=4", "task.max_new_tokens=2", "calibration.n=6", "efficiency.enabled=true"]
     res = run_job(compose(tiny_overrides(tmp_path, *base, "sparsity=0.25")), tmp_path / "a")
     eff = json.loads((tmp_path / "a" / "results.json").read_text())["efficiency"]
     assert eff == res["efficiency"]

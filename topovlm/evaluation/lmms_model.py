@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from lmms_eval.api.model import lmms
-from tqdm.auto import tqdm
+from topovlm.progress import bar
 
 from topovlm.data.types import VQASample
 
@@ -69,7 +69,7 @@ class AdapterLMM(lmms):
         args = [r.args for r in requests]
         # batch consecutive requests with the same generation settings and at most one image
         order = list(range(len(requests)))
-        pbar = tqdm(total=len(requests), desc="lmms-eval generate", leave=False, disable=self.rank != 0)
+        pbar = bar(total=len(requests), default="lmms-eval generate", leave=False, disable=self.rank != 0)
         i = 0
         while i < len(order):
             batch = [order[i]]

@@ -5,7 +5,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
+from topovlm.progress import bar
 
 from topovlm.data.sources import load_samples
 from topovlm.api import Evaluator
@@ -42,7 +42,7 @@ class PerplexityEvaluator(Evaluator):
         total_nll, total_tokens = 0.0, 0
         self.per_sample = []
         bs = self.cfg.batch_size
-        for start in tqdm(range(0, len(samples), bs), desc=f"eval {self.cfg.name}", leave=False):
+        for start in bar(range(0, len(samples), bs), f"eval {self.cfg.name}", leave=False):
             texts = [s.question for s in samples[start:start + bs]]
             batch = tok(texts, return_tensors="pt", padding=True).to(adapter.device)
             logits = adapter.model(**batch, use_cache=False).logits.float()

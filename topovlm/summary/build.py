@@ -4,6 +4,7 @@ A results.json it cannot trust (unreadable, another layout, metrics its samples.
 contradict) is in no table: it is listed under Failures, with the failed jobs."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,6 +19,8 @@ from topovlm.summary.statistics import (Statistics, build_statistics, comparison
 from topovlm.summary.validity import VALIDITY_CSV, Validity, validity, validity_rows
 from topovlm.summary.tables import (MetricTable, headline_metric, metric_table, ordered_metrics, removed_markdown,
                                     write_csv, write_text)
+
+log = logging.getLogger("topovlm.summary")
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
@@ -54,6 +57,15 @@ def csv_rows(jobs: list[SummaryJob], metrics: list[str], intervals: bool = False
         row.update({f"efficiency/{k}": job_eff.get(k) for k in eff})
         rows.append(row)
     return columns, rows
+
+
+def efficiency_note(jobs: list[SummaryJob], model: str, task: str) -> list[str]:
+    """Why a (model, task) has no cost table: what its jobs recorded as the reason they timed nothing."""
+    effs = [j.efficiency or {} for j in jobs if (j.model, j.task) == (model, task)]
+    if any("prefill_latency_s" in e for e in effs):
+        return []
+    reasons = sorted({str(e["skipped"]) for e in effs if e.get("skipped")})
+    return [f"Efficiency: not measured ({'; '.join(reasons)})."] if reasons else []
 
 
 def _job_order(j: SummaryJob) -> tuple:
@@ -103,6 +115,7 @@ class Summary:
         for (model, task) in groups(self.jobs):
             parts.append(f"## {model} · {task}")
             parts += statistics_markdown(self, model, task)
+            parts += efficiency_note(self.jobs, model, task)
             parts += [v.markdown() for v in self.validity if (v.model, v.task) == (model, task)]
             parts += [t.markdown() for t in self.tables if (t.model, t.task) == (model, task)]
         parts.append("## Removed layers")
@@ -156,7 +169,10 @@ def build_summary(dirs: Sequence[str | Path], out_dir: str | Path | None = None,
     summary.files["agreement"] = write_csv(out_dir / AGREEMENT_CSV, ["model", "kind", "sparsity", "scorer_a", "scorer_b",
                                                                       "value", "std", "n"], ag_rows)
     if plots and jobs:
-        summary.plots = write_plots(summary, out_dir / PLOTS_DIR)
+        from topovlm.progress import stage
+
+        with stage(f"plots ({out_dir / PLOTS_DIR})", logger=log):
+            summary.plots = write_plots(summary, out_dir / PLOTS_DIR)
     summary.files["markdown"] = out_dir / SUMMARY_MD
     write_text(out_dir / SUMMARY_MD, summary.full_markdown())
     return summary
