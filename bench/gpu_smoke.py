@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
 
     fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731 - a one-line local helper
-    lines = [f"# GPU smoke test: {args.model} ({args.path})", "",
+    lines = [f"# GPU smoke test: {args.model} ({args.path or 'embedded'})", "",
              f"{dt.date.today().isoformat()}, {_machine()}; task={args.task} limit={args.limit}, "
              f"calibration={args.calibration} n={args.calibration_n}, sparsity={args.sparsity}", "",
              "| scorer | status | " + " | ".join(f"{s} s" for s in STAGES) + " | total s | detail |",
