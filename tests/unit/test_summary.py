@@ -630,3 +630,20 @@ def test_a_consistent_sweep_and_a_perplexity_check(tmp_path: Path, capsys, stat_
     code, _, md = _summarize(root, capsys)
     fails = _failures(md)
     assert code == 1 and list(fails) == [next(root.glob("*_tail_*")).name] and "perplexity=" in next(iter(fails.values()))[3]
+
+
+def test_summary_md_opens_with_the_verdict_and_gives_the_legend_once(stat_sweep: Path):
+    build_summary([stat_sweep], plots=False)
+    md = (stat_sweep / "summary.md").read_text()
+    section = md.split("## m · t", 1)[1]
+    # the answer comes first: before any table
+    assert section.lstrip().startswith("**Verdict** (accuracy, higher is better; n = 100 questions;")
+    verdict = section.split("####", 1)[0]
+    line = next(ln for ln in verdict.splitlines() if ln.startswith("- **0.25**"))
+    assert line.startswith("- **0.25**: best **topo** accuracy = 0.800 [95% CI 0.")
+    assert "cannot be told from it: shortgpt; shown worse: tail" in line and "(1 calibration draw per scorer)" in line
+    assert "Unpruned: 0.900 [95% CI" in verdict
+    # one legend and one family note for the per-domain tables, not one per table
+    assert md.count("**bold** = best scorer at that sparsity") == 1
+    assert md.count("_exploratory (Holm within each sparsity") == 1
+    assert md.index("**Verdict**") < md.index("| sparsity | scorer |") < md.index("#### m · t · accuracy/math")

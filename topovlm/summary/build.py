@@ -16,6 +16,7 @@ from topovlm.summary.load import (PLOTS_DIR, SummaryJob, failures_markdown, flat
 from topovlm.summary.plots import write_plots
 from topovlm.summary.statistics import (Statistics, build_statistics, comparison_markdown, job_interval_columns,
                                         statistics_markdown, write_statistics_csvs)
+from topovlm.summary.verdict import verdict_markdown
 from topovlm.summary.validity import VALIDITY_CSV, Validity, validity, validity_rows
 from topovlm.summary.tables import (MetricTable, headline_metric, metric_table, ordered_metrics, removed_markdown,
                                     write_csv, write_text)
@@ -59,6 +60,16 @@ def csv_rows(jobs: list[SummaryJob], metrics: list[str], intervals: bool = False
     return columns, rows
 
 
+def tables_markdown(tables: list[MetricTable]) -> list[str]:
+    """The metric tables of one (model, task): the legend with the first table only, and the
+    exploratory tables' family note once, with the first of them."""
+    out, family_said = [], False
+    for i, t in enumerate(tables):
+        out.append(t.markdown(legend=i == 0, family=not family_said))
+        family_said = family_said or (i > 0 and t.confirmatory is False)
+    return out
+
+
 def efficiency_note(jobs: list[SummaryJob], model: str, task: str) -> list[str]:
     """Why a (model, task) has no cost table: what its jobs recorded as the reason they timed nothing."""
     effs = [j.efficiency or {} for j in jobs if (j.model, j.task) == (model, task)]
@@ -100,6 +111,8 @@ class Summary:
     def terminal_markdown(self) -> str:
         """What the end of a multirun prints: headline tables and ranking agreement."""
         parts = [f"### Sweep summary: {len(self.jobs)} jobs ({', '.join(str(s) for s in self.sources)})"]
+        parts += [f"{m} · {t}: {verdict_markdown(self, m, t)}" for m, t in groups(self.jobs)
+                  if verdict_markdown(self, m, t)]
         parts += [t.markdown() for t in self.headline_tables()]
         if self.stats is not None:
             parts += [comparison_markdown(self.stats.of(t.model, t.task, t.metric)) for t in self.headline_tables()]
@@ -114,10 +127,11 @@ class Summary:
         parts = [f"# Sweep summary\n\n{len(self.jobs)} jobs from " + ", ".join(f"`{s}`" for s in self.sources)]
         for (model, task) in groups(self.jobs):
             parts.append(f"## {model} · {task}")
+            parts.append(verdict_markdown(self, model, task))  # the answer first, then the evidence
             parts += statistics_markdown(self, model, task)
             parts += efficiency_note(self.jobs, model, task)
             parts += [v.markdown() for v in self.validity if (v.model, v.task) == (model, task)]
-            parts += [t.markdown() for t in self.tables if (t.model, t.task) == (model, task)]
+            parts += tables_markdown([t for t in self.tables if (t.model, t.task) == (model, task)])
         parts.append("## Removed layers")
         parts.append(removed_markdown(self.jobs))
         ag = [a.markdown() for a in self.agreements if a.markdown()]

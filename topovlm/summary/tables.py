@@ -118,23 +118,26 @@ class MetricTable:
         target = min(vals.values()) if self.lower_is_better else max(vals.values())
         return [lab for lab, v in vals.items() if math.isclose(v, target, rel_tol=1e-12, abs_tol=1e-12)]
 
-    def markdown(self) -> str:
+    def markdown(self, legend: bool = True, family: bool = True) -> str:
+        """``legend``: the sentence explaining bold, intervals and marks; ``family``: the line saying
+        confirmatory or exploratory (summary.md gives each once, not once per table)."""
         direction = "lower" if self.lower_is_better else "higher"
         seeds = any(s.n > 1 for row in self.cells.values() for s in row.values())
         cis = any(iv is not None for row in self.intervals.values() for iv in row.values())
-        family = ""
+        family_note = ""
         if cis and self.confirmatory is not None:
-            family = ("confirmatory (the headline metric: every pair of scorers at a sparsity is one Holm family)"
-                      if self.confirmatory else "exploratory (Holm within each sparsity of this table only, "
-                      "nothing across tables: a mark here is a lead, not a finding)")
+            family_note = ("confirmatory (the headline metric: every pair of scorers at a sparsity is one Holm family)"
+                           if self.confirmatory else "exploratory (Holm within each sparsity of this table only, "
+                           "nothing across tables: a mark here is a lead, not a finding)")
         margin = f" within ±{self.margin:g}" if self.margin is not None else ""
         head = (f"#### {self.model} · {self.task} · {self.metric}\n\n"
-                + (f"_{family}_\n\n" if family else "")
-                + f"{direction} is better; **bold** = best scorer at that sparsity"
-                + ("; mean ± std over seeds (n = seeds)" if seeds else "")
-                + ("; [95% interval]; against the other scorers at that sparsity (all pairs, Holm): ↓ = shown "
-                   f"worse than another scorer, ≡ = shown equivalent to the best{margin} (TOST), ? = inconclusive "
-                   "(too few calibration draws); unmarked = not shown different" if cis else "") + "\n\n")
+                + (f"_{family_note}_\n\n" if family_note and family else ""))
+        if legend:
+            head += (f"{direction} is better; **bold** = best scorer at that sparsity"
+                     + ("; mean ± std over seeds (n = seeds)" if seeds else "")
+                     + ("; [95% interval]; against the other scorers at that sparsity (all pairs, Holm): ↓ = shown "
+                        f"worse than another scorer, ≡ = shown equivalent to the best{margin} (TOST), ? = inconclusive "
+                        "(too few calibration draws); unmarked = not shown different" if cis else "") + "\n\n")
         cols = [f"{s:.0%}" if round(s * 100, 6) == round(s * 100) else f"{s:.1%}" for s in self.sparsities]
         lines = ["| scorer | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         ref = self.reference.fmt() if self.reference else "—"
