@@ -84,6 +84,40 @@ def _interval(value: float, n: float | None) -> str:
     return f"[{lo:.3f}, {hi:.3f}]"
 
 
+_ROOT = Path(__file__).resolve().parents[1]  # the project checkout: CITATION.cff, docs/references.bib
+
+
+def project_citation(cff_path: Path = _ROOT / "CITATION.cff") -> tuple[str | None, str | None]:
+    """(the project's URL, its BibTeX) from CITATION.cff: ``repository-code`` or ``url`` (None when
+    it names none: a card then names the project without inventing a link), and a ``@software``
+    entry of its title, authors, version and year. (None, None) without the file."""
+    import yaml
+
+    try:
+        cff = yaml.safe_load(Path(cff_path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None, None
+    url = cff.get("repository-code") or cff.get("url")
+    authors = " and ".join(a.get("name") or f"{a.get('family-names', '')}, {a.get('given-names', '')}".strip(", ")
+                           for a in cff.get("authors") or [])
+    fields = {"title": cff.get("title"), "author": authors or None, "version": cff.get("version"),
+              "year": str(cff.get("date-released") or "")[:4] or None, "url": url}
+    body = ",\n".join(f"  {k} = {{{v}}}" for k, v in fields.items() if v)
+    return url, "@software{topovlm,\n" + body + "\n}"
+
+
+def method_bibtex(key: str, bib_path: Path = _ROOT / "docs" / "references.bib") -> str | None:
+    """The entry ``key`` of docs/references.bib, verbatim (None when the file or the entry is missing)."""
+    import re
+
+    try:
+        text = Path(bib_path).read_text()
+    except OSError:
+        return None
+    m = re.search(r"@\w+\{" + re.escape(key) + r",.*?\n\}", text, re.S)
+    return m.group(0) if m else None
+
+
 def model_card(results: "JobResult") -> str:
     prov = provenance(results)
     metrics = results.metrics
@@ -108,11 +142,14 @@ def model_card(results: "JobResult") -> str:
             ci = _interval(float(v), n) if k.startswith("accuracy") and "/" not in k else ""
             rows.append(f"| {k} | {v:.4g} | {ci} | {'' if ref is None else f'{ref:.4g}'} |")
     cite = CITATIONS.get(prov["method"])
+    url, project_bib = project_citation()
+    project = f"[topovlm]({url})" if url else "topovlm"
+    bibs = [b for b in (project_bib, method_bibtex(cite) if cite else None) if b]
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
         f"# {results.model}, {len(prov['removed_layers'])} of {prov['num_layers_original']} decoder layers removed "
         f"({prov['method']})", "",
-        f"Pruned with [topovlm](https://github.com/) from `{prov['base_model']}`: scorer `{prov['method']}` "
+        f"Pruned with {project} from `{prov['base_model']}`: scorer `{prov['method']}` "
         f"({', '.join(f'{k}={v}' for k, v in prov['method_params'].items() if k != 'name') or 'defaults'}), "
         f"selection `{prov['selection_policy']}`, sparsity {prov['sparsity']:g}.", "",
         f"- removed layers (original indices): {prov['removed_layers']}",
@@ -128,7 +165,8 @@ def model_card(results: "JobResult") -> str:
         "model = AutoModelForImageTextToText.from_pretrained(PATH)  # the pruned depth is in config.json",
         "processor = AutoProcessor.from_pretrained(PATH)", "```", "",
         "## Citation", "",
-        "Cite topovlm (CITATION.cff)" + (f" and the method (`{cite}` in docs/references.bib)." if cite else "."), "",
+        *(["Cite topovlm" + (" and the scoring method" if len(bibs) > 1 else "") + ":", "",
+            "```bibtex", "\n\n".join(bibs), "```", ""] if bibs else ["Cite topovlm (CITATION.cff).", ""]),
     ]
     return "\n".join(lines)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from topovlm.storage import atomic_write_text, entry_lock, read_json, remove_stale_tmp
+from topovlm.storage import atomic_write_text, entry_lock, link_or_copy, read_json, remove_stale_tmp
 
 log = logging.getLogger("topovlm.results")
 
@@ -304,10 +303,12 @@ def clear_job_dir(out_dir: Path) -> None:
 
 
 def link_outputs(src: Path, dst: Path) -> list[str]:
-    """Make ``dst`` (a resumed job) show every output of ``src`` (the job that computed it):
-    diagnostics, arrays, samples. Relative symbolic links, so they survive a moved tree.
-    An output of ``src`` that is itself a link whose target is gone (``src`` was resumed
-    from a sweep since moved or deleted) is not linked: it is logged and left out."""
+    """Make ``dst`` (a resumed job) hold every output of ``src`` (the job that computed it):
+    diagnostics, arrays, samples. Real files (hard links where the filesystem allows, else
+    copies: :func:`topovlm.storage.link_or_copy`), so ``cp -r`` or ``rsync`` of a sweep, or
+    moving the source sweep, leaves this job readable. An output of ``src`` that is itself a
+    link whose target is gone (``src`` was resumed from a sweep written before outputs were
+    real files, since moved or deleted) is not linked: it is logged and left out."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve() or not src.is_dir():
         return []
@@ -323,7 +324,7 @@ def link_outputs(src: Path, dst: Path) -> list[str]:
             target.unlink()
         elif target.exists():
             continue  # a real directory of this job: keep it
-        os.symlink(os.path.relpath(entry.resolve(), dst.resolve()), target)
+        link_or_copy(entry, target)
         linked.append(entry.name)
     if gone:
         log.warning("%s: outputs %s of %s link to files that are gone (their source sweep moved or was "

@@ -12,7 +12,6 @@ lock on their identity: the second waits and reuses the first one's result.
 from __future__ import annotations
 
 import gc
-import os
 import logging
 import random
 import time
@@ -37,7 +36,8 @@ from topovlm.api import LayerScorer, ScoreResult, ScoringContext
 from topovlm.selection import SelectionConfig, SelectionError, check_budget, select_layers
 from topovlm.removal_loss import CalibrationLoss
 from topovlm.ranking_store import SUFFIX as RANKING_SUFFIX, check_ranking, load_ranking, save_ranking
-from topovlm.storage import atomic_write, discard, entry_lock, inside, read_json, remove_stale_tmp, safe_name
+from topovlm.storage import (atomic_write, discard, entry_lock, inside, link_or_copy, read_json, remove_stale_tmp,
+                             safe_name)
 from topovlm.tracking import WandbRun, set_aside_incomplete_runs
 
 log = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ def _savez(path: Path, name: str, arr: np.ndarray) -> None:
 
 def write_outputs(job: Job, ranking: Ranking, removed: list[int]) -> tuple[list[Path], dict[str, str]]:
     """Diagnostics of this job's removals next to the run; the ranking's arrays (e.g. topo's point
-    clouds) stored once beside the cached ranking and linked from every job that uses it.
+    clouds) stored once beside the cached ranking and hard-linked (else copied) into every job that uses it.
     (images, array -> path)."""
     result = ranking.result
     images = job.scorer.write_diagnostics(result, job.out_dir, removed=removed)
@@ -366,10 +366,7 @@ def write_outputs(job: Job, ranking: Ranking, removed: list[int]) -> tuple[list[
         stored = store / f"{name}.npz"
         if not stored.is_file():
             atomic_write(stored, lambda p, n=name, a=arr: _savez(p, n, a))
-        link = job.out_dir / f"{name}.npz"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(os.path.relpath(stored.resolve(), job.out_dir.resolve()), link)
+        link_or_copy(stored, job.out_dir / f"{name}.npz")  # a real file: the sweep dir travels without the cache
         arrays[name] = str(stored)
     return images, arrays
 

@@ -2,8 +2,8 @@
 
 One JSON object per evaluated sample, keyed by ``key`` = ``<task>/<sample id>``: the
 benchmark's own sample ids, so the jobs of one sweep (and of several sweeps on the same
-task) line up sample by sample. Fields: ``key``, ``task``, ``id``, ``domain``,
-``category``, ``prediction``, ``target``, ``correct`` (accuracy tasks) or ``loss``
+task) line up sample by sample. Fields: ``key``, ``task``, ``id``, ``question`` (and
+``prompt`` for lmms-eval tasks: the context the model saw), ``domain``, ``category``, ``prediction``, ``target``, ``correct`` (accuracy tasks) or ``loss``
 (per-sample loss tasks), and the unpruned model's record for the same sample:
 ``reference_prediction``, ``reference_correct`` / ``reference_loss`` and ``agree``
 (the normalised answer did not change).
@@ -26,21 +26,41 @@ SAMPLES_FILE = "samples.jsonl"
 
 
 def evaluator_records(evaluator: Any, task: str) -> list[dict[str, Any]] | None:
-    """The evaluator's per-sample records of its last ``evaluate`` with ``task`` and ``key``
-    added, or None when the evaluator keeps none (e.g. a plug-in without ``sample_records``)."""
+    """The evaluator's per-sample records of its last ``evaluate`` with ``task``, ``key`` and
+    ``question`` added (the question from the task's dataset when the evaluator's records lack
+    it), or None when the evaluator keeps none (e.g. a plug-in without ``sample_records``)."""
     fn = getattr(evaluator, "sample_records", None)
     if fn is None:
         return None
     records = fn()
     if records is None:
         return None
+    questions = _questions(evaluator) if any("question" not in r for r in records) else {}
     out = []
     for r in records:
         r = dict(r)
         r.setdefault("task", task)
         r["key"] = f"{r['task']}/{r['id']}"
+        if "question" not in r and str(r["id"]) in questions:
+            r["question"] = questions[str(r["id"])]
         out.append(r)
     return out
+
+
+def _questions(evaluator: Any) -> dict[str, str]:
+    """Sample id -> question text of the evaluator's dataset (``task.dataset``), or {} when it has
+    none this harness can read (the records then go without it)."""
+    cfg = getattr(evaluator, "cfg", None)
+    dataset = getattr(cfg, "dataset", None)
+    if dataset is None or getattr(cfg, "evaluator", None) == "lmms":  # lmms-eval's records carry their own
+        return {}
+    from topovlm.data.sources import load_samples
+
+    try:
+        return {str(s.id): s.question for s in load_samples(dataset) if getattr(s, "question", None)}
+    except Exception as err:  # noqa: BLE001 - a source this loader does not know: records stay as they are
+        log.debug("no question texts for samples.jsonl: %s", err)
+        return {}
 
 
 def reference_samples_path(reference_file: Path) -> Path:

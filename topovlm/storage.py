@@ -52,6 +52,42 @@ def follow_umask(root: Path) -> Path:
     return Path(root)
 
 
+def link_or_copy(src: Path, dst: Path) -> str:
+    """Make ``dst`` a real file (or folder) with ``src``'s content: a hard link where the
+    filesystem allows it (no extra disk), else a copy; never a symbolic link, so ``cp -r`` and
+    ``rsync`` of the folder holding ``dst`` keep it readable. Replaces ``dst`` atomically
+    (a file) or whole (a folder). Returns how: "hardlink" or "copy" (the first file's, for a folder).
+    The files linked are only ever replaced by rename, never written in place, so a hard link
+    cannot change under its other name."""
+    import shutil
+
+    src, dst = Path(src).resolve(), Path(dst)
+    if src.is_dir():
+        how: list[str] = []
+
+        def one(a: str, b: str) -> None:
+            how.append(link_or_copy(Path(a), Path(b)))
+
+        if dst.is_symlink() or dst.is_file():
+            dst.unlink()
+        elif dst.is_dir():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst, copy_function=one)
+        return how[0] if how else "copy"
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+        how_one = "hardlink"
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, tmp)
+        how_one = "copy"
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return how_one
+
+
 def tmp_pattern(path: Path) -> str:
     return f".{path.name}.*.tmp"
 

@@ -114,3 +114,25 @@ def test_export_overwrites_only_when_asked_keeps_other_files_and_follows_the_uma
         assert not list(tmp_path.glob(".*export-*"))  # no staging dir left behind
     finally:
         os.umask(old)
+
+
+def test_model_card_names_the_project_without_a_placeholder_and_cites_inline(tmp_path):
+    from topovlm.export import model_card, project_citation
+
+    cff = tmp_path / "CITATION.cff"
+    cff.write_text("cff-version: 1.2.0\ntitle: \"t\"\nauthors: [{name: \"A\"}]\nversion: 1.0\n"
+                   "repository-code: \"https://example.org/topovlm\"\n")
+    url, bib = project_citation(cff)
+    assert url == "https://example.org/topovlm" and "url = {https://example.org/topovlm}" in bib
+    job = tmp_path / "job"
+    res = run_job(compose(tiny_overrides(tmp_path, "scorer=shortgpt", "sparsity=0.25")), job)
+    from topovlm.results import read_result
+
+    card = model_card(read_result(job / "results.json"))
+    assert "https://github.com/)" not in card and "](https://github.com" not in card  # no placeholder link
+    real_url, _ = project_citation()  # the project's own CITATION.cff: its URL if it names one
+    assert (f"[topovlm]({real_url})" in card) if real_url else "Pruned with topovlm from" in card
+    bibtex = card.split("```bibtex", 1)[1].split("```", 1)[0]
+    assert "@software{topovlm," in bibtex and "title = {topovlm: a benchmarking harness" in bibtex
+    assert "@article{men2024shortgpt," in bibtex and "Men, Xin" in bibtex  # the method's entry, not a pointer
+    assert "docs/references.bib" not in card and res["scorer"] == "shortgpt"

@@ -343,6 +343,21 @@ def _first_text(resps: Any) -> Any:
     return resps
 
 
+def _prompt(arguments: Any) -> str | None:
+    """The request's context string (the prompt the model saw) from a logged sample's
+    ``arguments``: a tuple (context, gen_kwargs, ...) or, serialised, ``{"gen_args_0": {"arg_0": ...}}``."""
+    first = arguments
+    if isinstance(first, dict):
+        first = next(iter(first.values()), None)
+    if isinstance(first, dict):
+        first = first.get("arg_0")
+    elif isinstance(first, (list, tuple)) and first:
+        first = first[0]
+        if isinstance(first, (list, tuple)) and first:  # one request per document: [(context, ...)]
+            first = first[0]
+    return first if isinstance(first, str) else None
+
+
 def logged_sample_records(results: dict[str, Any], wanted: dict[str, list[str]], prefix: bool) -> list[dict[str, Any]]:
     """Per-document records from ``results["samples"]`` (``simple_evaluate(log_samples=True)``)."""
     out: list[dict[str, Any]] = []
@@ -367,6 +382,11 @@ def logged_sample_records(results: dict[str, Any], wanted: dict[str, list[str]],
             }
             if "id" in doc:
                 rec["doc_key"] = str(doc["id"])
+            if isinstance(doc.get("question"), str):  # what was asked, as lmms-eval's log_samples keeps it
+                rec["question"] = doc["question"]
+            prompt = _prompt(item.get("arguments"))
+            if prompt is not None:
+                rec["prompt"] = prompt
             head = per_doc.get(f"{task}/{first}" if prefix else first) if first else None
             if head is not None and head in (0.0, 1.0):
                 rec["correct"] = bool(head)
@@ -481,7 +501,8 @@ class LmmsEvalEvaluator(Evaluator):
     def sample_records(self) -> list[dict[str, Any]]:
         """lmms-eval's logged samples (``log_samples``) of the last ``evaluate``, one record per
         document: ``id`` = the document's index in the task (the same in every job with the same
-        limit), ``task``, ``domain`` / ``category`` when the document has them, ``prediction``
+        limit), ``task``, ``domain`` / ``category`` when the document has them, ``question`` (the
+        document's) and ``prompt`` (the request's context, as the model saw it), ``prediction``
         (the filtered response), ``target``, ``correct`` when the task's first metric is 0/1 per
         document, and ``metrics``: every numeric per-document metric (named as in results.json)."""
         return list(self.records)
