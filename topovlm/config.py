@@ -40,7 +40,7 @@ class ModelConfig:
     revision: Optional[str] = None
     dtype: str = "float32"
     device: str = "cpu"  # where inputs go; "cuda" on GPU machines
-    device_map: Optional[str] = None  # e.g. "auto" to spread a large model over GPUs
+    device_map: Optional[str] = None  # "fit": one GPU when the weights fit it, else "auto" (spread over GPUs)
     attn_implementation: Optional[str] = None  # sdpa | eager | flash_attention_2
     trust_remote_code: bool = False
     tiny: dict[str, Any] = field(default_factory=dict)  # overrides for source=tiny configs

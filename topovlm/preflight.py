@@ -39,8 +39,8 @@ def check_inputs(cfg: Any) -> None:
 
 # ---------------------------------------------------------------- devices
 
-# device_map values that place the model by itself (accelerate), on whatever the machine has
-_PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
+# device_map values that place the model by itself (accelerate; fit: one GPU when it fits, see adapters.loading)
+_PLACEMENTS = ("auto", "fit", "balanced", "balanced_low_0", "sequential")
 
 
 def device_problem(name: str) -> str | None:

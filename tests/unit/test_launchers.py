@@ -3,6 +3,7 @@ script a cluster would get, submitit's local executor runs a small sweep; experi
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +152,112 @@ def test_experiment_composes_for_every_job_of_its_sweep(name: str):
         for v in values:
             # values only: the 7B checkpoints and their datasets are not on this machine
             validate(hydra_compose([f"experiment={name}", f"{key}={v}"]), inputs=False)
+
+
+# ---------------------------------------------------------------- one worker per GPU (hydra/launcher=gpus)
+
+def test_gpus_preset_composes_to_the_pinning_launcher():
+    cfg = hydra_compose(["hydra/launcher=gpus", "hydra.launcher.devices=[2,3]"])
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.topovlm_gpus.gpus_launcher.GpusLauncher"
+    assert list(cfg.hydra.launcher.devices) == [2, 3]
+
+
+def test_visible_devices_reads_the_list_the_environment_or_nothing(monkeypatch: pytest.MonkeyPatch):
+    from topovlm.errors import ConfigError
+    from topovlm.gpu_slots import visible_devices
+
+    assert visible_devices([4, 5]) == ["4", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_devices() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_devices() == []  # the launcher then refuses: no GPU
+    with pytest.raises(ConfigError, match="listed twice"):
+        visible_devices("1,1")
+
+
+def _claim_and_hold(devices, lock_dir, out, release):
+    import os
+
+    from topovlm.gpu_slots import claim_device
+
+    device = claim_device(devices, lock_dir, poll_s=0.05)
+    out.put((os.getpid(), device, os.environ["CUDA_VISIBLE_DEVICES"]))
+    release.wait(60)
+
+
+def test_claims_pin_processes_to_distinct_devices_and_a_dead_worker_frees_its_slot(tmp_path: Path):
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    events = [ctx.Event() for _ in range(3)]
+    procs = [ctx.Process(target=_claim_and_hold, args=(["0", "1"], tmp_path, out, ev)) for ev in events]
+    try:
+        procs[0].start(), procs[1].start()
+        first = [out.get(timeout=60) for _ in range(2)]
+        assert sorted(d for _, d, _ in first) == ["0", "1"]
+        assert all(d == env for _, d, env in first)  # the process sees only its GPU
+        procs[2].start()  # a third worker (e.g. one restarting): no slot until a worker ends
+        with pytest.raises(queue.Empty):
+            out.get(timeout=3)
+        events[0].set()
+        procs[0].join(30)
+        pid, device, env = out.get(timeout=30)
+        assert pid == procs[2].pid and device == env == dict((p, d) for p, d, _ in first)[procs[0].pid]
+    finally:
+        for ev in events:
+            ev.set()
+        for p in procs:
+            p.join(30)
+
+
+@pytest.mark.slow
+def test_gpus_launcher_runs_every_job_once_one_worker_per_simulated_gpu(tmp_path: Path):
+    import re
+
+    proc = sweep(tmp_path, "hydra/launcher=gpus", "hydra.launcher.devices=[0,1]", "task=text_ppl", "task.limit=2",
+                 "scorer=cosine,tail", "sparsity=0,0.25")
+    log = proc.stdout + proc.stderr
+    assert "4 jobs on 2 GPUs (0,1), one worker each" in log
+    ran = [(int(j), d, int(pid)) for j, d, pid in re.findall(r"#(\d+) on GPU (\d+) \(worker (\d+)\)", log)]
+    assert sorted(j for j, _, _ in ran) == [0, 1, 2, 3]
+    device_of = {}
+    for _, device, pid in ran:  # a worker keeps its GPU from one job to the next
+        assert device_of.setdefault(pid, device) == device
+    assert sorted(device_of.values()) == ["0", "1"]  # two workers, one per GPU
+    out = tmp_path / "sweep"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and len({(r["scorer"], r["sparsity"]) for r in rows}) == 4  # every job once
+    assert len(list(out.glob("*/results.json"))) == 4
+
+
+# ---------------------------------------------------------------- device_map=fit
+
+def test_fit_places_a_model_that_fits_on_one_gpu_and_spreads_one_that_does_not(tmp_path: Path):
+    import torch
+
+    from topovlm.adapters.loading import fit_device_map, load_pretrained, weight_bytes
+    from topovlm.adapters.tiny import tiny_llava
+
+    model, processor = tiny_llava()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    for dtype in ("float32", "float16"):
+        loaded, _ = load_pretrained("llava", str(tmp_path), dtype=dtype)
+        real = sum(t.numel() * t.element_size() for t in (*loaded.parameters(), *loaded.buffers()))
+        assert weight_bytes("llava", str(tmp_path), dtype) == real  # sized from config.json on meta
+    gib = 2**30
+    seven_b = 14 * gib  # LLaVA-1.5-7B's weights in float16
+    assert fit_device_map(seven_b, [79 * gib] * 8) == {"": 0}  # H100s: whole on the worker's GPU
+    assert fit_device_map(seven_b, [15 * gib] * 8) == "auto"  # 16 GB cards: spread
+    assert fit_device_map(seven_b, [15 * gib]) == {"": 0}  # one GPU: nothing to spread over
+    assert fit_device_map(seven_b, []) is None  # no GPU: model.device
+    assert not torch.cuda.is_available()
+    cpu, _ = load_pretrained("llava", str(tmp_path), device_map="fit")  # no GPU here: loads on model.device
+    assert {p.device.type for p in cpu.parameters()} == {"cpu"}
+
+
+@pytest.mark.parametrize("preset", ["llava-1.5-7b", "llava-v1.6", "qwen2-vl-7b", "qwen2.5-vl-7b", "llama-2-7b"])
+def test_7b_presets_load_on_one_gpu_when_they_fit(preset: str):
+    assert hydra_compose([f"model={preset}"]).model.device_map == "fit"

@@ -84,6 +84,54 @@ def _dtype(name: str) -> Any:
     return "auto" if name == "auto" else getattr(torch, name)
 
 
+# device_map=fit: one GPU when the weights take at most this share of its free memory (the rest
+# holds activations, the KV cache and the capture's batch), else accelerate's auto spreading
+FIT_SHARE = 0.75
+
+
+def weight_bytes(family: str, path: str, dtype: str = "float32", revision: str | None = None,
+                 trust_remote_code: bool = False) -> int:
+    """The bytes a checkpoint's parameters take once loaded in ``dtype``: the model built on the
+    meta device from its config.json alone (nothing is allocated or read but the config)."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    config = transformers.AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    torch_dtype = _dtype(dtype)
+    if torch_dtype == "auto":
+        torch_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+        torch_dtype = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+    with init_empty_weights():
+        model = getattr(transformers, _MODEL_CLASSES[family]).from_config(
+            config, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def fit_device_map(nbytes: int, free: list[int], share: float = FIT_SHARE) -> dict[str, int] | str | None:
+    """``device_map=fit``: the whole model on GPU 0 when ``nbytes`` fits ``share`` of its free
+    memory (``free``: bytes free per visible GPU), else ``auto`` (spread); no GPU: None (model.device)."""
+    if not free:
+        return None
+    if len(free) == 1 or nbytes <= share * free[0]:
+        return {"": 0}
+    return "auto"
+
+
+def resolve_device_map(device_map: str | None, family: str, path: str, dtype: str, revision: str | None = None,
+                       trust_remote_code: bool = False) -> dict[str, int] | str | None:
+    """``fit`` resolved on this machine (see :func:`fit_device_map`); any other value unchanged."""
+    if device_map != "fit":
+        return device_map
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if len(free) < 2:  # one GPU or none: nothing to choose, no need to size the model
+        return fit_device_map(0, free)
+    nbytes = weight_bytes(family, path, dtype, revision, trust_remote_code)
+    chosen = fit_device_map(nbytes, free)
+    log.info("device_map=fit: %.1f GiB of weights, %.1f GiB free on GPU 0 of %d: %s", nbytes / 2**30,
+             free[0] / 2**30, len(free), "one GPU" if chosen == {"": 0} else "spread over all (auto)")
+    return chosen
+
+
 def load_pretrained(family: str, path: str, *, dtype: str = "float32", device: str = "cpu",
                     device_map: str | None = None, attn_implementation: str | None = None,
                     revision: str | None = None, trust_remote_code: bool = False,
@@ -92,6 +140,7 @@ def load_pretrained(family: str, path: str, *, dtype: str = "float32", device: s
 
     auto_model = getattr(transformers, _MODEL_CLASSES[family])
     kwargs: dict[str, Any] = {"dtype": _dtype(dtype), "revision": revision, "trust_remote_code": trust_remote_code}
+    device_map = resolve_device_map(device_map, family, path, dtype, revision, trust_remote_code)
     if device_map:
         kwargs["device_map"] = device_map
     if attn_implementation:
