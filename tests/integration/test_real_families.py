@@ -147,7 +147,7 @@ def test_gpu_smoke_script_runs_as_is_on_a_checkpoint(checkpoint):
     from tests.helpers import ROOT
 
     preset, path = checkpoint
-    if preset != "llava-v1.6":
+    if preset != "llava-v1.6-vicuna-7b":
         pytest.skip("one family is enough for the script itself")
     proc = subprocess.run([sys.executable, "bench/gpu_smoke.py", "--model", preset, "--path", str(path),
                            "--device", "cpu", "--dtype", "float32", "--scorers", "cosine,topo", "--limit", "4",

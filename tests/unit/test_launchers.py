@@ -258,6 +258,6 @@ def test_fit_places_a_model_that_fits_on_one_gpu_and_spreads_one_that_does_not(t
     assert {p.device.type for p in cpu.parameters()} == {"cpu"}
 
 
-@pytest.mark.parametrize("preset", ["llava-1.5-7b", "llava-v1.6", "qwen2-vl-7b", "qwen2.5-vl-7b", "llama-2-7b"])
+@pytest.mark.parametrize("preset", ["llava-1.5-7b", "llava-v1.6-vicuna-7b", "llava-v1.6-mistral-7b", "qwen2-vl-7b", "qwen2.5-vl-7b", "llama-2-7b"])
 def test_7b_presets_load_on_one_gpu_when_they_fit(preset: str):
     assert hydra_compose([f"model={preset}"]).model.device_map == "fit"

@@ -5,7 +5,7 @@ sentences, a ChatML chat template and the family's PIL image processor.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -115,17 +115,19 @@ def tiny_llama(num_layers: int = 12, hidden_size: int = 64, seed: int = 0, **tex
 
 
 def tiny_llava_next(num_layers: int = 8, hidden_size: int = 64, seed: int = 0, tokenizer: Any = None,
-                    **text_overrides: Any) -> tuple[Any, Any]:
-    """LLaVA-NeXT (anyres): images tiled by ``image_grid_pinpoints``, so sizes change token counts."""
+                    text_model: str = "llama", **text_overrides: Any) -> tuple[Any, Any]:
+    """LLaVA-NeXT (anyres): images tiled by ``image_grid_pinpoints``, so sizes change token counts;
+    ``text_model``: llama (the vicuna checkpoint) or mistral."""
     from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessorPil, LlavaNextProcessor)
+                              LlavaNextImageProcessorPil, LlavaNextProcessor, MistralConfig)
 
     tok = _with_special_tokens(tokenizer, "<image>")
     pinpoints = [[32, 64], [64, 32], [64, 64]]
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=LlamaConfig(**_text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, text_overrides))),
+        text_config={"llama": LlamaConfig, "mistral": MistralConfig}[text_model](
+            **_text_kwargs(len(tok), num_layers, hidden_size, _ids(tok, text_overrides))),
         image_token_id=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
         vision_feature_select_strategy="default", vision_feature_layer=-1,
     )
@@ -211,5 +213,6 @@ def _ids(tok: Any, overrides: dict[str, Any]) -> dict[str, Any]:
 
 TINY_BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "causal_lm": tiny_llama}
 # tiny random replicas of each real architecture with its real processor class, by preset family
-REPLICAS = {"llava-1.5-7b": tiny_llava, "llava-v1.6": tiny_llava_next, "qwen2-vl-7b": tiny_qwen2_vl,
+REPLICAS = {"llava-1.5-7b": tiny_llava, "llava-v1.6-vicuna-7b": tiny_llava_next,
+            "llava-v1.6-mistral-7b": partial(tiny_llava_next, text_model="mistral"), "qwen2-vl-7b": tiny_qwen2_vl,
             "qwen2.5-vl-7b": tiny_qwen2_5_vl}
