@@ -160,3 +160,44 @@ def test_dimension_weights_and_adaptive_rule():
     assert decide(np.array([0.1, 1.0, 0.95, 0.5]), [0, 1, 2, 3], eps=0.9)["layers"] == [1, 2]
     # the maximum is over the removable ones: a larger final-norm score does not raise the cut
     assert decide(np.array([0.1, 0.6, 0.58, 1.0]), [0, 1, 2], eps=0.9)["layers"] == [1, 2]
+
+
+def test_the_default_cap_scales_with_layers_points_and_k_and_warns_instead_of_failing(monkeypatch, caplog):
+    import logging
+
+    from topovlm.topo import pipeline
+    from topovlm.topo.pipeline import TopologyConfig, auto_zigzag_cap, build_complexes, compute_topology, \
+        expected_zigzag_size
+    from topovlm.topo.zigzag import build_zigzag
+
+    rng = np.random.default_rng(0)
+    for layers, n, k, d in [(6, 128, 8, 32), (8, 128, 15, 64), (6, 256, 5, 16)]:
+        clouds = rng.standard_normal((layers, n, d))  # independent clouds: the largest complexes
+        cfg = TopologyConfig(k=k)
+        complexes, _ = build_complexes(clouds, cfg)
+        size = build_zigzag(complexes, n, cfg.variant).size
+        assert 0.4 * expected_zigzag_size(layers, n, k) < size < expected_zigzag_size(layers, n, k)
+    # the real case that failed after its capture pass: 33 layers x 512 points, k=15 (394k simplices)
+    assert auto_zigzag_cap(33, 512, 15) > 2 * 394_193 > 2 * 250_000
+    # above the warning size: a warning with the size, and the scores, not an error
+    monkeypatch.setattr(pipeline, "WARN_ZIGZAG_SIMPLICES", 1_000)
+    clouds = rng.standard_normal((6, 128, 32))
+    with caplog.at_level(logging.WARNING, logger="topovlm.topo.pipeline"):
+        res = compute_topology(clouds, TopologyConfig(k=8))
+    assert res.sizes["zigzag_simplices"] > 1_000 and "expect minutes" in caplog.text
+    with pytest.raises(RuntimeError, match="max_zigzag_simplices=1000 derived from L, N, k"):
+        monkeypatch.setattr(pipeline, "AUTO_CAP_FACTOR", 1e-9)  # a cap below the size: still refused
+        compute_topology(clouds, TopologyConfig(k=8))
+    with pytest.raises(ValueError, match="an integer, auto or null"):
+        TopologyConfig(max_zigzag_simplices="big")
+
+
+@pytest.mark.slow
+def test_a_33_by_512_capture_of_independent_clouds_fits_the_default_cap():
+    from topovlm.topo.pipeline import TopologyConfig, auto_zigzag_cap, build_complexes
+    from topovlm.topo.zigzag import build_zigzag
+
+    clouds = np.random.default_rng(0).standard_normal((33, 512, 64)).astype(np.float32)
+    complexes, _ = build_complexes(clouds, TopologyConfig(k=15))
+    size = build_zigzag(complexes, 512, "intersection").size
+    assert 250_000 < size <= auto_zigzag_cap(33, 512, 15)  # over the old fixed cap, under the derived one

@@ -140,7 +140,7 @@ class TopoScorer(LayerScorer):
         # selection.policy=adaptive applies it.
         eps: float = 0.9,  # [ancestor: p = 0.8-0.9] (TopoVLM: adaptive, eps not given)
         # --- cost guard and implementation (all exact; results do not depend on the last two)
-        max_zigzag_simplices: int | None = MAX_ZIGZAG_SIMPLICES,  # fail early with advice above this size (None: no cap)
+        max_zigzag_simplices: int | str | None = MAX_ZIGZAG_SIMPLICES,  # auto: 2x the size of independent clouds of this L, N, k; an int; None: no cap
         flag_backend: str = "numpy",  # numpy | gudhi: clique enumeration (identical complexes)
         zigzag_method: str = "fast",  # fast (dionysus fast_zigzag) | classic (zigzag_homology_persistence)
     ) -> None:
@@ -171,7 +171,8 @@ class TopoScorer(LayerScorer):
         self.eps = float(eps)
         if not 0.0 < self.eps <= 1.0:
             raise ValueError(f"eps={self.eps} must be in (0, 1]")
-        self.max_zigzag_simplices = None if max_zigzag_simplices is None else int(max_zigzag_simplices)
+        self.max_zigzag_simplices = (max_zigzag_simplices if max_zigzag_simplices in (None, "auto")
+                                     else int(max_zigzag_simplices))
         self.flag_backend = _choice("flag_backend", flag_backend, FLAG_BACKENDS)
         self.zigzag_method = _choice("zigzag_method", zigzag_method, METHODS)
 
