@@ -14,6 +14,7 @@ Either way the directory holds:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
     from topovlm.results import JobResult
+
+log = logging.getLogger(__name__)
 
 #: scorer -> BibTeX key in docs/references.bib
 CITATIONS = {
@@ -171,6 +174,12 @@ def model_card(results: "JobResult") -> str:
     return "\n".join(lines)
 
 
+def _gib(model: Any) -> str:
+    """The bytes a model's tensors take on disk (safetensors stores them as they are), in words."""
+    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
 def write_checkpoint(adapter: "ModelAdapter", out_dir: str | Path, results: "JobResult") -> Path:
     """Save the pruned adapter with provenance and a model card (no local paths)."""
     out = Path(out_dir)
@@ -179,6 +188,8 @@ def write_checkpoint(adapter: "ModelAdapter", out_dir: str | Path, results: "Job
     for sub in ("text_config", "vision_config"):
         if getattr(adapter.model.config, sub, None) is not None:
             getattr(adapter.model.config, sub)._name_or_path = base or ""
+    log.info("save_model: writing %s of weights (%d parameters in %s) to %s", _gib(adapter.model),
+             sum(t.numel() for t in adapter.model.parameters()), adapter.model.dtype, out)
     adapter.save_pretrained(out)
     _stamp(out, results, base)
     from topovlm.storage import follow_umask

@@ -136,3 +136,16 @@ def test_model_card_names_the_project_without_a_placeholder_and_cites_inline(tmp
     assert "@software{topovlm," in bibtex and "title = {topovlm: a benchmarking harness" in bibtex
     assert "@article{men2024shortgpt," in bibtex and "Men, Xin" in bibtex  # the method's entry, not a pointer
     assert "docs/references.bib" not in card and res["scorer"] == "shortgpt"
+
+
+def test_save_model_states_the_size_it_will_write_before_writing(tmp_path, caplog):
+    import logging
+    import re
+
+    job = tmp_path / "job"
+    with caplog.at_level(logging.INFO, logger="topovlm.export"):
+        run_job(compose(tiny_overrides(tmp_path, "sparsity=0.25", "save_model=true")), job)
+    said = re.search(r"save_model: writing ([\d.]+) MiB of weights \(\d+ parameters in torch\.\w+\) to (\S+)", caplog.text)
+    assert said, caplog.text
+    written = sum(f.stat().st_size for f in job.rglob("*.safetensors"))
+    assert written > 0 and abs(float(said.group(1)) * 2**20 - written) < 0.02 * written + 2**16  # the header
