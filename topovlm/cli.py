@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                         description="Metric vs sparsity per task (one line per scorer), kept layers, efficiency vs "
                                     "accuracy and the summary run's tables, as a W&B Report.")
     wr.add_argument("sweep_dir", type=Path)
-    wr.add_argument("--entity", required=True)
+    wr.add_argument("--entity", default=None, help="W&B entity (needed to publish; --offline: default $WANDB_ENTITY, "
+                                                   "else a placeholder in the spec)")
     wr.add_argument("--project", default="topovlm")
     wr.add_argument("--title", default=None)
     wr.add_argument("--offline", action="store_true", help="only write the spec (wandb_report.json)")
@@ -168,8 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "wandb-report":
         from topovlm.wandb_report import publish
 
+        if not args.offline and not (args.entity or os.environ.get("WANDB_ENTITY")):
+            print("topovlm wandb-report: --entity is needed to publish a report (or $WANDB_ENTITY); "
+                  "--offline writes its spec without one", file=sys.stderr)
+            return 2
         try:
-            print(publish(args.sweep_dir, args.entity, args.project, offline=args.offline, title=args.title)[0])
+            print(publish(args.sweep_dir, args.entity or os.environ.get("WANDB_ENTITY"), args.project,
+                          offline=args.offline, title=args.title)[0])
         except FileNotFoundError as err:
             print(f"topovlm wandb-report: {err}", file=sys.stderr)
             return 1

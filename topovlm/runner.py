@@ -382,6 +382,7 @@ def log_run(job: Job, results: JobResult, images: list[Path], *, resumed: bool =
                 **{f"efficiency/{k}": v for k, v in flat_numeric(results.efficiency or {}).items()}})
         wb.config_update({"protocol": results.protocol, "resumed_from": results.resumed_from})
         wb.log_images(images)
+        wb.log_layer_profile(results.scores, results.redundancy, results.removed_layers)
         wb.summary({"removed_layers": results.removed_layers, "selection_policy": results.selection_policy})
         samples_file = job.out_dir / job_samples.SAMPLES_FILE
         if wb.run is not None and samples_file.is_file():

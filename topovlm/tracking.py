@@ -149,6 +149,26 @@ class WandbRun:
         except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job or the summary
             log.warning("W&B image log failed: %s", err)
 
+    def log_layer_profile(self, scores: list[float], redundancy: list[float], removed: list[int]) -> None:
+        """The scorer's per-layer scores and redundancy as a table (``layers/profile``) and as a
+        line plot over layers (``layers/profile_plot``): in a workspace grouped by scorer, each
+        scorer's profile side by side."""
+        if self.run is None or scores is None or len(scores) == 0:
+            return
+        try:
+            import wandb
+
+            drop = set(removed)
+            rows = [[i, float(s), float(r), i in drop] for i, (s, r) in enumerate(zip(scores, redundancy))]
+            table = wandb.Table(columns=["layer", "score", "redundancy", "removed"], data=rows)
+            layers = list(range(len(rows)))
+            plot = wandb.plot.line_series(xs=layers, ys=[[r[1] for r in rows], [r[2] for r in rows]],
+                                          keys=["score", "redundancy"], title="per-layer score and redundancy",
+                                          xname="layer")
+            self.run.log({"layers/profile": table, "layers/profile_plot": plot})
+        except Exception as err:  # noqa: BLE001 - W&B is best effort: a logging failure never fails the job
+            log.warning("W&B layer profile log failed: %s", err)
+
     def summary(self, data: dict[str, Any]) -> None:
         if self.run is None:
             return

@@ -107,10 +107,36 @@ def report_spec(report: Any) -> dict[str, Any]:
     return walk(report)
 
 
-def publish(sweep_dir: str | Path, entity: str, project: str, offline: bool = False,
+#: the entity a spec names when none was given (``--offline``); ``--entity`` replaces it on publishing
+PLACEHOLDER_ENTITY = "ENTITY"
+
+
+def sync_globs(sweep_dir: str | Path) -> list[str]:
+    """Every ``wandb sync`` glob the report's runs need: each job's runs and the summary run
+    (``<sweep>/wandb``, the second panel grid's tables), wherever ``logger.wandb.dir`` put them
+    (read from the jobs' results.json), as existing folders of offline runs."""
+    import json
+
+    sweep = Path(sweep_dir)
+    parents = {p.parent for p in sweep.rglob("offline-run-*") if p.is_dir()}
+    for res in sweep.glob("*/results.json"):
+        try:
+            run_dir = (json.loads(res.read_text()).get("wandb") or {}).get("run_dir")
+        except (OSError, ValueError):
+            continue
+        if run_dir and Path(run_dir).parent.is_dir():
+            parents.add(Path(run_dir).parent)
+    job_parents = {p for p in parents if p.parent.parent == sweep and p.name == "wandb"}
+    out = [f"{sweep}/*/wandb/offline-run-*"] if job_parents else []
+    out += sorted(f"{p}/offline-run-*" for p in parents - job_parents)
+    return out
+
+
+def publish(sweep_dir: str | Path, entity: str | None, project: str, offline: bool = False,
             title: str | None = None) -> tuple[str, Path | None]:
     """(URL or a how-to line, spec file when written)."""
     sweep = Path(sweep_dir)
+    entity = entity or PLACEHOLDER_ENTITY
     report = build_report(sweep, entity, project, title)
     spec_file = sweep / "wandb_report.json"
     if not offline:
@@ -124,6 +150,7 @@ def publish(sweep_dir: str | Path, entity: str, project: str, offline: bool = Fa
     from topovlm.results import write_json_atomic
 
     write_json_atomic(spec_file, report_spec(report))
-    return (f"{reason}: report spec written to {spec_file}; once the runs are synced "
-            f"(`wandb sync {sweep}/*/wandb/offline-run-*`), publish it with "
+    globs = sync_globs(sweep)
+    sync = " ".join(f"`wandb sync {g}`" for g in globs) if globs else "(no offline runs found under the sweep)"
+    return (f"{reason}: report spec written to {spec_file}; once the runs are synced ({sync}), publish it with "
             f"`topovlm wandb-report {sweep} --entity {entity} --project {project}` on a machine with W&B access"), spec_file

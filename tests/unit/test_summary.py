@@ -184,14 +184,17 @@ def test_ranking_agreement_kendall_tau_and_jaccard(sweep: Path):
 def test_plots_are_real_pngs(sweep: Path):
     s = build_summary([sweep])
     names = sorted(p.name for p in s.plots)
-    assert names == ["agreement__m.png", "metric_vs_sparsity__m__t.png", "removed_layers__m.png",
+    # two scorers: no agreement heat maps (one number each, in summary.md); categories in their own figure
+    assert names == ["metric_by_category__m__t.png", "metric_vs_sparsity__m__t.png", "removed_layers__m.png",
                      "score_profiles__m.png"]
     for p in s.plots:
         with Image.open(p) as im:
             assert im.format == "PNG" and im.width > 300 and im.height > 200
             assert len(set(im.convert("L").getdata())) > 10  # something was drawn
-    # one panel per metric: headline + the two domains, side by side
+    # the headline figure: the headline metric alone; the two domains side by side in the second figure
     with Image.open(sweep / "plots" / "metric_vs_sparsity__m__t.png") as im:
+        assert im.width < 1.5 * im.height
+    with Image.open(sweep / "plots" / "metric_by_category__m__t.png") as im:
         assert im.width > 2 * im.height
     assert "![metric_vs_sparsity__m__t](plots/metric_vs_sparsity__m__t.png)" in (sweep / "summary.md").read_text()
 
@@ -647,3 +650,19 @@ def test_summary_md_opens_with_the_verdict_and_gives_the_legend_once(stat_sweep:
     assert md.count("**bold** = best scorer at that sparsity") == 1
     assert md.count("_exploratory (Holm within each sparsity") == 1
     assert md.index("**Verdict**") < md.index("| sparsity | scorer |") < md.index("#### m · t · accuracy/math")
+
+
+def test_plots_that_need_three_scorers_appear_with_three(stat_sweep: Path):
+    from topovlm.summary.plots import chance_level
+
+    s = build_summary([stat_sweep])
+    names = {p.name for p in s.plots}
+    assert {"agreement__m.png", "regimes__m__t.png", "metric_vs_sparsity__m__t.png", "comparison__m__t.png"} <= names
+    assert chance_level(s, "m", "t") == 1.0  # every question's category has one answer ("yes"): a sure guess
+
+
+def test_topo_activity_plot_says_whether_epi_entered_the_decision():
+    from topovlm.topo.plots import epi_role
+
+    assert epi_role({"epi": {"mix": 0.0}}).startswith("EPI did not enter the decision (epi_mix=0)")
+    assert epi_role({"epi": {"mix": 0.3}}).startswith("EPI entered the decision")

@@ -1,5 +1,5 @@
-"""The summary's PNG (and PDF) plots, under ``plots/``: metric vs sparsity per task, the
-removed-layer map, the score profiles, the agreement heat maps, and the statistics plots
+"""The summary's PNG (and PDF) plots, under ``plots/``: the headline metric vs sparsity per
+task, the per-category metrics, the removed-layer map, the score profiles, the agreement heat maps, and the statistics plots
 (paired comparison, agreement with the unpruned model, regimes, Pareto, calibration variance).
 matplotlib is imported when a plot is drawn."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ from topovlm.summary.load import SummaryJob, groups
 from topovlm.summary.statistics import Comparison
 from topovlm.stats import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA, VERDICT_SAME,
                            VERDICT_WORSE)
-from topovlm.summary.tables import REFERENCE, slug
+from topovlm.summary.tables import REFERENCE, MetricTable, slug
 
 if TYPE_CHECKING:
     from topovlm.summary.build import Summary
@@ -32,7 +32,8 @@ def write_plots(summary: Summary, plot_dir: Path) -> list[Path]:
     plot_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     jobs = summary.jobs
-    tasks = [(plot_metric_vs_sparsity, (summary, model, task, plot_dir)) for model, task in groups(jobs)]
+    tasks = [(fn, (summary, model, task, plot_dir)) for model, task in groups(jobs)
+             for fn in (plot_metric_vs_sparsity, plot_by_category)]
     for model in sorted({j.model for j in jobs}):
         tasks.append((plot_removed_layers, (jobs, model, plot_dir)))
         tasks.append((plot_score_profiles, (jobs, model, plot_dir)))
@@ -75,57 +76,130 @@ def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.6, 3.4), **kw: 
     return fig, flat[:n]
 
 
+#: one marker meaning in every plot: hollow = shown worse than another scorer at that sparsity
+HOLLOW = "hollow: shown worse than another scorer (Holm)"
+
+
+def _proportion(t: MetricTable) -> bool:
+    vals = [st.mean for row in t.cells.values() for st in row.values()]
+    return t.higher_is_better and t.metric.startswith("accuracy") and all(0.0 <= v <= 1.0 for v in vals)
+
+
+def chance_level(summary: Summary, model: str, task: str) -> float | None:
+    """The accuracy of a uniform guess among the answers of the question's category (the closed
+    set accuracy_mc picks from: every distinct target of that category in the evaluated
+    questions), averaged over the questions of samples.jsonl; None without per-sample records."""
+    from collections import defaultdict
+
+    from topovlm.summary.statistics import job_samples
+
+    for j in summary.jobs:
+        if (j.model, j.task) != (model, task):
+            continue
+        recs = job_samples(j)
+        if not recs or any(r.get("target") is None for r in recs):
+            continue
+        answers: dict[str, set[str]] = defaultdict(set)
+        for r in recs:
+            answers[str(r.get("category") or "")].add(str(r["target"]).strip().lower())
+        return sum(1.0 / len(answers[str(r.get("category") or "")]) for r in recs) / len(recs)
+    return None
+
+
+def _metric_panel(ax: Any, t: MetricTable, chance: float | None = None, title_size: int = 10) -> bool:
+    """One metric: a line per scorer from the unpruned value, error bars (95% interval over
+    samples, else std over seeds), hollow markers where shown worse; y in [0, 1] for accuracies,
+    with the unpruned and chance lines. Returns whether the error bars are intervals."""
+    labels = sorted(t.cells)
+    any_ci = False
+    for k, lab in enumerate(labels):
+        row = t.cells[lab]
+        xs = sorted(row)
+        ys = [row[s].mean for s in xs]
+        ivs = [t.intervals.get(lab, {}).get(s) for s in xs]
+        if all(iv is not None and iv.method != "none" for iv in ivs) and ivs:
+            any_ci = True
+            lo = [max(0.0, y - iv.low) for y, iv in zip(ys, ivs)]
+            hi = [max(0.0, iv.high - y) for y, iv in zip(ys, ivs)]
+        else:
+            lo = hi = [row[s].std or 0.0 for s in xs]
+        worse = [t.verdicts.get(lab, {}).get(s) == VERDICT_WORSE for s in xs]
+        if t.reference is not None and 0.0 not in row:
+            riv = t.reference_interval
+            xs, ys = [0.0] + xs, [t.reference.mean] + ys
+            lo = [t.reference.mean - riv.low if riv else 0.0] + lo
+            hi = [riv.high - t.reference.mean if riv else 0.0] + hi
+            worse = [False] + worse
+        off = (k - (len(labels) - 1) / 2) * 0.004  # keeps overlapping error bars apart
+        xo = [x + (off if x else 0.0) for x in xs]
+        line = ax.errorbar(xo, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker=None, capsize=2,
+                           label=lab, linewidth=1.2)
+        colour = line[0].get_color()
+        ax.scatter([x for x, w in zip(xo, worse) if not w], [y for y, w in zip(ys, worse) if not w],
+                   color=colour, zorder=3, s=22)
+        ax.scatter([x for x, w in zip(xo, worse) if w], [y for y, w in zip(ys, worse) if w],
+                   facecolors="white", edgecolors=colour, zorder=3, s=22)
+    if t.reference is not None:
+        ax.axhline(t.reference.mean, color="grey", linestyle="--", linewidth=1, label=REFERENCE)
+    if chance is not None:
+        ax.axhline(chance, color="black", linestyle=":", linewidth=1, label="chance (a uniform guess in the category)")
+    if _proportion(t):
+        ax.set_ylim(0.0, 1.0)
+    ax.set_title(f"{t.metric} ({'lower' if t.lower_is_better else 'higher'} is better)", fontsize=title_size)
+    ax.set_xlabel("sparsity (fraction of layers removed)", fontsize=8)
+    ax.grid(alpha=0.3)
+    return any_ci
+
+
+def _note(any_ci: bool) -> str:
+    return ("bars: 95% interval over questions; " + HOLLOW) if any_ci else "bars: std over seeds"
+
+
+def _headline_metrics(summary: Summary, model: str, task: str) -> list[str]:
+    """The headline metric and its multiple-choice twin (accuracy and accuracy_mc)."""
+    head = summary.headlines.get((model, task))
+    if not head:
+        return []
+    twin = head[:-3] if head.endswith("_mc") else f"{head}_mc"
+    have = {t.metric for t in summary.tables if (t.model, t.task) == (model, task)}
+    return [m for m in sorted({head, twin}, key=lambda m: (m.endswith("_mc"), m)) if m in have]
+
+
 def plot_metric_vs_sparsity(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
-    """One panel per metric (headline first, then per domain / category), one line per scorer;
-    every line starts at the unpruned reference. Error bars: the 95% interval over samples
-    where the jobs wrote samples.jsonl (else the std over seeds); a hollow marker is a scorer
-    shown worse than another scorer at that sparsity (all pairs, Holm), a filled one any other
-    verdict (best, equivalent, not shown different, inconclusive)."""
-    tables = [t for t in summary.tables if (t.model, t.task) == (model, task)]
+    """The headline figure: the headline metric only (with accuracy_mc beside accuracy), y in
+    [0, 1] for accuracies, the unpruned and chance lines, the legend below the panels."""
+    heads = _headline_metrics(summary, model, task)
+    tables = [t for m in heads for t in summary.tables if (t.model, t.task, t.metric) == (model, task, m)]
     if not tables:
         return None
-    fig, axes = _grid(len(tables))
+    import matplotlib.pyplot as plt
+
+    chance = chance_level(summary, model, task)
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.2 * len(tables), 4.6), layout="constrained", squeeze=False)
+    any_ci = False
+    for ax, t in zip(axes[0], tables):
+        any_ci |= _metric_panel(ax, t, chance if t.metric.startswith("accuracy") else None)
+    axes[0][0].set_ylabel(tables[0].metric)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8)
+    fig.suptitle(f"{model} · {task}\n{_note(any_ci)}", fontsize=10)
+    return _save(fig, plot_dir / f"metric_vs_sparsity__{slug(model)}__{slug(task)}.png")
+
+
+def plot_by_category(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
+    """The per-domain and per-category metrics (exploratory), one small panel each, one legend."""
+    heads = set(_headline_metrics(summary, model, task))
+    tables = [t for t in summary.tables if (t.model, t.task) == (model, task) and t.metric not in heads]
+    if not tables:
+        return None
+    fig, axes = _grid(len(tables), ncols=4, size=(3.6, 2.9))
     any_ci = False
     for ax, t in zip(axes, tables):
-        labels = sorted(t.cells)
-        for k, lab in enumerate(labels):
-            row = t.cells[lab]
-            xs = sorted(row)
-            ys = [row[s].mean for s in xs]
-            ivs = [t.intervals.get(lab, {}).get(s) for s in xs]
-            if all(iv is not None and iv.method != "none" for iv in ivs) and ivs:
-                any_ci = True
-                lo = [max(0.0, y - iv.low) for y, iv in zip(ys, ivs)]
-                hi = [max(0.0, iv.high - y) for y, iv in zip(ys, ivs)]
-            else:
-                lo = hi = [row[s].std or 0.0 for s in xs]
-            worse = [t.verdicts.get(lab, {}).get(s) == VERDICT_WORSE for s in xs]
-            if t.reference is not None and 0.0 not in row:
-                riv = t.reference_interval
-                xs, ys = [0.0] + xs, [t.reference.mean] + ys
-                lo = [t.reference.mean - riv.low if riv else 0.0] + lo
-                hi = [riv.high - t.reference.mean if riv else 0.0] + hi
-                worse = [False] + worse
-            off = (k - (len(labels) - 1) / 2) * 0.004  # keeps overlapping error bars apart
-            xo = [x + (off if x else 0.0) for x in xs]
-            line = ax.errorbar(xo, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker=None, capsize=2,
-                               label=lab, linewidth=1.2)
-            colour = line[0].get_color()
-            ax.scatter([x for x, w in zip(xo, worse) if not w], [y for y, w in zip(ys, worse) if not w],
-                       color=colour, zorder=3, s=22)
-            ax.scatter([x for x, w in zip(xo, worse) if w], [y for y, w in zip(ys, worse) if w],
-                       facecolors="white", edgecolors=colour, zorder=3, s=22)
-        if t.reference is not None:
-            ax.axhline(t.reference.mean, color="grey", linestyle="--", linewidth=1, label=REFERENCE)
-        ax.set_title(f"{t.metric} ({'lower' if t.lower_is_better else 'higher'} is better)", fontsize=10)
-        ax.set_xlabel("sparsity (fraction of layers removed)")
-        ax.set_ylabel(t.metric)
-        ax.grid(alpha=0.3)
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
-    note = ("error bars: 95% interval over samples; hollow: significantly worse than the best (paired, Holm)"
-            if any_ci else "error bars: std over seeds")
-    fig.suptitle(f"{model} · {task} ({note})")
-    return _save(fig, plot_dir / f"metric_vs_sparsity__{slug(model)}__{slug(task)}.png")
+        any_ci |= _metric_panel(ax, t, title_size=9)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(labels)), fontsize=8)
+    fig.suptitle(f"{model} · {task}: per domain and category (exploratory)\n{_note(any_ci)}", fontsize=10)
+    return _save(fig, plot_dir / f"metric_by_category__{slug(model)}__{slug(task)}.png")
 
 
 def _removed_fraction(jobs: list[SummaryJob], model: str) -> tuple[list[float], list[str], int, dict]:
@@ -147,6 +221,7 @@ def plot_removed_layers(jobs: list[SummaryJob], model: str, plot_dir: Path) -> P
     if not sps or not num_layers:
         return None
     fig, axes = _grid(len(sps), ncols=1, size=(max(6.0, 0.32 * num_layers + 2.5), 0.45 * len(labels) + 1.4))
+    one_draw = all(len(by_seed) <= 1 for by in sets.values() for by_seed in by.values())
     for ax, s in zip(axes, sps):
         grid = np.full((len(labels), num_layers), np.nan)
         for i, lab in enumerate(labels):
@@ -163,8 +238,11 @@ def plot_removed_layers(jobs: list[SummaryJob], model: str, plot_dir: Path) -> P
         ax.set_xticks(range(num_layers), [str(i) for i in range(num_layers)], fontsize=7)
         ax.set_xlabel("decoder layer")
         ax.set_title(f"removed layers at sparsity {s:g}", fontsize=10)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="share of seeds removing the layer")
-    fig.suptitle(model)
+    if one_draw:  # one calibration draw: a layer is removed or not, no share to scale
+        fig.suptitle(f"{model}: removed layers (red) per scorer, one calibration draw")
+    else:
+        fig.colorbar(im, ax=axes, shrink=0.8, label="share of calibration draws removing the layer")
+        fig.suptitle(model)
     return _save(fig, plot_dir / f"removed_layers__{slug(model)}.png")
 
 
@@ -238,7 +316,7 @@ def plot_agreement(ag: Agreement, plot_dir: Path) -> Path | None:
     import numpy as np
     from matplotlib.colors import Normalize
 
-    if len(ag.labels) < 2:
+    if len(ag.labels) < 3:  # two scorers: one number per panel, already in summary.md's table
         return None
     panels = [("Kendall tau of layer rankings", ag.tau_matrix(), -1.0, "RdBu_r")]
     panels += [(f"Jaccard of removed sets, sparsity {s:g}", ag.overlap_matrix(s), 0.0, "viridis")
@@ -283,7 +361,8 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
         return None
     sps = sorted({c.sparsity for c in rows})
     labels = sorted({c.label for c in rows})
-    fig, axes = _grid(len(sps), ncols=len(sps), size=(4.2, 0.42 * len(labels) + 1.6), sharey=True)
+    fig, axes = _grid(len(sps), ncols=len(sps), size=(max(4.2, 8.0 / len(sps)), 0.42 * len(labels) + 2.2),
+                      sharey=True)
     for ax, s in zip(axes, sps):
         for i, lab in enumerate(labels):
             c = next((c for c in rows if c.sparsity == s and c.label == lab), None)
@@ -291,11 +370,12 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
                 continue
             colour = _VERDICT_COLOURS[c.verdict]
             lo, hi = c.diff_interval
+            face = "white" if c.verdict == VERDICT_WORSE else colour  # hollow = shown worse, in every plot
             if c.test is not None and not math.isnan(lo):
                 ax.errorbar([c.test.diff], [i], xerr=[[c.test.diff - lo], [hi - c.test.diff]], fmt="o", color=colour,
-                            capsize=3)
+                            mfc=face, capsize=3)
             elif c.test is not None:
-                ax.plot([c.test.diff], [i], marker="o", mfc="none", color=colour)
+                ax.plot([c.test.diff], [i], marker="o", mfc=face, color=colour)
             elif c.verdict == VERDICT_BEST:
                 ax.plot([0.0], [i], marker="*", markersize=12, color=colour)
         ax.axvline(0.0, color="grey", linewidth=1, linestyle="--")
@@ -305,11 +385,12 @@ def plot_comparison(summary: Summary, model: str, task: str, plot_dir: Path) -> 
         ax.grid(alpha=0.3)
     import matplotlib.lines as mlines
 
-    handles = [mlines.Line2D([], [], color=col, marker="*" if v == VERDICT_BEST else "o", linestyle="", label=v)
+    handles = [mlines.Line2D([], [], color=col, marker="*" if v == VERDICT_BEST else "o", linestyle="", label=v,
+                             mfc="white" if v == VERDICT_WORSE else col)
                for v, col in _VERDICT_COLOURS.items() if v != VERDICT_NA]
     fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
-    fig.suptitle(f"{model} · {task}: difference to the best scorer (95% simultaneous; verdict over all pairs, "
-                 f"Holm; t over draws where removals vary)", fontsize=10)
+    fig.suptitle(f"{model} · {task}: difference to the best scorer\n95% simultaneous intervals; verdicts: "
+                 "Holm over all pairs", fontsize=10)
     return _save(fig, plot_dir / f"comparison__{slug(model)}__{slug(task)}.png")
 
 
@@ -342,7 +423,7 @@ def plot_agreement_with_unpruned(summary: Summary, model: str, task: str, plot_d
 def plot_regimes(summary: Summary, model: str, task: str, plot_dir: Path) -> Path | None:
     """Spread across scorers (best − worst, bootstrap interval) and how many are shown worse than none."""
     regs = (summary.stats.regimes.get((model, task)) if summary.stats else None) or []
-    if not regs:
+    if not regs or max(r.n_scorers for r in regs) < 3:  # two scorers: the verdict line says it all
         return None
     import matplotlib.pyplot as plt
 
@@ -352,8 +433,10 @@ def plot_regimes(summary: Summary, model: str, task: str, plot_dir: Path) -> Pat
     ax2 = ax.twinx()
     ax2.bar(xs, [r.n_not_shown_worse for r in regs], width=width, color="tab:blue", alpha=0.25,
             label="shown worse than none")
-    ax2.set_ylim(0, max(r.n_scorers for r in regs) + 0.5)
-    ax2.set_ylabel("scorers shown worse than none (of %d)" % max(r.n_scorers for r in regs))
+    n_max = max(r.n_scorers for r in regs)
+    ax2.set_ylim(0, n_max)
+    ax2.set_yticks(range(n_max + 1))
+    ax2.set_ylabel(f"scorers shown worse than none (of {n_max})")
     lo = [r.spread - r.spread_low if not math.isnan(r.spread_low) else 0.0 for r in regs]
     hi = [r.spread_high - r.spread if not math.isnan(r.spread_high) else 0.0 for r in regs]
     ax.errorbar(xs, [r.spread for r in regs], yerr=[[max(0.0, v) for v in lo], [max(0.0, v) for v in hi]], marker="o",
@@ -405,7 +488,11 @@ def plot_pareto(summary: Summary, model: str, task: str, plot_dir: Path) -> Path
             if q.interval is not None and q.interval.method != "none":
                 yerr = [[max(0.0, q.mean - q.interval.low)], [max(0.0, q.interval.high - q.mean)]]
             ax.errorbar([st.mean], [q.mean], xerr=[st.std] if st.std else None, yerr=yerr, fmt=markers[r.sparsity],
-                        color=colours[r.label], mfc="none" if flag else colours[r.label], capsize=2, markersize=7)
+                        color=colours[r.label], mfc="white" if q.verdict == VERDICT_WORSE else colours[r.label],
+                        capsize=2, markersize=7)
+            if flag:  # suspect timing: a mark beside the point (hollow means "shown worse" in every plot)
+                ax.annotate("!", (st.mean, q.mean), textcoords="offset points", xytext=(6, 4), fontsize=10,
+                            fontweight="bold", color=colours[r.label])
             pts.append((st.mean, q.mean))
         for s, ideal in sorted({(r.sparsity, r.ideal) for r in rows if r.ideal}):
             ax.axvline(ideal, color="grey", linestyle=":", linewidth=1)
@@ -428,8 +515,9 @@ def plot_pareto(summary: Summary, model: str, task: str, plot_dir: Path) -> Path
     handles = [mlines.Line2D([], [], color=colours[lab], marker="o", linestyle="", label=lab) for lab in labels]
     handles += [mlines.Line2D([], [], color="black", marker=m, linestyle="", label=f"sparsity {s:g}")
                 for s, m in markers.items()]
-    handles += [mlines.Line2D([], [], color="black", marker="o", mfc="none", linestyle="",
-                              label="hollow: speedup below 1 or far from ideal")]
+    handles += [mlines.Line2D([], [], color="black", marker="o", mfc="white", linestyle="", label=HOLLOW),
+                mlines.Line2D([], [], color="black", marker="$!$", linestyle="",
+                              label="!: speedup below 1 or far from ideal (timing noise)")]
     handles += axes[0].get_legend_handles_labels()[0]
     fig.legend(handles=handles, loc="outside right center", fontsize=8)
     fig.suptitle(f"{model} · {task}: quality against measured speedup (dotted: ideal L / kept)", fontsize=10)

@@ -141,9 +141,19 @@ def plot_activity(section: Mapping[str, Any], path: Path, removed: Sequence[int]
     ax.plot(layers, section["activity"], lw=2, color="k", label="combined")
     ax.set_xlabel(_xlabel(section))
     ax.set_ylabel("topological activity")
-    ax.set_title("Topological activity (EPI summed over persistence)" + _removed_title(removed), fontsize=10)
+    ax.set_title("Topological activity (EPI summed over persistence)" + _removed_title(removed) + "\n"
+                 + epi_role(section), fontsize=10)
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+def epi_role(section: Mapping[str, Any]) -> str:
+    """Whether this curve entered the removal decision (``scorer.epi_mix``): with the default 0
+    it is shown for reference only, and the shaded removed layers were chosen by consistency."""
+    mix = float((section.get("epi") or {}).get("mix") or 0.0)
+    if mix:
+        return f"EPI entered the decision: redundancy = consistency - {mix:g} x activity"
+    return "EPI did not enter the decision (epi_mix=0): shown for reference; removals follow consistency"
 
 
 def write_topology_plots(section: Mapping[str, Any], epi: np.ndarray | None, out_dir: Path,
