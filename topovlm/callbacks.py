@@ -121,11 +121,22 @@ def eta_text(durations: list[float], remaining: int | None) -> str:
 
 def remove_locks(sweep_dir: Path) -> list[Path]:
     """The sweep table's and job dirs' ``.lock`` files (filelock leaves them behind): removed
-    once the sweep has ended, so the sweep dir holds results only."""
+    once the sweep has ended, so the sweep dir holds results only. Each is removed while held,
+    and one another process holds (a second shell's sweep into the same dir) is left alone."""
+    from filelock import FileLock, Timeout
+
     out = []
-    for lock in [*sweep_dir.glob("*.lock"), *sweep_dir.glob("*/*.lock")]:
-        lock.unlink(missing_ok=True)
-        out.append(lock)
+    for path in [*sweep_dir.glob("*.lock"), *sweep_dir.glob("*/*.lock")]:
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        try:
+            path.unlink(missing_ok=True)
+            out.append(path)
+        finally:
+            lock.release()
     return out
 
 
