@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.default_model_speed import machine  # noqa: E402
+from bench.default_model_speed import machine  # noqa: E402 - after the sys.path line that makes bench importable
 
 MAIN_SWEEP = ("scorer=topo,cosine", "sparsity=0.1,0.2,0.3")
 FAST_FIRST_RUN = (*MAIN_SWEEP, "task.limit=80")

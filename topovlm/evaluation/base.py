@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from topovlm.api import Evaluator  # noqa: F401 - the interface, re-exported here
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter

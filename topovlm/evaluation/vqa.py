@@ -8,7 +8,8 @@ from tqdm.auto import tqdm
 
 from topovlm.data.normalize import normalize_answer
 from topovlm.data.sources import load_samples
-from topovlm.evaluation.base import Evaluator, prompt_pass_loglikelihoods
+from topovlm.api import Evaluator
+from topovlm.evaluation.base import prompt_pass_loglikelihoods
 
 if TYPE_CHECKING:
     from topovlm.adapters.base import ModelAdapter
