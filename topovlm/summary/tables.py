@@ -119,8 +119,9 @@ class MetricTable:
         return [lab for lab, v in vals.items() if math.isclose(v, target, rel_tol=1e-12, abs_tol=1e-12)]
 
     def markdown(self, legend: bool = True, family: bool = True) -> str:
-        """``legend``: the sentence explaining bold, intervals and marks; ``family``: the line saying
-        confirmatory or exploratory (summary.md gives each once, not once per table)."""
+        """``legend``: the sentence explaining bold, intervals and marks (without it, only the
+        metric's direction); ``family``: the line saying confirmatory or exploratory (summary.md
+        gives each once, not once per table)."""
         direction = "lower" if self.lower_is_better else "higher"
         seeds = any(s.n > 1 for row in self.cells.values() for s in row.values())
         cis = any(iv is not None for row in self.intervals.values() for iv in row.values())
@@ -138,6 +139,8 @@ class MetricTable:
                      + ("; [95% interval]; against the other scorers at that sparsity (all pairs, Holm): ↓ = shown "
                         f"worse than another scorer, ≡ = shown equivalent to the best{margin} (TOST), ? = inconclusive "
                         "(too few calibration draws); unmarked = not shown different" if cis else "") + "\n\n")
+        else:  # the direction is each table's own; the marks' legend is given once, above
+            head += f"{direction} is better\n\n"
         cols = [f"{s:.0%}" if round(s * 100, 6) == round(s * 100) else f"{s:.1%}" for s in self.sparsities]
         lines = ["| scorer | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         ref = self.reference.fmt() if self.reference else "—"
