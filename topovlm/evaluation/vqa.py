@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from tqdm.auto import tqdm
 
+from topovlm import progress
 from topovlm.data.normalize import normalize_answer
 from topovlm.data.sources import load_samples
 from topovlm.api import Evaluator
@@ -49,7 +49,7 @@ class VQAEvaluator(Evaluator):
         mc = bool((self.cfg.options or {}).get("multiple_choice"))
         choices = candidate_answers(samples) if mc else []
         scores: list[list[float]] = []
-        for start in tqdm(range(0, len(samples), bs), desc=f"eval {self.cfg.name}", leave=False):
+        for start in progress.bar(range(0, len(samples), bs), f"eval {self.cfg.name}", leave=False):
             batch = samples[start:start + bs]
             inputs = adapter.build_inputs(batch)
             if not mc:
