@@ -50,8 +50,9 @@ class OracleScorer(LayerScorer):
         self,
         metric: str = "accuracy",  # accuracy | accuracy_mc: the task's headline metric [project]
         dev_split: str = "dev",  # the embedded benchmark's development split (scenes unseen in training)
-        # [project] 100 questions: a 95% interval on a leave-one-out drop of about +-0.1, and the
-        # whole analysis of the embedded default (30 layers, 9 greedy steps) in about 30 minutes on 2 cores
+        # [project] 100 questions: a 95% interval on a leave-one-out drop of about +-0.1. The whole
+        # analysis of the embedded default is 227 evaluations (30 layers, 9 greedy steps): about 35
+        # minutes on 2 idle cores, estimated from 12 questions/s (bench/results/throughput_2026-12-05.md)
         dev_n: int = 100,
         max_removed: float = 0.3,  # [project] the largest sparsity of the default sweep
     ) -> None:
