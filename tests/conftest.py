@@ -35,6 +35,11 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+    # a test that ran Hydra in this process (e.g. with the SLURM launcher) leaves its config in
+    # Hydra's global HydraConfig; every test starts from none, as a fresh process does
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
 
 
 # the embedded default model (integration tests: built on first use)
