@@ -102,7 +102,10 @@ class CellSamples:
     n_draws: int
 
 
-def cell_samples(records_per_draw: list[list[dict[str, Any]] | None], metric: str) -> CellSamples | None:
+def _common_samples(records_per_draw: list[list[dict[str, Any]] | None], metric: str
+                    ) -> tuple[list[tuple[str | None, dict[str, Any]]], str, list[str]] | None:
+    """Each draw's (kind, key -> value), the cell's kind and the questions every draw has; None
+    when a draw does not resolve the metric or no question is shared."""
     per = [metric_samples(r, metric) for r in records_per_draw]
     if not per or any(k is None for k, _ in per):
         return None
@@ -110,9 +113,14 @@ def cell_samples(records_per_draw: list[list[dict[str, Any]] | None], metric: st
     keys = set(per[0][1])
     for _, v in per[1:]:
         keys &= set(v)
-    keys = sorted(keys)
-    if not keys:
+    return (per, kind, sorted(keys)) if keys else None
+
+
+def cell_samples(records_per_draw: list[list[dict[str, Any]] | None], metric: str) -> CellSamples | None:
+    common = _common_samples(records_per_draw, metric)
+    if common is None:
         return None
+    per, kind, keys = common
     if kind == "ratio":
         import numpy as np
 
@@ -136,16 +144,10 @@ class CellDraws:
 def cell_draws(records_per_draw: list[list[dict[str, Any]] | None], metric: str) -> CellDraws | None:
     import numpy as np
 
-    per = [metric_samples(r, metric) for r in records_per_draw]
-    if not per or any(k is None for k, _ in per):
+    common = _common_samples(records_per_draw, metric)
+    if common is None:
         return None
-    kind = "mean" if len({k for k, _ in per}) > 1 else per[0][0]
-    keys = set(per[0][1])
-    for _, v in per[1:]:
-        keys &= set(v)
-    keys = sorted(keys)
-    if not keys:
-        return None
+    per, kind, keys = common
     rows, draw_values = [], []
     for _, v in per:
         if kind == "ratio":

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as sps
 
 from topovlm.summary.load import SummaryJob
-from topovlm.summary.statistics import job_samples, metric_samples
+from topovlm.summary.statistics import cell_samples, job_samples
 
 ORACLE = "oracle"
 VALIDITY_CSV = "validity.csv"
@@ -131,14 +131,8 @@ def validity(jobs: list[SummaryJob], model: str, task: str, metric: str | None, 
 
 def _question_means(jobs: list[SummaryJob], metric: str) -> dict[str, float]:
     """Per question, the mean over ``jobs`` (a scorer's draws at one sparsity) of its 0/1 result."""
-    per: dict[str, list[float]] = {}
-    for j in jobs:
-        kind, vals = metric_samples(job_samples(j), metric)
-        if kind != "proportion":
-            return {}
-        for key, v in vals.items():
-            per.setdefault(key, []).append(v)
-    return {k: float(np.mean(v)) for k, v in per.items() if len(v) == len(jobs)}
+    cell = cell_samples([job_samples(j) for j in jobs], metric)
+    return cell.values if cell is not None and cell.kind == "proportion" else {}
 
 
 def _gaps(members: list[SummaryJob], metric: str) -> list[dict[str, Any]]:
