@@ -129,7 +129,9 @@ def main() -> int:
         f"- input: {base['prompt_tokens']} prompt tokens, {settings.new_tokens} new tokens, batch 1; "
         f"median of {settings.repeats} after {settings.warmup} warm-up runs",
         f"- unpruned: prefill {base['prefill_latency_s'] * 1e3:.1f} ms, decode {base['decode_tokens_per_s'] or float('nan'):.1f} tok/s, "
-        f"peak RSS {base['peak_memory_bytes'] / 2**20:.0f} MiB",
+        # GPU: the tensors allocated (every GPU of the model); CPU: the whole process's resident set
+        + (f"peak allocated {base['peak_memory_bytes'] / 2**20:.0f} MiB" if "peak_memory_bytes" in base
+         else f"process peak RSS {base['process_peak_rss_bytes'] / 2**20:.0f} MiB"),
         f"- check: measured/ideal in [{args.min_ratio}, {args.max_ratio}] and speedup grows with sparsity: "
         f"{'PASS' if ok else 'FAIL'}", "",
         "| sparsity | layers kept | ideal | prefill speedup | ratio | decode speedup | ratio | params ratio | ok |",

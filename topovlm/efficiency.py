@@ -23,14 +23,23 @@ On GPU every timed region is bracketed by ``torch.cuda.synchronize()``.
 
 Peak memory (``peak_memory_method`` says which one was used):
 
-* CUDA: ``torch.cuda.max_memory_allocated`` (tensors; ``..._reserved`` too), reset by
-  ``torch.cuda.reset_peak_memory_stats`` at each reset;
+* CUDA: ``torch.cuda.max_memory_allocated`` (tensors; ``..._reserved`` too) of every GPU
+  the model's parameters and buffers are on (:func:`model_devices`; with ``device_map`` a
+  model spans several), each reset by ``torch.cuda.reset_peak_memory_stats``;
+  ``peak_memory_bytes`` is the sum of each GPU's own peak (:func:`sum_device_peaks`: the
+  simultaneous total is at most that, equal on one GPU) and ``peak_memory_per_device_bytes``
+  each GPU's. A pruned model's removed layers wait on the CPU (:mod:`topovlm.pruning`), so a
+  pruned model's figure holds its kept layers only. Tensors the model keeps on the CPU under a
+  ``device_map`` are not in it;
 * CPU (Linux): the process's resident-set high-water mark (``VmHWM``), reset by
   writing ``5`` to ``/proc/self/clear_refs``, reported as ``process_peak_rss_bytes``
-  only: it counts the whole process (Python, libraries, other jobs' leftovers), so the
-  pruned-to-unpruned memory ratio is ``model_memory_ratio``, from ``model_memory_bytes``.
+  only: it counts the whole process (Python, libraries, the dataset, other jobs' leftovers, and
+  a pooled model's removed layers, which wait in the same memory), so on CPU there is no
+  ``peak_memory_ratio``: the pruned-to-unpruned memory ratio is ``model_memory_ratio``, from
+  ``model_memory_bytes``.
   tracemalloc is not used: it does not see torch's allocations; torch has no CPU
-  peak-allocation counter outside the profiler;
+  peak-allocation counter outside the profiler (``bench/memory_ratio.py`` reads the
+  profiler's memory events for the CPU counterpart of the GPU figure);
 * elsewhere: ``ru_maxrss`` (not resettable: a process-lifetime peak).
 
 :class:`JobEfficiency` is what the runner uses: it resets the peak at the start of a
@@ -42,6 +51,7 @@ tokens/s / baseline tokens/s``, ``ideal_speedup = original layers / kept layers`
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -50,7 +60,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Union
 
 import torch
 
@@ -122,12 +132,70 @@ def _proc_status_kb(field: str) -> int | None:
     return None
 
 
-def reset_peak_memory(device: torch.device | str | None = None) -> str:
-    """Start a new peak-memory window; returns the method that will be used."""
-    dev = torch.device(device) if device is not None else None
-    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
+#: one device or several
+Devices = Union[torch.device, str, int, Iterable[Union[torch.device, str, int]], None]
+
+
+def _device(d: torch.device | str | int) -> torch.device | None:
+    """``d`` as a device, a bare ``cuda`` given its index (the current GPU); None if not a device."""
+    try:
+        dev = torch.device(d) if not isinstance(d, int) else torch.device("cuda", d)
+    except (RuntimeError, TypeError):
+        return None
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return dev
+
+
+def as_devices(devices: Devices) -> list[torch.device]:
+    """One device or several, as a sorted list without repeats (unparsable names, e.g. ``auto``, left out)."""
+    if devices is None:
+        return []
+    items = [devices] if isinstance(devices, (str, int, torch.device)) else list(devices)
+    unique = {str(d): d for d in (_device(x) for x in items) if d is not None}
+    return sorted(unique.values(), key=lambda d: (d.type, -1 if d.index is None else d.index))
+
+
+def model_devices(model: torch.nn.Module, *extra: Any) -> list[torch.device]:
+    """The devices holding the model's parameters and buffers (``meta`` tensors, weights that
+    accelerate loads on demand, hold no memory and are left out), plus ``extra`` (the device its
+    inputs go to)."""
+    held = (t.device for t in itertools.chain(model.parameters(), model.buffers()) if t.device.type != "meta")
+    return as_devices([*held, *(e for e in extra if e is not None)])
+
+
+def _cuda(devices: Devices) -> list[torch.device]:
+    if not torch.cuda.is_available():
+        return []
+    return [d for d in as_devices(devices) if d.type == "cuda"]
+
+
+def used_cuda_devices() -> list[torch.device]:
+    """The GPUs this process already holds memory on (none before CUDA starts; reading the
+    allocator's counters starts nothing)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return []
+    return [torch.device("cuda", i) for i in range(torch.cuda.device_count()) if torch.cuda.memory_reserved(i) > 0]
+
+
+def sum_device_peaks(per_device: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
+    """The peak-memory entries from each GPU's ``{"allocated": .., "reserved": ..}`` peaks:
+    the sums, and each device's own figures."""
+    return {"peak_memory_bytes": int(sum(v["allocated"] for v in per_device.values())),
+            "peak_memory_reserved_bytes": int(sum(v["reserved"] for v in per_device.values())),
+            "peak_memory_per_device_bytes": {d: int(v["allocated"]) for d, v in per_device.items()},
+            "peak_memory_reserved_per_device_bytes": {d: int(v["reserved"]) for d, v in per_device.items()},
+            "peak_memory_method": "cuda_max_memory_allocated"}
+
+
+def reset_peak_memory(device: Devices = None) -> str:
+    """Start a new peak-memory window on ``device`` (one or several; every GPU among them is
+    reset); returns the method that will be used."""
+    gpus = _cuda(device)
+    if gpus:
+        for dev in gpus:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
         return "cuda_max_memory_allocated"
     try:
         _CLEAR_REFS.write_text("5")
@@ -138,14 +206,17 @@ def reset_peak_memory(device: torch.device | str | None = None) -> str:
     return "ru_maxrss"
 
 
-def peak_memory(device: torch.device | str | None = None) -> dict[str, Any]:
-    """Peak since the last :func:`reset_peak_memory` (see the module docstring)."""
-    dev = torch.device(device) if device is not None else None
-    if dev is not None and dev.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize(dev)
-        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(dev)),
-                "peak_memory_reserved_bytes": int(torch.cuda.max_memory_reserved(dev)),
-                "peak_memory_method": "cuda_max_memory_allocated"}
+def peak_memory(device: Devices = None) -> dict[str, Any]:
+    """Peak since the last :func:`reset_peak_memory`, summed over the GPUs among ``device``
+    (see the module docstring)."""
+    gpus = _cuda(device)
+    if gpus:
+        per_device = {}
+        for dev in gpus:
+            torch.cuda.synchronize(dev)
+            per_device[str(dev)] = {"allocated": torch.cuda.max_memory_allocated(dev),
+                                    "reserved": torch.cuda.max_memory_reserved(dev)}
+        return sum_device_peaks(per_device)
     hwm = _proc_status_kb("VmHWM")
     if hwm is not None and _CLEAR_REFS.exists():
         return {"peak_memory_bytes": hwm * 1024, "peak_memory_method": "rss_hwm"}
@@ -199,7 +270,8 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
     inputs = fixed_inputs(adapter, s)
     tok = adapter.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    reset_peak_memory(device)
+    devices = model_devices(model, device)  # every GPU of a spread model
+    reset_peak_memory(devices)
 
     def prefill() -> Any:
         return model(**inputs, use_cache=True)
@@ -222,7 +294,7 @@ def measure(adapter: "ModelAdapter", settings: EfficiencySettings | None = None)
     decode_times = [tn - t1 for t1, tn in pairs]
     decode_time = statistics.median(decode_times)
     steps = s.batch_size * max(1, s.new_tokens - 1)
-    mem = peak_memory(device)
+    mem = peak_memory(devices)
     if mem["peak_memory_method"] != "cuda_max_memory_allocated":  # the whole process's: named as such
         mem = {"process_peak_rss_bytes": mem["peak_memory_bytes"], "process_peak_rss_method": mem["peak_memory_method"]}
     return {
@@ -282,12 +354,20 @@ class JobEfficiency:
         self.baseline: dict[str, Any] | None = None
         self.baseline_from_cache = False
         self.device = device
-        self.job_peak_method = reset_peak_memory(device)  # the job's peak-memory window starts here
+        # the GPUs whose peaks make the job's: the configured one, those the model is seen on
+        self.devices = as_devices(device)
+        # the job's peak-memory window starts here, on every GPU the process already uses (a
+        # pooled model's); one it has not touched yet starts counting from zero anyway
+        self.job_peak_method = reset_peak_memory([*self.devices, *used_cuda_devices()])
         self.explicit = False  # the config set efficiency.enabled (else: the device's default)
-        self._peak_before = 0  # peak of earlier windows (measure() starts its own window)
+        self._peak_before: dict[str, Any] = {}  # peaks of earlier windows (measure() starts its own window)
+
+    def watch(self, adapter: "ModelAdapter") -> None:
+        """Count the GPUs ``adapter``'s model is on (with ``device_map``, several)."""
+        self.devices = as_devices([*self.devices, *model_devices(adapter.model, adapter.device)])
 
     def _save_peak(self) -> None:
-        self._peak_before = max(self._peak_before, peak_memory(self.device)["peak_memory_bytes"])
+        self._peak_before = _max_peaks(self._peak_before, peak_memory(self.devices))
 
     def _path(self, adapter: "ModelAdapter", kept: list[int] | None = None) -> Path | None:
         """Cache file of the unpruned model's numbers, or (``kept``) of one kept-layer set's."""
@@ -318,6 +398,7 @@ class JobEfficiency:
 
     def measure_baseline(self, adapter: "ModelAdapter") -> dict[str, Any] | None:
         """The unpruned model's numbers (call before pruning): from the cache, else measured and cached."""
+        self.watch(adapter)
         if not self.settings.enabled:
             return None
         path = self._path(adapter)
@@ -339,16 +420,19 @@ class JobEfficiency:
     def finish(self, adapter: "ModelAdapter", *, pruned: bool, eval_wall_time_s: float | None,
                original_layers: int) -> dict[str, Any]:
         """Everything for results.json's ``efficiency`` (the job's peak memory is read first)."""
-        job_peak = peak_memory(adapter.device)
-        peak = max(self._peak_before, job_peak["peak_memory_bytes"])
+        self.watch(adapter)
+        job_peak = _max_peaks(self._peak_before, peak_memory(self.devices))
         gpu = job_peak["peak_memory_method"] == "cuda_max_memory_allocated"
         out: dict[str, Any] = {**adapter.parameter_counts(), "num_decoder_layers": adapter.num_layers,
                                "num_decoder_layers_original": original_layers,
                                "model_memory_bytes": model_memory_bytes(adapter.model),
                                # GPU: the tensors the job allocated; CPU: the whole process's, named so
-                               ("job_peak_memory_bytes" if gpu else "process_peak_rss_bytes"): peak,
+                               ("job_peak_memory_bytes" if gpu else "process_peak_rss_bytes"):
+                                   job_peak["peak_memory_bytes"],
                                ("job_peak_memory_method" if gpu else "process_peak_rss_method"):
                                    job_peak["peak_memory_method"]}
+        if gpu:
+            out["job_peak_memory_per_device_bytes"] = job_peak["peak_memory_per_device_bytes"]
         if eval_wall_time_s is not None:
             out["eval_wall_time_s"] = float(eval_wall_time_s)
         if not self.settings.enabled:
@@ -368,6 +452,21 @@ class JobEfficiency:
                                if k in self.baseline}
             out["baseline_from_cache"] = self.baseline_from_cache
         return out
+
+
+def _max_peaks(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two peak windows' figures as one: each entry the larger of the two (per device too)."""
+    if not a:
+        return dict(b)
+    out = {**a, **b}
+    for key in ("peak_memory_bytes", "peak_memory_reserved_bytes"):
+        if key in a or key in b:
+            out[key] = max(a.get(key, 0), b.get(key, 0))
+    for key in ("peak_memory_per_device_bytes", "peak_memory_reserved_per_device_bytes"):
+        if key in a or key in b:
+            da, db = a.get(key, {}), b.get(key, {})
+            out[key] = {d: max(da.get(d, 0), db.get(d, 0)) for d in sorted({*da, *db})}
+    return out
 
 
 def flat_numeric(eff: dict[str, Any]) -> dict[str, float]:

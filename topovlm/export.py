@@ -174,9 +174,20 @@ def model_card(results: "JobResult") -> str:
     return "\n".join(lines)
 
 
+def checkpoint_bytes(model: Any) -> int:
+    """The bytes of the state dict ``save_pretrained`` writes: every tensor as it is (safetensors
+    stores them so), a tensor under several names (tied embeddings) once, as it is saved."""
+    seen: dict[tuple[Any, ...], int] = {}
+    for t in model.state_dict().values():
+        where = id(t) if t.device.type == "meta" else t.untyped_storage().data_ptr()  # meta: no address
+        key = (t.device, where, t.storage_offset(), tuple(t.shape), t.dtype)
+        seen[key] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
 def _gib(model: Any) -> str:
-    """The bytes a model's tensors take on disk (safetensors stores them as they are), in words."""
-    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    """The bytes a model's tensors take on disk (:func:`checkpoint_bytes`), in words."""
+    nbytes = checkpoint_bytes(model)
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 

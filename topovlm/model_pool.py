@@ -1,9 +1,11 @@
 """One model load per sweep process: jobs that use the same model reuse it.
 
 Hydra's default launcher runs every job of a multirun in one process. :data:`POOL` keeps the
-last loaded adapter, keyed by the job's resolved ``model`` config; when a job ends,
-:meth:`ModelPool.release` undoes its pruning (the original decoder layers, their cache
-indices and the per-layer config fields) and checks every weight against a checksum taken
+last loaded adapter, keyed by the job's resolved ``model`` config; while a job runs its
+pruned model, the removed layers wait on the CPU (:mod:`topovlm.pruning`: the GPUs hold the kept
+layers only); when a job ends, :meth:`ModelPool.release` undoes its pruning (the original decoder
+layers, each tensor back on the device it was loaded on, their cache indices and the per-layer
+config fields) and checks every weight against a checksum taken
 at load (:func:`weights_checksum`: every element of every parameter and buffer, not a
 sample): a job that edited any weight (e.g. ``short_lvlm``'s subspace compensation, or a
 plugin's ``after_pruning``) leaves a model that is dropped, so the next job loads a fresh one. Launchers that run jobs
