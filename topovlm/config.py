@@ -67,6 +67,9 @@ class TaskConfig:
     limit: Optional[int] = None
     batch_size: int = 16
     max_new_tokens: int = 6
+    # lmms evaluator: generation length min(lmms-eval's max_new_tokens, cap); an int (every task),
+    # {lmms-eval task: int}, or None (lmms-eval's own lengths)
+    max_new_tokens_cap: Any = None
     options: dict[str, Any] = field(default_factory=dict)  # evaluator-specific (e.g. lmms-eval task list)
     metric: str = "accuracy"  # the task's headline metric, as the evaluator reports it (optimized_metric's default)
 
@@ -227,7 +230,28 @@ def _check_seeds(data: Any, path: str = "") -> None:
                 _check_seeds(value, sub + ".")
 
 
+def _check_cap(cfg: DictConfig) -> None:
+    """``task.max_new_tokens_cap`` (None, an integer >= 1 or {task: integer >= 1}; lmms evaluator
+    only) and ``task.options.kv_cache_fraction`` (in (0, 1])."""
+    options = cfg.task.options or {}
+    fraction = options.get("kv_cache_fraction")
+    _in_range("task.options.kv_cache_fraction", fraction, float, 0, 1)
+    if fraction == 0:
+        raise ConfigError("task.options.kv_cache_fraction=0 must be in (0, 1]")
+    cap = cfg.task.get("max_new_tokens_cap")
+    if cap is None:
+        return
+    if cfg.task.evaluator != "lmms":
+        raise ConfigError(f"task.max_new_tokens_cap={cap} applies to task.evaluator=lmms only "
+                          f"(task.evaluator={cfg.task.evaluator} generates task.max_new_tokens tokens)")
+    if isinstance(cap, ListConfig):
+        raise ConfigError(f"task.max_new_tokens_cap={cap} must be an integer >= 1 or {{task: integer}}")
+    for key, value in (cap.items() if isinstance(cap, DictConfig) else [(None, cap)]):
+        _in_range("task.max_new_tokens_cap" + (f".{key}" if key is not None else ""), value, int, 1, None)
+
+
 def _check_generation(cfg: DictConfig) -> None:
+    _check_cap(cfg)
     gen = (cfg.task.options or {}).get("gen_kwargs") if cfg.task.options else None
     if not gen:
         return
@@ -327,6 +351,8 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     node as :func:`scorer_config` gives it."""
     data = OmegaConf.to_container(cfg, resolve=True)
     data["scorer"] = scorer_config(cfg.scorer)
+    if "max_new_tokens_cap" in data.get("task", {}) and data["task"]["max_new_tokens_cap"] is None:
+        data["task"].pop("max_new_tokens_cap")  # unset: results recorded before the key existed keep their identity
     return data
 
 

@@ -50,6 +50,8 @@ class ModelAdapter:
         #: original index of every current decoder layer (pruning updates it)
         self.kept_layers: list[int] = list(range(len(self.decoder_layers())))
         self.original_num_layers = len(self.kept_layers)
+        #: per row of the last generation: whether it ran to max_new_tokens without ending
+        self.last_ran_out: list[bool] = []
 
     # ------------------------------------------------------------------ structure
     def _layer_owner(self) -> tuple[nn.Module, str]:
@@ -193,6 +195,8 @@ class ModelAdapter:
         sequences = out.sequences if keep_prompt else out
         prompt_len = inputs["input_ids"].shape[1]
         texts = self.tokenizer.batch_decode(sequences[:, prompt_len:], skip_special_tokens=True)
+        self.last_ran_out = self._ran_out(sequences[:, prompt_len:], texts, max_new_tokens, stops, pad,
+                                          gen_kwargs.get("eos_token_id"))
         for stop in stops:
             texts = [t.split(stop)[0] for t in texts]
         texts = [t.strip() for t in texts]
@@ -200,6 +204,19 @@ class ModelAdapter:
             return texts, None
         logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
         return texts, PromptPass(logprobs, inputs["attention_mask"], self._prompt_cache(out, prompt_len))
+
+    def _ran_out(self, new: torch.Tensor, texts: list[str], max_new_tokens: int, stops: list[str], pad: int | None,
+                 eos: Any) -> list[bool]:
+        """Per row: it generated ``max_new_tokens`` tokens without ending (no end-of-sequence
+        token, no stop string). A row that ended earlier was padded with ``pad`` up to the batch's
+        longest; a batch that ends before ``max_new_tokens`` has no such row."""
+        if new.shape[1] < max_new_tokens:
+            return [False] * new.shape[0]
+        if eos is None:
+            eos = self.model.generation_config.eos_token_id
+        ends = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None}
+        ends |= {int(pad)} if pad is not None else set()
+        return [last not in ends and not any(s in text for s in stops) for last, text in zip(new[:, -1].tolist(), texts)]
 
     def _prompt_cache(self, out: Any, prompt_len: int) -> Any:
         """The generation's cache cut back to the prompt, or None where it cannot serve

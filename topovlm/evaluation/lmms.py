@@ -42,11 +42,21 @@ Task options (``task.options``):
 ``include_path``     extra task folders
 ``data_dir``         where local tasks' datasets are written (default: the harness cache)
 ``seeds``            ``{random, numpy, torch, fewshot}`` passed to ``simple_evaluate``
+``kv_cache_fraction`` share of the free accelerator memory a batch's KV cache may take (CUDA
+                     only: :mod:`topovlm.evaluation.kv_budget`); fewer rows per batch where
+                     ``task.batch_size`` would exceed it, a failure before generating where one
+                     row does
 
 ``task.limit`` is lmms-eval's ``limit`` (first N documents per task), ``task.batch_size``
-the model's batch size (default 1 in the presets: lmms-eval scores can change with it),
-``task.max_new_tokens`` the cap used only when a task sets none (as ``llava_hf``: 1024); for
-the local ``shapes_lmms`` task it is the generation length, as for the ``vqa`` evaluator.
+the model's batch size (greedy answers do not depend on it: left-padded batches answer as
+batch-1), ``task.max_new_tokens`` the length used only when a task sets none (as ``llava_hf``:
+1024); for the local ``shapes_lmms`` task it is the generation length, as for the ``vqa``
+evaluator. ``task.max_new_tokens_cap`` bounds the generation length on top of everything
+(``min(max_new_tokens, cap)``): an int for every task, ``{task: int}`` per lmms-eval task
+(a name that is no lmms-eval task is an error). Rows stop one by one at ``until`` or the end of
+sequence and a batch ends when its last row has, so the cap bounds what one rambling row
+costs its batch. results.json records, per task, lmms-eval's length, the cap, the length used
+and how many answers ran to it without a stop (``protocol.generation_limits``).
 
 Reported metrics: with one task, its metric names (``accuracy``, ``mme_perception_score``
 ...); with several, ``<task>/<metric>``; plus ``num_samples`` (``num_samples/<task>``).
@@ -127,12 +137,15 @@ def lmms_eval_version() -> str:
 
 
 # ---------------------------------------------------------------------------------------- model
-def make_lmm(adapter: "ModelAdapter", batch_size: int = 1, default_max_new_tokens: int = 1024) -> Any:
+def make_lmm(adapter: "ModelAdapter", batch_size: int = 1, default_max_new_tokens: int = 1024,
+             max_new_tokens_cap: int | dict[str, int] | None = None, kv_cache_fraction: float | None = None) -> Any:
     """An ``lmms_eval.api.model.lmms`` instance over ``adapter`` (imports lmms-eval only now)."""
     import_lmms_eval()
-    from topovlm.evaluation.lmms_model import AdapterLMM
+    from topovlm.evaluation.lmms_model import DEFAULT_KV_FRACTION, AdapterLMM
 
-    return AdapterLMM(adapter, batch_size=batch_size, default_max_new_tokens=default_max_new_tokens)
+    return AdapterLMM(adapter, batch_size=batch_size, default_max_new_tokens=default_max_new_tokens,
+                      max_new_tokens_cap=max_new_tokens_cap,
+                      kv_cache_fraction=DEFAULT_KV_FRACTION if kv_cache_fraction is None else kv_cache_fraction)
 
 
 # ---------------------------------------------------------------------------------------- tasks
@@ -394,6 +407,34 @@ def logged_sample_records(results: dict[str, Any], wanted: dict[str, list[str]],
     return out
 
 
+def max_new_tokens_cap(task_cfg: Any) -> int | dict[str, int] | None:
+    """``task.max_new_tokens_cap`` as plain values: an int (every task), ``{task: int}`` or None."""
+    from omegaconf import DictConfig, OmegaConf
+
+    cap = getattr(task_cfg, "max_new_tokens_cap", None)
+    if isinstance(cap, DictConfig):
+        cap = OmegaConf.to_container(cap, resolve=True)
+    return {str(k): int(v) for k, v in cap.items()} if isinstance(cap, dict) else cap
+
+
+def check_cap_tasks(cap: int | dict[str, int] | None, leaves: Sequence[str]) -> None:
+    """Every task ``task.max_new_tokens_cap`` names is evaluated in this run or is an lmms-eval task
+    (a preset's cap stays when ``task.options.tasks`` changes); a name that is neither, a misspelt
+    one that would leave its task uncapped, is an error."""
+    from topovlm.errors import ConfigError
+
+    if not isinstance(cap, dict):
+        return
+    root = _builtin_tasks_dir()
+    for name in sorted(set(cap) - set(leaves)):
+        if name in LOCAL_TASKS or glob.glob(str(root / "*" / f"{name}.yaml")) + \
+                glob.glob(str(root / "*" / "*" / f"{name}.yaml")):
+            log.info("task.max_new_tokens_cap.%s: %s is not evaluated in this run", name, name)
+            continue
+        raise ConfigError(f"task.max_new_tokens_cap.{name}: {name!r} is not an lmms-eval task (the tasks of "
+                          f"this run: {', '.join(sorted(leaves))})")
+
+
 # ---------------------------------------------------------------------------------------- evaluator
 class LmmsEvalEvaluator(Evaluator):
     """``task.evaluator=lmms``: see the module docstring."""
@@ -410,6 +451,7 @@ class LmmsEvalEvaluator(Evaluator):
         self.tasks: list[str] = [tasks] if isinstance(tasks, str) else [str(t) for t in tasks]
         self.seeds = {**DEFAULT_SEEDS, **dict(opts.get("seeds") or {})}
         self.gen_kwargs = _gen_kwargs_string(opts.get("gen_kwargs"))
+        self.max_new_tokens_cap = max_new_tokens_cap(task_cfg)
         self.model_name: str | None = opts.get("model_name")
         self.lm: Any = None
         self.raw_results: dict[str, Any] | None = None
@@ -453,13 +495,12 @@ class LmmsEvalEvaluator(Evaluator):
                           include_path=list(self.options.get("include_path") or []))
         specs = self.task_specs()
         leaves = leaf_task_configs(tm, specs)
+        check_cap_tasks(self.max_new_tokens_cap, leaves)
         locations = check_datasets(leaves) if self.options.get("check_datasets", True) else {}
         self._run = {"prompt_variant": model_name, "leaf_tasks": sorted(leaves), "datasets": {
             t: {"path": c.get("dataset_path"), "name": c.get("dataset_name"), "local": locations.get(t)}
             for t, c in leaves.items()}}
-        from topovlm.evaluation.lmms_tasks.doc_cache import with_cached_docs  # GQA's documents: mapped once
-
-        return tm, with_cached_docs(specs, leaves, self._data_dir()), leaves
+        return tm, specs, leaves
 
     # ------------------------------------------------------------------ interface
     def evaluate(self, adapter: "ModelAdapter") -> dict[str, float]:
@@ -467,7 +508,9 @@ class LmmsEvalEvaluator(Evaluator):
         from lmms_eval.evaluator import simple_evaluate
 
         tm, specs, leaves = self.prepare(adapter.family)
-        self.lm = make_lmm(adapter, batch_size=self.cfg.batch_size, default_max_new_tokens=self.cfg.max_new_tokens)
+        self.lm = make_lmm(adapter, batch_size=self.cfg.batch_size, default_max_new_tokens=self.cfg.max_new_tokens,
+                           max_new_tokens_cap=self.max_new_tokens_cap,
+                           kv_cache_fraction=self.options.get("kv_cache_fraction"))
         results = simple_evaluate(
             model=self.lm, tasks=specs, task_manager=tm, limit=self.cfg.limit, batch_size=self.cfg.batch_size,
             bootstrap_iters=self.bootstrap_iters, log_samples=True, gen_kwargs=self.gen_kwargs, verbosity="WARNING",
@@ -483,6 +526,9 @@ class LmmsEvalEvaluator(Evaluator):
             "n_samples": results.get("n-samples", {}),
             "task_versions": results.get("versions", {}),
             "generation_kwargs": {t: (c or {}).get("generation_kwargs") for t, c in results.get("configs", {}).items()},
+            # per task: lmms-eval's max_new_tokens, the cap, the length used, rows that ran to it
+            "generation_limits": {t: dict(v) for t, v in self.lm.limits.items()},
+            "kv_budget": self.lm.kv_budget.record(),
         })
         wanted = self.wanted_metrics(list(results.get("results", {})))
         prefix = len(results.get("results", {})) > 1
@@ -524,6 +570,7 @@ class LmmsEvalEvaluator(Evaluator):
             "seeds": self.seeds,
             "gen_kwargs_override": self.gen_kwargs,
             "default_max_new_tokens": self.cfg.max_new_tokens,
+            "max_new_tokens_cap": self.max_new_tokens_cap,
             "bootstrap_iters": self.bootstrap_iters,
             "stderr": dict(self.stderr),
             "model": "topovlm AdapterLMM (simple)",
