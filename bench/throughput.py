@@ -21,7 +21,14 @@ machine is shared, so only ratios measured within one run are compared.
 * ``--sweep``: wall time of ``launch.py -m scorer=topo,cosine sparsity=0.1,0.2,0.3`` into a
   fresh cache (the assembled default model linked in: model build excluded), and of the fast
   first run (the same with ``task.limit=80``) into an empty cache, model build included and
-  timed on its own; the summed stage timings of the jobs say where the time goes.
+  timed on its own; the summed stage timings of the jobs say where the time goes;
+* ``--calibration-passes``: ``launch.py -m scorer=topo,cosine,shortgpt,short_lvlm sparsity=0.25``
+  twice, each into a fresh cache (the assembled default model linked in): with each scorer
+  recording its own calibration pass (``++hydra.callbacks.guard.union_capture=false``: a pass
+  for every scorer that needs a field the cache lacks, so none for cosine after topo), then
+  with the sweep's union pass; the number of passes (the capture entries' ``passes.json``),
+  the jobs' calibration time and the sweep's wall time of each. ``--passes-overrides`` adds
+  overrides to both, e.g. ``"task.limit=16"`` (evaluation only: the calibration is untouched).
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ sys.path.insert(0, str(ROOT))
 from bench.default_model_speed import machine  # noqa: E402 - after the sys.path line that makes bench importable
 
 MAIN_SWEEP = ("scorer=topo,cosine", "sparsity=0.1,0.2,0.3")
+PASSES_SWEEP = ("scorer=topo,cosine,shortgpt,short_lvlm", "sparsity=0.25")
+ONE_PASS_PER_SCORER = "++hydra.callbacks.guard.union_capture=false"
 FAST_FIRST_RUN = (*MAIN_SWEEP, "task.limit=80")
 
 
@@ -370,18 +379,78 @@ def sweeps(which: str = "main,fast") -> list[str]:
     return out
 
 
+def _passes_run(overrides: tuple[str, ...]) -> dict:
+    """One sweep into a fresh cache: its calibration passes, per job the calibration stage's time."""
+    cache = Path(tempfile.mkdtemp(prefix="topovlm-passes-cache-"))
+    sweep_dir = Path(tempfile.mkdtemp(prefix="topovlm-passes-"))
+    _link_model(Path(os.environ.get("TOPOVLM_CACHE", Path.home() / ".cache" / "topovlm")), cache)
+    env = {**os.environ, "TOPOVLM_CACHE": str(cache)}
+    cmd = [sys.executable, "launch.py", "-m", *overrides, "logger=none", "hydra.callbacks.summary.plots=false",
+           f"hydra.sweep.dir={sweep_dir}"]
+    load, start = load_average(), time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(cmd)}")
+    entries = sorted((cache / "captures").glob("*/passes.json"))
+    passes = [p for e in entries for p in json.loads(e.read_text())["passes"]]
+    jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))]
+    capture = {j["scorer"]: (j["timings"].get("capture", 0.0), j["identity"]["capture"]["hit"]) for j in jobs}
+    return {"wall": wall, "load": load, "passes": passes, "entries": len(entries), "capture": capture,
+            "served": proc.stdout.count("capture served from the sweep's union pass") +
+            proc.stderr.count("capture served from the sweep's union pass")}
+
+
+def calibration_passes(extra: tuple[str, ...]) -> list[str]:
+    """The sweep of four scorers, one pass per scorer against the sweep's union pass."""
+    runs = {label: _passes_run((*PASSES_SWEEP, *extra, *more)) for label, more in
+            (("each scorer its own pass (union_capture=false)", (ONE_PASS_PER_SCORER,)),
+             ("the sweep's union pass", ()))}
+    command = " ".join(("launch.py -m", *PASSES_SWEEP, *extra))
+    out = [f"`{command}`, each run into a fresh cache (the default model linked in), logger=none, no plots.", "",
+           "| run | calibration passes | capture entries | calibration s (jobs' capture stage) | sweep wall s | "
+           "load averages at start |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, r in runs.items():
+        out.append(f"| {label} | {len(r['passes'])} | {r['entries']} | {sum(t for t, _ in r['capture'].values()):.1f} "
+                   f"| {r['wall']:.0f} | {r['load']} |")
+    out += ["", "| scorer | " + " | ".join(f"{label}: calibration s (cache hit)" for label in runs) + " |",
+            "| --- |" + " --- |" * len(runs)]
+    for scorer in runs["the sweep's union pass"]["capture"]:
+        out.append(f"| {scorer} | " + " | ".join(
+            "{:.1f} ({})".format(*r["capture"].get(scorer, (float("nan"), "?"))) for r in runs.values()) + " |")
+    own, union = runs.values()
+    own_s, union_s = (sum(t for t, _ in r["capture"].values()) for r in (own, union))
+    out += ["", "Passes recorded (capture entries' passes.json):", ""]
+    for label, r in runs.items():
+        out.append(f"* {label}: " + "; ".join(f"{', '.join(p['recorded'])} for {', '.join(p['for'])}"
+                                              for p in r["passes"]))
+    out += ["", f"Calibration passes {len(own['passes'])} -> {len(union['passes'])}; calibration time "
+            f"{own_s:.1f} s -> {union_s:.1f} s (saves {own_s - union_s:.1f} s, {(own_s - union_s) / own_s:.0%}); "
+            f"sweep wall {own['wall']:.0f} s -> {union['wall']:.0f} s. Captures served from the union pass: "
+            f"{union['served']}. short_lvlm's statistic reads attention maps (eager attention, states that differ "
+            "in the last bits from the default attention's): its pass stays apart."]
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--questions", type=int, default=400, help="questions of the reference comparison")
     p.add_argument("--ratio-questions", type=int, default=96,
                    help="questions of the ABBA timing of evaluation with and without accuracy_mc")
-    p.add_argument("--no-passes", action="store_true", help="only the sweeps (with --sweep)")
+    p.add_argument("--no-passes", action="store_true",
+                   help="leave out the in-process measurements: only --sweep, --memory, --calibration-passes")
     p.add_argument("--skip", default="", metavar="calibration,prefix", help="sections to leave out")
     p.add_argument("--out", type=Path, default=None, help="results file (default bench/results/throughput_<date>.md)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sweep", nargs="?", const="main,fast", default=None, metavar="main,fast",
                    help="also time the main sweep and/or the fast first run, cold")
     p.add_argument("--memory", action="store_true", help="also the calibration pass's peak memory with full logits")
+    p.add_argument("--calibration-passes", action="store_true",
+                   help=f"also `{' '.join(PASSES_SWEEP)}`: one calibration pass per scorer against the sweep's union "
+                        "pass, each into a fresh cache")
+    p.add_argument("--passes-overrides", default="", metavar="'task.limit=16 ...'",
+                   help="overrides added to both --calibration-passes sweeps")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from topovlm.adapters.loading import load_adapter
@@ -412,6 +481,9 @@ def main() -> int:
                   *calibration_memory(args.threads), ""]
     if args.sweep:
         lines += ["## The main sweep and the fast first run, cold", "", *sweeps(args.sweep), ""]
+    if args.calibration_passes:
+        lines += ["## Calibration passes of a sweep of four scorers", "",
+                  *calibration_passes(tuple(args.passes_overrides.split())), ""]
     text = "\n".join(lines)
     print(text)
     out = args.out or ROOT / "bench" / "results" / f"throughput_{dt.date.today().isoformat()}.md"

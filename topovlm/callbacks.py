@@ -5,7 +5,11 @@ Registered in ``conf/config.yaml`` under ``hydra.callbacks``:
 * ``guard`` (:class:`SweepGuard`): at sweep start, composes every job's config and runs
   :func:`topovlm.config.validate` on each, before any model loads, and reports every bad
   job at once (``abort_on_bad_config=true`` stops the sweep there, exit 2; by default
-  the sweep runs and each bad job becomes a failed row). At sweep end it rebuilds the
+  the sweep runs and each bad job becomes a failed row). It also writes
+  ``<sweep dir>/capture_plan.json``, every job's capture spec, so that the first calibration
+  pass of a model records what all swept scorers need and the other scorers run none
+  (:mod:`topovlm.capture_cache`; with ``union_capture=false`` each scorer's pass records its
+  own fields, as ``bench/throughput.py --calibration-passes`` compares). At sweep end it rebuilds the
   sweep table from the job dirs, sets aside W&B runs of incomplete jobs, and makes the
   process exit 1 (see ``launch.py``) if any job failed or left no record.
 * ``summary`` (:class:`SummaryCallback`): summary.csv, summary.md (with a failures
@@ -75,13 +79,13 @@ class CompositionError(ValueError):
     """A job's config does not compose (Hydra would stop the sweep at that job's batch)."""
 
 
-def preflight(config: DictConfig, arguments: list[str] | None = None,
-              inputs: bool = True) -> tuple[int, list[tuple[list[str], str]]]:
+def preflight(config: DictConfig, arguments: list[str] | None = None, inputs: bool = True,
+              jobs: list[tuple[list[str], DictConfig]] | None = None) -> tuple[int, list[tuple[list[str], str]]]:
     """Validate every job's config (``inputs``: and that its model and datasets are there);
-    (number of jobs, [(overrides, message) of bad jobs])."""
+    (number of jobs, [(overrides, message) of bad jobs]). ``jobs``: :func:`job_configs`, if composed."""
     from topovlm.config import ConfigError, validate
 
-    jobs = job_configs(config, arguments)
+    jobs = job_configs(config, arguments) if jobs is None else jobs
     bad = []
     for overrides, cfg in jobs:
         try:
@@ -89,6 +93,31 @@ def preflight(config: DictConfig, arguments: list[str] | None = None,
         except ConfigError as err:
             bad.append((overrides, str(err)))
     return len(jobs), bad
+
+
+def plan_captures(sweep_dir: Path, jobs: list[tuple[list[str], DictConfig]]) -> dict[str, Any]:
+    """``capture_plan.json`` in the sweep dir: the capture spec of every job whose config is
+    valid (a bad job fails on its own), per model and calibration set; returns the plan."""
+    from topovlm.capture_cache import capture_plan, write_capture_plan
+    from topovlm.config import ConfigError, validate
+
+    valid = []
+    for _, cfg in jobs:
+        try:
+            valid.append((cfg, validate(cfg, inputs=False)))  # the scorer as the job builds it
+        except ConfigError:
+            continue
+    plan = capture_plan(valid)
+    write_capture_plan(sweep_dir, plan)
+    for group in plan["groups"].values():
+        passes: dict[bool, list[str]] = {}
+        for planned in group["scorers"]:
+            passes.setdefault(planned["eager_attention"], []).append(planned["scorer"])
+        text = " and ".join(f"{', '.join(dict.fromkeys(names))}{' (eager attention)' if eager else ''}"
+                            for eager, names in sorted(passes.items()))
+        log.info("calibration of %s on %s: %d pass%s, for %s (%s)", group["model"], group["calibration"],
+                 len(passes), "" if len(passes) == 1 else "es", text, Path(sweep_dir) / "capture_plan.json")
+    return plan
 
 
 def _report_missing_outputs(sweep_dir: Path) -> list[Path]:
@@ -141,9 +170,10 @@ def remove_locks(sweep_dir: Path) -> list[Path]:
 
 
 class SweepGuard(Callback):
-    def __init__(self, preflight: bool = True, abort_on_bad_config: bool = False) -> None:
+    def __init__(self, preflight: bool = True, abort_on_bad_config: bool = False, union_capture: bool = True) -> None:
         self.preflight = preflight
         self.abort_on_bad_config = abort_on_bad_config
+        self.union_capture = union_capture
         self.expected: int | None = None
         # jobs finished in this process and their wall times (Hydra's basic launcher runs every
         # job here; a joblib / submitit worker sees only its own): the time-left estimate
@@ -174,16 +204,33 @@ class SweepGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _EXIT_STATUS["code"] = 0
         self.durations, self._job_start = [], None
-        if not self.preflight:
+        from topovlm.capture_cache import PLAN_FILE
+
+        # an earlier sweep's plan in this dir is not this one's (a plan written below replaces it)
+        (Path(config.hydra.sweep.dir) / PLAN_FILE).unlink(missing_ok=True)
+        if not (self.preflight or self.union_capture):
             return
         if OmegaConf.select(config, "hydra.sweeper._target_", default="").split(".")[-1] != "BasicSweeper":
-            log.warning("preflight skipped: it expands the sweep like Hydra's basic sweeper only")
+            log.warning("preflight and the shared calibration pass skipped: they expand the sweep like Hydra's "
+                        "basic sweeper only (each scorer records its own calibration pass)")
             return
         try:
-            self.expected, bad = preflight(config)
+            jobs = job_configs(config)
         except CompositionError as err:
+            if not self.preflight:  # Hydra reports it when it reaches that job
+                return
             print(f"config error: a job of this sweep does not compose, nothing was run:\n  {err}", file=sys.stderr)
             sys.exit(2)
+        if self.preflight:
+            self._preflight(config, jobs)
+        if self.union_capture:
+            try:
+                plan_captures(Path(config.hydra.sweep.dir), jobs)
+            except Exception:  # noqa: BLE001 - the jobs run without it, each recording its own pass
+                log.warning("no shared calibration pass planned; each scorer records its own", exc_info=True)
+
+    def _preflight(self, config: DictConfig, jobs: list[tuple[list[str], DictConfig]]) -> None:
+        self.expected, bad = preflight(config, jobs=jobs)
         if not bad:
             log.info("preflight: the config of all %d jobs is valid", self.expected)
             return

@@ -11,6 +11,10 @@ Forward hooks on the decoder layers see each layer's input ``h_in[l]`` and outpu
   norm output and of the final norm's output, ``(L+1, N, d)``: hooks on the norms.
 
 Nothing token-sized outlives a hook call, so memory is O(L * N * d), not O(L * N * T * d).
+Extra hooks change no number of the forward: a pass that records more than a scorer asked
+for gives that scorer exactly what its own pass would (the sweep's union pass relies on it).
+A statistic that reads attention maps switches the pass to eager attention, which does change
+the states in the last bits (:func:`needs_attention`): such passes are kept apart.
 The statistics themselves: :mod:`topovlm.token_stats`; the on-disk cache of captures (a
 second scorer needing the same statistics runs no forward pass at all):
 :mod:`topovlm.capture_cache`.
@@ -102,6 +106,14 @@ class Capture:
 
 
 # ---------------------------------------------------------------- the forward pass
+
+
+def needs_attention(spec: CaptureSpec) -> bool:
+    """Whether the pass recording ``spec`` runs eager attention (a statistic reads attention maps).
+
+    Eager and the default (sdpa) attention give states that differ in the last bits, so such a
+    pass has its own cache entry and records only with other passes that need attention."""
+    return any(r.name in STATISTICS and STATISTICS[r.name].needs_attention for r in spec.stats)
 
 
 def pool_states(h: torch.Tensor, masks: TokenMasks) -> dict[str, torch.Tensor]:

@@ -26,10 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import topovlm.capture as capture_module
 from topovlm import samples as job_samples
-from topovlm.capture_cache import CaptureCache, model_fingerprint
+from topovlm.capture_cache import (CALIBRATION_SAMPLES, CaptureCache, content_digest, model_fingerprint,
+                                   planned_union)
 from topovlm.config import ConfigError, build_scorer, resolved_config, validate
-from topovlm.data.sources import dataset_id, load_samples
-from topovlm.identity import code_digest, digest, library_versions, recorded_versions, samples_digest
+from topovlm.data.sources import dataset_id
+from topovlm.identity import code_digest, digest, library_versions, recorded_versions
 from topovlm.results import (FAILED_FILE, NOT_IDENTITY, RESULTS_FILE, JobResult, clear_job_dir, link_outputs,
                              missing_outputs, read_result, rebuild_table, write_json_atomic, write_result)
 from topovlm.api import LayerScorer, ScoreResult, ScoringContext
@@ -175,9 +176,10 @@ def prepare(cfg: DictConfig, out_dir: Path, sweep_dir: Path | None, group: str, 
 
 
 def calibration_samples(job: Job) -> list:
-    """The calibration set; a source smaller than ``calibration.n`` is an error."""
+    """The calibration set (decoded once per process: :class:`topovlm.capture_cache.CalibrationSamples`);
+    a source smaller than ``calibration.n`` is an error."""
     cal = job.cfg.calibration
-    samples = load_samples(cal.dataset, n=cal.n, seed=cal.seed)
+    samples = CALIBRATION_SAMPLES.get(cal.dataset, cal.n, cal.seed)
     if len(samples) < cal.n:
         raise ConfigError(f"calibration.n={cal.n}, but calibration.dataset (source={cal.dataset.source}, "
                           f"split={cal.dataset.split}, path={cal.dataset.path}) holds only {len(samples)} samples; "
@@ -247,10 +249,15 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
     """capture + score: the ranking from its cache, else from the (cached) capture."""
     cal, scorer, n_layers = job.cfg.calibration, job.scorer, adapter.num_layers
     capture_id = {"model": fingerprint, "calibration": dataset_id(cal.dataset, cal.n, cal.seed).split(":")[0],
-                  "samples": samples_digest(samples), "batch_size": int(cal.batch_size),
+                  "samples": content_digest(samples), "batch_size": int(cal.batch_size),
                   "code": job.identity["code"]["capture"],
                   "versions": library_versions()}
+    spec = scorer.capture_spec()
+    if capture_module.needs_attention(spec):  # eager attention: states of their own, an entry of its own
+        capture_id["attention"] = "eager"
     capture_key = digest(capture_id)
+    # the sweep's union pass: one pass records what every swept scorer needs (capture_plan.json)
+    union = planned_union(job.table_dir if job.table_dir != job.out_dir else None, job.cfg, spec, scorer.name)
     captures = CaptureCache(job.cache / "captures")
     ctx = ScoringContext(seed=job.cfg.seed, num_layers=n_layers, out_dir=job.out_dir)
     if scorer.needs_dev_metric:
@@ -263,10 +270,17 @@ def score(job: Job, adapter: Any, fingerprint: str, samples: list, timer: Timer)
 
     def capture() -> Any:
         with timer("capture"):
-            cap = captures.get(capture_key, lambda: adapter, lambda: samples, scorer.capture_spec(), cal.batch_size)
+            cap = captures.get(capture_key, lambda: adapter, lambda: samples, spec, cal.batch_size,
+                               record=union[0] if union else None, recorded_for=union[1] if union else [scorer.name])
         if captures.last_hit:
             job.reused.append("capture")
             log.debug("cache hit: capture %s (keyed on %s)", captures.root / capture_key, keyed_on(capture_id))
+            if captures.last_union:
+                log.info("[%s] capture served from the sweep's union pass (recorded for %s): %s", timer.tag,
+                         ", ".join(captures.last_union), captures.root / capture_key)
+        elif union and len(union[1]) > 1:
+            log.info("[%s] the calibration pass recorded what %s need (the sweep's union pass): %s", timer.tag,
+                     ", ".join(union[1]), captures.root / capture_key)
         return cap
 
     ranking_id = {"capture": capture_key, "scorer": scorer.name, "params": scorer.params(), "seed": job.cfg.seed,
