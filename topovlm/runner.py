@@ -353,6 +353,24 @@ def store_reference(job: Job, fingerprint: str, metrics: dict[str, Any], evaluat
         job_samples.save_reference(path, evaluator, job.cfg.task.name)
 
 
+def evaluate(job: Job, evaluator: Any, adapter: Any, fingerprint: str, removed: list[int],
+             edit: dict[str, Any]) -> tuple[dict[str, Any], Any, str]:
+    """The (pruned) model's metrics, the evaluator whose records samples.jsonl reads, and the
+    cache entry they were reused from ('' when evaluated now). A pruned model's evaluation is
+    cached by the network it evaluates (:mod:`topovlm.evaluation_cache`); the unpruned model's
+    is the reference and cached as such."""
+    if not removed:
+        return evaluator.evaluate(adapter), evaluator, ""
+    from topovlm import evaluation_cache
+    from topovlm.model_pool import weights_checksum
+
+    path, key = evaluation_cache.entry(job.cache, job.cfg.model.name, reference_entry(job, fingerprint)[1],
+                                       removed, weights_checksum(adapter.model), edit, job.scorer.name)
+    metrics, source, reused = evaluation_cache.evaluate(path, key, evaluator, adapter, job.cfg.task.name,
+                                                        force=job.force)
+    return metrics, source, path.name if reused else ""
+
+
 def prune(job: Job, adapter: Any, removed: list[int], samples: list) -> tuple[list[int], dict[str, Any]]:
     from topovlm.pruning import remove_layers
 
@@ -512,7 +530,7 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                 with timer("prune"):
                     kept, edit = prune(job, adapter, removed, samples)
                 with timer("evaluate"):
-                    metrics = evaluator.evaluate(adapter)
+                    metrics, evaluator, eval_reused = evaluate(job, evaluator, adapter, fingerprint, removed, edit)
                 if not removed:
                     ref = metrics
                     store_reference(job, fingerprint, metrics, evaluator)
@@ -521,11 +539,13 @@ def run_job(cfg: DictConfig, out_dir: Path, *, sweep_dir: Path | None = None, gr
                                                   reference_entry(job, fingerprint)[0], unpruned=not removed)
                 with timer("efficiency"):
                     efficiency = eff.finish(adapter, pruned=bool(removed), original_layers=num_layers,
-                                            eval_wall_time_s=timer.timings.get("evaluate"))
+                                            eval_wall_time_s=None if eval_reused else timer.timings.get("evaluate"))
                 with timer("diagnostics"):
                     images, arrays = write_outputs(job, ranking, removed)
                 results = job_result(job, ranking, samples, num_layers, removed, kept, policy, notes, metrics, ref,
                                      evaluator, adapter, fingerprint, efficiency, edit, images, arrays, timer)
+                if eval_reused:
+                    results.extra["evaluation_reused"] = eval_reused
                 if cfg.save_model:
                     from topovlm.export import write_checkpoint
 
