@@ -14,6 +14,16 @@ download is involved (``--task pope --limit 50`` once POPE is in the Hugging Fac
 
 Exit code 0 when every job passed. Writes ``bench/results/gpu_smoke_<model>_<date>.md``
 (with the machine and GPU) unless ``--no-write``.
+
+``--parity`` checks the prompting protocol instead of running jobs: for POPE-style questions
+(the shapes benchmark's yes/no questions with POPE's instruction) it prints the harness's prompt
+text and token ids beside ``task.protocol=lmms_exact``'s and those of lmms-eval's own model class
+(``llava_hf`` / ``qwen2_vl``, its ``generate_until`` run around the same loaded model), then every
+question's answer: the harness batched and at batch 1, lmms_exact and lmms-eval's class (batch 1).
+Exit code 1 when lmms_exact differs from lmms-eval's class (topovlm/evaluation/protocol.py).
+
+    python bench/gpu_smoke.py --parity --model llava-1.5-7b --path /models/llava-1.5-7b-hf
+    python bench/gpu_smoke.py --parity --model llava-1.5-7b --path DIR --device cpu --dtype bfloat16 --parity-n 32
 """
 from __future__ import annotations
 
@@ -63,10 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default=None)
     p.add_argument("--cache-dir", default=None, help="default: a temporary directory (nothing reused)")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--parity", action="store_true", help="check the prompt protocols instead of running jobs")
+    p.add_argument("--parity-n", type=int, default=8, help="POPE-style questions of --parity")
+    p.add_argument("--parity-batch-size", type=int, default=16, help="the harness's batch in --parity")
+    p.add_argument("--parity-max-new-tokens", type=int, default=128, help="POPE's generation length")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.device_map=null")
     args = p.parse_args(argv)
     if args.path is None and args.model != "default":
         p.error(f"--model {args.model} needs --path (a local checkpoint directory or a cached hub id)")
+
+    if args.parity:
+        return parity(args)
 
     from topovlm.runner import run_job
 
@@ -113,6 +130,31 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(table + "\n")
         print(f"written: {out}")
     return 0 if ok else 1
+
+
+def parity(args: argparse.Namespace) -> int:
+    """``--parity``: the model of the preset (and --path), the harness against lmms-eval's prompting."""
+    from topovlm.adapters.loading import load_adapter
+    from topovlm.evaluation import protocol
+
+    overrides = [f"model={args.model}", *([f"model.path={args.path}"] if args.path else []), *args.overrides]
+    if args.device:
+        overrides.append(f"model.device={args.device}")
+        if args.device == "cpu":
+            overrides += ["model.device_map=null", "model.attn_implementation=null"]
+    if args.dtype:
+        overrides.append(f"model.dtype={args.dtype}")
+    adapter = load_adapter(_compose(overrides).model)
+    gen = dict(protocol.POPE_GEN_KWARGS, max_new_tokens=args.parity_max_new_tokens)
+    result = protocol.compare(adapter, protocol.shapes_pope_docs(args.parity_n), gen, args.parity_batch_size)
+    print(f"# Prompt protocols: {args.model} ({args.path or 'embedded'}), {protocol.dtype_name(adapter)} on "
+          f"{adapter.device}; {_machine()}\n")
+    print(protocol.describe(result))
+    if result.exact_mismatches:
+        print("\nMISMATCH: lmms_exact differs from lmms-eval's own class: " + "; ".join(result.exact_mismatches),
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

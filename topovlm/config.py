@@ -72,6 +72,9 @@ class TaskConfig:
     max_new_tokens_cap: Any = None
     options: dict[str, Any] = field(default_factory=dict)  # evaluator-specific (e.g. lmms-eval task list)
     metric: str = "accuracy"  # the task's headline metric, as the evaluator reports it (optimized_metric's default)
+    # lmms evaluator prompts: harness (chat template, batches) | lmms_exact (lmms-eval's own model
+    # class, batch 1): topovlm/evaluation/protocol.py
+    protocol: str = "harness"
 
 
 @dataclass
@@ -353,6 +356,8 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     data["scorer"] = scorer_config(cfg.scorer)
     if "max_new_tokens_cap" in data.get("task", {}) and data["task"]["max_new_tokens_cap"] is None:
         data["task"].pop("max_new_tokens_cap")  # unset: results recorded before the key existed keep their identity
+    if data.get("task", {}).get("protocol") == "harness":  # the default: results recorded before the key existed
+        data["task"].pop("protocol")                        # keep their identity
     return data
 
 
@@ -409,6 +414,20 @@ def _writable(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value}: {probe} is not a writable directory")
 
 
+def _check_protocol(cfg: DictConfig) -> None:
+    from topovlm.evaluation.protocol import EXACT_CLASSES, PROTOCOLS
+
+    protocol = cfg.task.get("protocol", "harness")
+    _allowed("task.protocol", protocol, PROTOCOLS)
+    if protocol == "lmms_exact" and cfg.task.evaluator != "lmms":
+        raise ConfigError(f"task.protocol=lmms_exact follows lmms-eval's own model classes: it needs task.evaluator=lmms "
+                          f"(task={cfg.task.name} uses {cfg.task.evaluator}; the shapes benchmark through lmms-eval: "
+                          "task=shapes_lmms)")
+    if protocol == "lmms_exact" and cfg.model.family not in EXACT_CLASSES:
+        raise ConfigError(f"task.protocol=lmms_exact follows lmms-eval's llava_hf / qwen2_vl classes; "
+                          f"model.family={cfg.model.family} has none (allowed: {', '.join(EXACT_CLASSES)})")
+
+
 def _check_values(cfg: DictConfig) -> None:
     from topovlm.adapters.families import ADAPTERS
     from topovlm.data.sources import SOURCES
@@ -428,6 +447,7 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.model.source == "pretrained" and not cfg.model.path:
         raise ConfigError("model.path must name a hub id or local directory when model.source=pretrained")
     _allowed("task.evaluator", cfg.task.evaluator, sorted(EVALUATORS))
+    _check_protocol(cfg)
     for key in ("task.dataset", "calibration.dataset"):
         ds = OmegaConf.select(cfg, key)
         _allowed(f"{key}.source", ds.source, sorted(SOURCES))

@@ -34,7 +34,18 @@ def check_inputs(cfg: Any) -> None:
         check_dataset(OmegaConf.select(cfg, key), key, cfg)
     if cfg.task.evaluator == "lmms" and (cfg.task.options or {}).get("check_datasets", True):
         check_lmms_task_datasets(cfg.task, cfg.model.family)
+    if cfg.task.get("protocol") == "lmms_exact":  # lmms-eval's own model class for the family must import
+        check_exact_protocol(cfg.model.family)
     check_device(cfg.model)
+
+
+def check_exact_protocol(family: str) -> None:
+    from topovlm.evaluation.protocol import ProtocolError, check_available
+
+    try:
+        check_available(family)
+    except ProtocolError as err:
+        raise ConfigError(str(err)) from None
 
 
 # ---------------------------------------------------------------- devices

@@ -511,6 +511,8 @@ class LmmsEvalEvaluator(Evaluator):
         self.lm = make_lmm(adapter, batch_size=self.cfg.batch_size, default_max_new_tokens=self.cfg.max_new_tokens,
                            max_new_tokens_cap=self.max_new_tokens_cap,
                            kv_cache_fraction=self.options.get("kv_cache_fraction"))
+        from topovlm.evaluation.protocol import configure  # task.protocol: harness | lmms_exact
+        configure(self.lm, self.cfg.get("protocol", "harness"), self._run)
         results = simple_evaluate(
             model=self.lm, tasks=specs, task_manager=tm, limit=self.cfg.limit, batch_size=self.cfg.batch_size,
             bootstrap_iters=self.bootstrap_iters, log_samples=True, gen_kwargs=self.gen_kwargs, verbosity="WARNING",

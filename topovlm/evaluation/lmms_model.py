@@ -15,6 +15,7 @@ import torch
 from lmms_eval.api.model import lmms
 
 from topovlm.data.types import VQASample
+from topovlm.evaluation import protocol as prompt_protocol
 from topovlm.evaluation.kv_budget import KVBudget
 from topovlm.progress import bar
 
@@ -118,6 +119,8 @@ class AdapterLMM(lmms):
         return self.limits[task]
 
     def generate_until(self, requests: list[Any]) -> list[str]:
+        if prompt_protocol.is_exact(self):  # task.protocol=lmms_exact: lmms-eval's own prompts, batch 1
+            return prompt_protocol.generate_until(self, requests)
         res: list[str | None] = [None] * len(requests)
         args = [r.args for r in requests]
         # batch consecutive requests of one task with the same generation settings and at most one image
@@ -239,6 +242,8 @@ class AdapterLMM(lmms):
 
     @torch.inference_mode()
     def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
+        if prompt_protocol.is_exact(self):  # task.protocol=lmms_exact
+            return prompt_protocol.loglikelihood(self, requests)
         res = []
         for context, target, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
             doc = self.task_dict[task][split][doc_id]
