@@ -500,7 +500,9 @@ class LmmsEvalEvaluator(Evaluator):
         self._run = {"prompt_variant": model_name, "leaf_tasks": sorted(leaves), "datasets": {
             t: {"path": c.get("dataset_path"), "name": c.get("dataset_name"), "local": locations.get(t)}
             for t, c in leaves.items()}}
-        return tm, specs, leaves
+        from topovlm.evaluation.lmms_tasks.doc_cache import with_cached_docs  # GQA's documents: mapped once
+
+        return tm, with_cached_docs(specs, leaves, self._data_dir()), leaves
 
     # ------------------------------------------------------------------ interface
     def evaluate(self, adapter: "ModelAdapter") -> dict[str, float]:
