@@ -298,3 +298,31 @@ def test_perplexity_draws_test_the_per_sample_loss_and_keep_the_ratio_per_draw()
     v = stats.compare_all_pairs({"good": cd.values, "bad": bad_cd.values}, higher_is_better=False, binary=False)
     assert v["good"].kind == stats.VERDICT_BEST and v["bad"].kind == stats.VERDICT_WORSE
     assert v["bad"].vs_best.test == "draw_t" and v["bad"].vs_best.diff > 0.4 and v["bad"].vs_best.tost_p is None
+
+
+def test_the_oracle_is_a_yardstick_and_the_gap_to_it_counts_the_draws(tmp_path: Path):
+    """The oracle is neither the best nor a member of the family of tests; a varying scorer's gap
+    to it has the draws as its unit, so its interval is wider than one conditional on the draws."""
+    from topovlm.summary import build_summary
+    from topovlm.summary.statistics import YARDSTICK_TEXT
+    from topovlm.summary.validity import _gaps
+
+    root = tmp_path / "sweep"
+    case = _issue_case()
+    stat_job(root, "cosine", 0.0, [True] * 200, removed=[])
+    stat_job(root, "oracle", 0.1, [i % 20 != 0 for i in range(200)], removed=[3, 4, 5])
+    for seed in range(3):
+        stat_job(root, "topo", 0.1, [bool(v) for v in case["topo"][seed]], cal_seed=seed,
+                 removed=[[1, 2, 3], [4, 5, 6], [5, 6, 7]][seed])
+        stat_job(root, "shortgpt", 0.1, [bool(v) for v in case["shortgpt"][seed]], cal_seed=seed, removed=[2, 3, 4])
+    summary = build_summary([root], plots=False)
+    comp = {r["scorer"]: r for r in read_csv(root / "comparison.csv") if r["metric"] == "accuracy"}
+    assert comp["shortgpt"]["verdict"] == "best"  # the oracle scores higher, but is not a scorer under test
+    assert comp["oracle"]["verdict"] == YARDSTICK_TEXT and int(comp["topo"]["family_size"]) == 1
+    gaps = {g["scorer"]: g for g in _gaps(summary.jobs, "accuracy")}
+    topo, sgpt = gaps["topo"], gaps["shortgpt"]
+    assert topo["unit"] == "draws" and topo["draws"] == 3 and sgpt["unit"] == "questions"
+    d = np.mean(case["topo"], axis=0) - np.array([i % 20 != 0 for i in range(200)], dtype=float)
+    conditional = 1.97 * d.std(ddof=1) / math.sqrt(d.size)
+    assert topo["gap_high"] - topo["gap"] > 3 * conditional
+    assert topo["gap_low"] < topo["gap"] < topo["gap_high"]

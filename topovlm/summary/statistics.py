@@ -20,7 +20,7 @@ from topovlm.samples import REFERENCE_FIELDS
 from topovlm.summary.load import SEED_KEYS, SummaryJob, is_reference
 from topovlm.stats import (VERDICT_BEST, VERDICT_EQUIVALENT, VERDICT_INCONCLUSIVE, VERDICT_NA, VERDICT_SAME,
                            VERDICT_WORSE)
-from topovlm.summary.tables import MetricTable, Stat, fmt_value, write_csv
+from topovlm.summary.tables import MetricTable, Stat, fmt_value, is_yardstick, write_csv
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,6 +34,8 @@ COMPARISON_CSV = "comparison.csv"
 CALIBRATION_CSV = "calibration_variance.csv"
 REGIMES_CSV = "regimes.csv"
 EFFICIENCY_CSV = "efficiency.csv"
+#: the verdict column of the oracle (a measurement on the development split, not a prediction)
+YARDSTICK_TEXT = "yardstick (oracle): not tested"
 
 
 def job_samples(job: SummaryJob) -> list[dict[str, Any]] | None:
@@ -361,7 +363,10 @@ def compare(table: MetricTable, jobs: list[SummaryJob], alpha: float = 0.05, mar
         for c in at:
             c.best = best[0] if best else ""
             c.verdict = c.verdict_text = VERDICT_BEST if c.label in best else VERDICT_NA
-        have = {c.label: draws[(c.label, s)] for c in at if draws.get((c.label, s)) is not None}
+            if is_yardstick(c.label):
+                c.verdict_text = YARDSTICK_TEXT
+        have = {c.label: draws[(c.label, s)] for c in at
+                if draws.get((c.label, s)) is not None and not is_yardstick(c.label)}
         if len(have) < 2:
             continue
         keys = set.intersection(*(set(cd.keys) for cd in have.values()))
@@ -565,7 +570,7 @@ def regimes(rows: list[Comparison], best_sets: "dict[float, BestSet | None] | No
 
     out = []
     for s in sorted({c.sparsity for c in rows}):
-        cells = [c for c in rows if c.sparsity == s]
+        cells = [c for c in rows if c.sparsity == s and not is_yardstick(c.label)]
         if not any(c.test is not None for c in cells):
             continue  # no per-sample records: nothing says which differences are real
         not_worse = [c.label for c in cells if c.verdict != VERDICT_WORSE]

@@ -27,6 +27,15 @@ _SKIP_METRICS = ("num_samples",)
 # a cell's verdict against the other scorers at its sparsity (topovlm.summary.statistics;
 # the words are topovlm.stats')
 #: the mark a cell of a metric table carries for its verdict (none: best or not shown different)
+#: scorers that measure rather than predict (the dev-split oracle): shown beside the scorers, never
+#: the best of a table nor a member of its family of tests; the validity section compares with them
+YARDSTICKS = ("oracle",)
+
+
+def is_yardstick(label: str) -> bool:
+    return label.split("[", 1)[0] in YARDSTICKS
+
+
 VERDICT_MARKS = {VERDICT_WORSE: "↓", VERDICT_EQUIVALENT: "≡", VERDICT_INCONCLUSIVE: "?"}
 
 
@@ -112,7 +121,8 @@ class MetricTable:
         return not self.higher_is_better
 
     def best(self, sparsity: float) -> list[str]:
-        vals = {lab: row[sparsity].mean for lab, row in self.cells.items() if sparsity in row}
+        vals = {lab: row[sparsity].mean for lab, row in self.cells.items()
+                if sparsity in row and not is_yardstick(lab)}
         if not vals:
             return []
         target = min(vals.values()) if self.lower_is_better else max(vals.values())

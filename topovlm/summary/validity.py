@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as sps
 
 from topovlm.summary.load import SummaryJob
-from topovlm.summary.statistics import cell_samples, job_samples
+from topovlm.summary.statistics import CellDraws, cell_draws, job_samples
 
 ORACLE = "oracle"
 VALIDITY_CSV = "validity.csv"
@@ -51,13 +51,21 @@ class Validity:
         for r in self.rows:
             lines.append(f"| {r['scorer']} | {r['draws']} | {_ci(r, 'spearman')} | {_ci(r, 'kendall')} |")
         if self.gaps:
-            lines += ["", "Gap to the greedy oracle on the test questions (scorer minus oracle, paired by question, "
-                      "95% t-interval over questions, conditional on the draws):", "",
-                      "| scorer | sparsity | scorer | oracle | gap [95% CI] | n |", "| --- | --- | --- | --- | --- | --- |"]
+            lines += ["", "Gap to the greedy oracle on the test questions (scorer minus oracle, paired by question; "
+                      "95% t-interval: over draws, with their spread, where the scorer's results vary between "
+                      "calibration draws, else over questions):", "",
+                      "| scorer | sparsity | draws | scorer | oracle | gap [95% CI] | unit | n |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
             for g in self.gaps:
-                lines.append(f"| {g['scorer']} | {g['sparsity']:g} | {g['value']:.3f} | {g['oracle']:.3f} | "
-                             f"{g['gap']:+.3f} [{g['gap_low']:+.3f}, {g['gap_high']:+.3f}] | {g['n']} |")
+                lines.append(f"| {g['scorer']} | {g['sparsity']:g} | {g['draws']} | {g['value']:.3f} | "
+                             f"{g['oracle']:.3f} | {_gap(g)} | {g['unit']} | {g['n']} |")
         return "\n".join(lines)
+
+
+def _gap(g: dict[str, Any]) -> str:
+    if math.isnan(g["gap_low"]):
+        return f"{g['gap']:+.3f} [n/a]"
+    return f"{g['gap']:+.3f} [{g['gap_low']:+.3f}, {g['gap_high']:+.3f}]"
 
 
 def _ci(row: dict[str, Any], key: str) -> str:
@@ -129,29 +137,36 @@ def validity(jobs: list[SummaryJob], model: str, task: str, metric: str | None, 
     return out
 
 
-def _question_means(jobs: list[SummaryJob], metric: str) -> dict[str, float]:
-    """Per question, the mean over ``jobs`` (a scorer's draws at one sparsity) of its 0/1 result."""
-    cell = cell_samples([job_samples(j) for j in jobs], metric)
-    return cell.values if cell is not None and cell.kind == "proportion" else {}
+def _draws(jobs: list[SummaryJob], metric: str) -> CellDraws | None:
+    """A scorer's per-question 0/1 results in each of its draws at one sparsity."""
+    cell = cell_draws([job_samples(j) for j in jobs], metric)
+    return cell if cell is not None and cell.kind == "proportion" else None
 
 
 def _gaps(members: list[SummaryJob], metric: str) -> list[dict[str, Any]]:
+    """Each scorer minus the greedy oracle at each sparsity, paired by question. The interval is
+    the comparison's own (:func:`topovlm.stats.draw_contrast`): where the scorer's results vary
+    between calibration draws, the draws are the unit and their spread is in the interval."""
+    from topovlm import stats
+
     out = []
     for sparsity in sorted({float(j.sparsity) for j in members if j.scorer == ORACLE}):
         at = [j for j in members if float(j.sparsity) == sparsity]
-        oracle = _question_means([j for j in at if j.scorer == ORACLE], metric)
-        if not oracle:
+        oracle = _draws([j for j in at if j.scorer == ORACLE], metric)
+        if oracle is None:
             continue
         for label in sorted({j.label for j in at if j.scorer != ORACLE}):
-            mine = _question_means([j for j in at if j.label == label], metric)
-            keys = sorted(set(mine) & set(oracle))
+            mine = _draws([j for j in at if j.label == label], metric)
+            keys = sorted(set(mine.keys) & set(oracle.keys)) if mine is not None else []
             if len(keys) < 2:
                 continue
-            diff = np.array([mine[k] - oracle[k] for k in keys])
-            half = float(sps.t.ppf(0.975, len(keys) - 1) * diff.std(ddof=1) / math.sqrt(len(keys)))
-            out.append({"scorer": label, "sparsity": sparsity, "value": float(np.mean([mine[k] for k in keys])),
-                        "oracle": float(np.mean([oracle[k] for k in keys])), "gap": float(diff.mean()),
-                        "gap_low": float(diff.mean() - half), "gap_high": float(diff.mean() + half), "n": len(keys)})
+            a = mine.values[:, [mine.keys.index(k) for k in keys]]
+            b = oracle.values[:, [oracle.keys.index(k) for k in keys]]
+            c = stats.draw_contrast(a, b, binary=True)
+            low, high = c.interval()
+            out.append({"scorer": label, "sparsity": sparsity, "value": float(a.mean()), "oracle": float(b.mean()),
+                        "gap": c.diff, "gap_low": low, "gap_high": high, "n": len(keys), "draws": int(a.shape[0]),
+                        "unit": c.unit})
     return out
 
 
@@ -167,7 +182,7 @@ def validity_rows(items: list[Validity]) -> tuple[list[str], list[dict[str, Any]
                              "n": v.dev_n})
         for g in v.gaps:
             rows.append({"model": v.model, "task": v.task, "scorer": g["scorer"], "kind": "gap_to_oracle",
-                         "sparsity": g["sparsity"], "draws": None, "value": g["gap"], "low": g["gap_low"],
+                         "sparsity": g["sparsity"], "draws": g["draws"], "value": g["gap"], "low": g["gap_low"],
                          "high": g["gap_high"], "n": g["n"]})
     return columns, rows
 
