@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                f"task.limit={args.limit}", f"task.batch_size={args.batch_size}", f"calibration={args.calibration}",
                f"calibration.n={args.calibration_n}", f"scorer={scorer}", f"sparsity={args.sparsity}", "logger=none",
                f"cache_dir={cache}", "efficiency.enabled=false", "reuse_model=false"]
+        if scorer == "oracle":  # the row checks that it runs: 8 development questions, a 10% search
+            out += ["scorer.dev_n=8", "scorer.max_removed=0.1"]
         if device == "cpu":
             out += ["model.device_map=null", "model.attn_implementation=null"]
         if args.dtype or device == "cpu":
