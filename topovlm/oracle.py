@@ -50,10 +50,12 @@ class OracleScorer(LayerScorer):
         self,
         metric: str = "accuracy",  # accuracy | accuracy_mc: the task's headline metric [project]
         dev_split: str = "dev",  # the embedded benchmark's development split (scenes unseen in training)
-        # [project] 100 questions: a 95% interval on a leave-one-out drop of about +-0.1. The whole
-        # analysis of the embedded default is 227 evaluations (30 layers, 9 greedy steps): about 35
-        # minutes on 2 idle cores, estimated from 12 questions/s (bench/results/throughput_2026-12-05.md)
-        dev_n: int = 100,
+        # [project] 60 questions, sized so that the whole analysis fits about 30 minutes on 2 cores:
+        # on the embedded default it is 227 evaluations (30 layers, 9 greedy steps), measured at 57
+        # minutes on one thread beside another sweep, about 20 minutes on 2 idle cores at 12.5
+        # questions/s (bench/results/oracle_2026-12-05.md). One question is 1.7 points; the 95%
+        # interval of a leave-one-out drop of 0.25 is about +-0.11, of 0.05 about +-0.06
+        dev_n: int = 60,
         max_removed: float = 0.3,  # [project] the largest sparsity of the default sweep
     ) -> None:
         if metric not in CORRECT_FIELD:
