@@ -319,6 +319,9 @@ def test_the_oracle_is_a_yardstick_and_the_gap_to_it_counts_the_draws(tmp_path: 
     comp = {r["scorer"]: r for r in read_csv(root / "comparison.csv") if r["metric"] == "accuracy"}
     assert comp["shortgpt"]["verdict"] == "best"  # the oracle scores higher, but is not a scorer under test
     assert comp["oracle"]["verdict"] == YARDSTICK_TEXT and int(comp["topo"]["family_size"]) == 1
+    verdict = (root / "summary.md").read_text().split("**0.1**", 1)[1].split("\n", 1)[0]
+    assert "best **shortgpt**" in verdict and "oracle (yardstick) = 0.950" in verdict
+    assert "told from it: topo;" in verdict and "(3 calibration draws per scorer)" in verdict
     gaps = {g["scorer"]: g for g in _gaps(summary.jobs, "accuracy")}
     topo, sgpt = gaps["topo"], gaps["shortgpt"]
     assert topo["unit"] == "draws" and topo["draws"] == 3 and sgpt["unit"] == "questions"

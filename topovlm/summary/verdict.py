@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from topovlm.stats import VERDICT_BEST, VERDICT_NA, VERDICT_WORSE
-from topovlm.summary.tables import fmt_value
+from topovlm.summary.tables import fmt_value, is_yardstick
 
 if TYPE_CHECKING:
     from topovlm.summary.build import Summary
@@ -37,7 +37,10 @@ def verdict_lines(summary: "Summary", model: str, task: str) -> list[str]:
     rows = summary.stats.of(model, task, metric)
     out = []
     for s in sorted({c.sparsity for c in rows}):
-        at = [c for c in rows if c.sparsity == s]
+        yardsticks = [c for c in rows if c.sparsity == s and is_yardstick(c.label)]
+        at = [c for c in rows if c.sparsity == s and not is_yardstick(c.label)]
+        if not at:
+            continue
         best = [c for c in at if c.verdict == VERDICT_BEST] or [c for c in at if c.label == at[0].best]
         if not best:
             continue
@@ -56,6 +59,8 @@ def verdict_lines(summary: "Summary", model: str, task: str) -> list[str]:
             line += "; cannot be told from it: " + (", ".join(same) if same else "none")
             if worse:
                 line += "; shown worse: " + ", ".join(worse)
+        for y in yardsticks:  # measured, not predicted: beside the verdict, not in it
+            line += f"; {y.label} (yardstick) = {_value(y)}"
         out.append(f"{line} ({drawn})")
     return out
 
