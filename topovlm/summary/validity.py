@@ -91,10 +91,19 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def _ranked(redundancy: Any) -> np.ndarray:
+    """Redundancy with protected layers (never removed: -inf, written as null in results.json and
+    read back as NaN) ranked as the least redundant, so that they enter the correlation."""
+    r = np.asarray(redundancy, dtype=np.float64)
+    never = np.isnan(r) | np.isneginf(r)
+    if never.any() and (~never).any():
+        r = np.where(never, r[~never].min() - 1, r)
+    return r
+
+
 def _correlations(redundancy: np.ndarray, damage: np.ndarray) -> tuple[float, float]:
-    r = np.where(np.isneginf(redundancy), np.nanmin(redundancy[np.isfinite(redundancy)]) - 1, redundancy) \
-        if np.isfinite(redundancy).any() else redundancy
-    if np.ptp(r) == 0 or np.ptp(damage) == 0:
+    r = _ranked(redundancy)
+    if not np.isfinite(r).all() or np.ptp(r) == 0 or np.ptp(damage) == 0:
         return float("nan"), float("nan")
     return float(sps.spearmanr(r, -damage).statistic), float(sps.kendalltau(r, -damage).statistic)
 
@@ -116,7 +125,8 @@ def validity(jobs: list[SummaryJob], model: str, task: str, metric: str | None, 
         means = correct[:, idx].mean(axis=2)          # (L + 1, B)
         boot_damage = (means[0] - means[1:]).T         # (B, L)
     for label in sorted({j.label for j in members if j.scorer != ORACLE}):
-        rankings = {tuple(np.round(np.asarray(j.redundancy, dtype=np.float64), 12)): j
+        # one ranking per draw: the sparsities of a draw share it
+        rankings = {tuple(np.round(_ranked(j.redundancy), 12)): j
                     for j in members if j.label == label and j.redundancy is not None}
         reds = [np.asarray(r, dtype=np.float64) for r in rankings if len(r) == len(damage)]
         if not reds:
