@@ -52,9 +52,9 @@ class OracleScorer(LayerScorer):
         dev_split: str = "dev",  # the embedded benchmark's development split (scenes unseen in training)
         # [project] 60 questions, sized so that the whole analysis fits about 30 minutes on 2 cores:
         # on the embedded default it is 227 evaluations (30 layers, 9 greedy steps), measured at 57
-        # minutes on one thread beside another sweep, about 20 minutes on 2 idle cores at 12.5
+        # minutes on one thread beside another sweep, an estimated 20 minutes on 2 idle cores at 12.5
         # questions/s (bench/results/oracle_2026-12-05.md). One question is 1.7 points; the 95%
-        # interval of a leave-one-out drop of 0.25 is about +-0.11, of 0.05 about +-0.06
+        # bootstrap interval of a leave-one-out drop of 0.27 is about +-0.12, of 0.05 about +-0.07
         dev_n: int = 60,
         max_removed: float = 0.3,  # [project] the largest sparsity of the default sweep
     ) -> None:
