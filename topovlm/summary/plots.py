@@ -132,8 +132,9 @@ def _metric_panel(ax: Any, t: MetricTable, chance: float | None = None, title_si
             worse = [False] + worse
         off = (k - (len(labels) - 1) / 2) * 0.004  # keeps overlapping error bars apart
         xo = [x + (off if x else 0.0) for x in xs]
+        # past ten scorers the colours repeat: the line style tells the second set apart
         line = ax.errorbar(xo, ys, yerr=[lo, hi] if any(lo) or any(hi) else None, marker=None, capsize=2,
-                           label=lab, linewidth=1.2)
+                           label=lab, linewidth=1.2, linestyle=("-", "--", ":")[(k // 10) % 3])
         colour = line[0].get_color()
         ax.scatter([x for x, w in zip(xo, worse) if not w], [y for y, w in zip(ys, worse) if not w],
                    color=colour, zorder=3, s=22)
@@ -152,7 +153,8 @@ def _metric_panel(ax: Any, t: MetricTable, chance: float | None = None, title_si
 
 
 def _note(any_ci: bool) -> str:
-    return ("bars: 95% interval over questions; " + HOLLOW) if any_ci else "bars: std over seeds"
+    return ("bars: 95% interval (over calibration draws where the removals vary, else over questions); " + HOLLOW) \
+        if any_ci else "bars: std over seeds"
 
 
 def _headline_metrics(summary: Summary, model: str, task: str) -> list[str]:
