@@ -136,6 +136,7 @@ def parity(args: argparse.Namespace) -> int:
     """``--parity``: the model of the preset (and --path), the harness against lmms-eval's prompting."""
     from topovlm.adapters.loading import load_adapter
     from topovlm.evaluation import protocol
+    from topovlm.evaluation import parity
 
     overrides = [f"model={args.model}", *([f"model.path={args.path}"] if args.path else []), *args.overrides]
     if args.device:
@@ -146,10 +147,10 @@ def parity(args: argparse.Namespace) -> int:
         overrides.append(f"model.dtype={args.dtype}")
     adapter = load_adapter(_compose(overrides).model)
     gen = dict(protocol.POPE_GEN_KWARGS, max_new_tokens=args.parity_max_new_tokens)
-    result = protocol.compare(adapter, protocol.shapes_pope_docs(args.parity_n), gen, args.parity_batch_size)
-    print(f"# Prompt protocols: {args.model} ({args.path or 'embedded'}), {protocol.dtype_name(adapter)} on "
+    result = parity.compare(adapter, parity.shapes_pope_docs(args.parity_n), gen, args.parity_batch_size)
+    print(f"# Prompt protocols: {args.model} ({args.path or 'embedded'}), {parity.dtype_name(adapter)} on "
           f"{adapter.device}; {_machine()}\n")
-    print(protocol.describe(result))
+    print(parity.describe(result))
     if result.exact_mismatches:
         print("\nMISMATCH: lmms_exact differs from lmms-eval's own class: " + "; ".join(result.exact_mismatches),
               file=sys.stderr)

@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from topovlm import runner
-    from topovlm.evaluation import protocol
+    from topovlm.evaluation import parity
     from topovlm.model_pool import POOL
     from topovlm.registry import available_scorers
 
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         state["fingerprint"] = runner.model_fingerprint(adapter)
         out["detail"] = (f"{preset} from {ckpt.name}: {adapter.num_layers} decoder layers, "
                          f"{sum(t.numel() for t in adapter.model.parameters()):,} parameters, "
-                         f"{protocol.dtype_name(adapter)} on {adapter.device}")
+                         f"{parity.dtype_name(adapter)} on {adapter.device}")
     adapter = state.get("adapter")
     try:
         if adapter is not None:
@@ -252,7 +252,7 @@ def validate_loaded(args: argparse.Namespace, table: Table, state: dict[str, Any
     from topovlm.adapters.loading import load_adapter
     from topovlm.capture import run_capture
     from topovlm.errors import ConfigError
-    from topovlm.evaluation import build_evaluator, protocol
+    from topovlm.evaluation import build_evaluator, parity
 
     samples, fingerprint = state["samples"], state["fingerprint"]
     with table.row("capture") as out:
@@ -292,14 +292,14 @@ def validate_loaded(args: argparse.Namespace, table: Table, state: dict[str, Any
         out["detail"] = f"{job.cfg.task.name}: {key}={ref[key]:.3f} on {int(ref.get('num_samples', 0))} questions"
 
     with table.row("protocol parity") as out:
-        docs = protocol.shapes_pope_docs(args.parity_n)
-        gen = dict(protocol.POPE_GEN_KWARGS, max_new_tokens=args.parity_max_new_tokens)
-        comparison = protocol.compare(adapter, docs, gen, batch_size=args.batch_size)
-        print(protocol.describe(comparison), flush=True)
+        docs = parity.shapes_pope_docs(args.parity_n)
+        gen = dict(parity.POPE_GEN_KWARGS, max_new_tokens=args.parity_max_new_tokens)
+        comparison = parity.compare(adapter, docs, gen, batch_size=args.batch_size)
+        print(parity.describe(comparison), flush=True)
         bad = comparison.exact_mismatches
         if bad:
             raise Failure("lmms_exact is not lmms-eval's own class: " + "; ".join(bad[:4]))
-        out["detail"] = f"{protocol.dtype_name(adapter)}, {comparison.summary()}"
+        out["detail"] = f"{parity.dtype_name(adapter)}, {comparison.summary()}"
 
     with table.row("pruned eval") as out:
         if "ref" not in state:

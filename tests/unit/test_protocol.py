@@ -8,6 +8,7 @@ import pytest
 from tests.helpers import compose, lmms_task, make_samples, tiny_overrides
 from topovlm.errors import ConfigError
 from topovlm.evaluation import protocol
+from topovlm.evaluation import parity
 
 # lmms-eval is part of the test environment (make setup): a broken install must fail here, not skip
 import lmms_eval.models.simple.llava_hf  # noqa: F401 - imported for the failure, see above
@@ -40,7 +41,7 @@ def _load(saved, family):
 
 
 def _docs(n=3):
-    return protocol.pope_docs(make_samples(n))
+    return parity.pope_docs(make_samples(n))
 
 
 # ------------------------------------------------------------------------------ config
@@ -71,7 +72,7 @@ def test_default_protocol_leaves_recorded_configs_as_they_were(tmp_path):
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_lmms_exact_is_lmms_evals_own_class(saved, family):
     adapter = _load(saved, family)
-    c = protocol.compare(adapter, _docs(), GEN, batch_size=3)
+    c = parity.compare(adapter, _docs(), GEN, batch_size=3)
     assert c.lmms is not None and c.exact_mismatches == []
     assert c.exact_prompts == c.lmms_prompts and c.exact_ids == c.lmms_ids and c.exact == c.lmms
     # the harness prompts through the processor's template, with the image as a content item
@@ -88,7 +89,7 @@ def test_lmms_exact_is_lmms_evals_own_class(saved, family):
 def test_llava_tokenizer_without_template_gets_lmms_evals_vicuna_prompt(saved):
     adapter = _load(saved, "llava")
     adapter.tokenizer.chat_template = None  # a checkpoint whose template is the processor's only
-    c = protocol.compare(adapter, _docs(2), GEN, batch_size=2)
+    c = parity.compare(adapter, _docs(2), GEN, batch_size=2)
     assert c.exact_prompt.startswith("A chat between a curious user and an artificial intelligence assistant.")
     assert c.exact_prompt.endswith("USER: <image>\n" + c.docs[0].context + " ASSISTANT:")
     assert c.exact_mismatches == [] and c.exact_prompt == c.lmms_prompt
@@ -173,7 +174,7 @@ def test_evaluator_runs_each_protocol(saved, tmp_path, name):
 
 def test_batch_one_and_batched_answers_agree_in_float32(saved):
     adapter = _load(saved, "qwen2_vl")
-    c = protocol.compare(adapter, _docs(4), GEN, batch_size=4, reference=False)
+    c = parity.compare(adapter, _docs(4), GEN, batch_size=4, reference=False)
     assert c.harness_batched == c.harness_single and c.batching_differs == 0
 
 
@@ -184,13 +185,13 @@ def test_lmms_exact_refuses_loglikelihood_as_llava_hf_cannot_score_it(saved):
     docs = _docs(1)
     reqs = [Instance(request_type="loglikelihood", arguments=(docs[0].context, "yes", lambda doc: doc["images"], 0, "t",
                                                               "test"), idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1})]
-    ours, theirs = protocol.harness_model(adapter, "lmms_exact"), protocol.lmms_eval_model(adapter)
+    ours, theirs = parity.harness_model(adapter, "lmms_exact"), protocol.lmms_eval_model(adapter)
     ours.task_dict = theirs.task_dict = {"t": {"test": [{"images": d.images} for d in docs]}}
     # lmms-eval's llava_hf tokenises the context without its image: transformers refuses
     with pytest.raises(ValueError, match="no images were passed"):
         theirs.loglikelihood(reqs)
     with pytest.raises(NotImplementedError, match="task.protocol=harness"):
         ours.loglikelihood(reqs)
-    harness = protocol.harness_model(adapter, "harness")
+    harness = parity.harness_model(adapter, "harness")
     harness.task_dict = ours.task_dict
     assert len(harness.loglikelihood(reqs)) == 1  # the harness scores it

@@ -5,7 +5,7 @@ GQA's ``process_docs`` (``lmms_eval/tasks/gqa/utils.py``, also ``gqa_lite``) loa
 image set, decodes every image and maps each of the 12,578 questions to its image (8 processes),
 on every task construction: once per job. :func:`cached_process_docs` wraps such a function:
 the first call runs it and saves the result with ``datasets`` (``save_to_disk``: Arrow files and
-JSON metadata, no pickle) under ``<cache_dir>/lmms_docs/<task>-<key>/``, written in a hidden
+JSON metadata, nothing executable) under ``<cache_dir>/lmms_docs/<task>-<key>/``, written in a hidden
 folder beside it and renamed into place when complete, so a concurrent job never reads half of
 it; later calls, in any process, memory-map it (``load_from_disk``).
 
