@@ -59,18 +59,24 @@ def export_shapes_dataset(ds: Any, cache_dir: str | os.PathLike, n: int | None =
         "domain": [s.domain for s in samples], "category": [s.category for s in samples],
     }
     dd = datasets.DatasetDict({"test": datasets.Dataset.from_dict(table, features=features)})
+    save_complete(dd, target, {"num_rows": len(samples)})
+    return target
+
+
+def save_complete(data: Any, target: Path, marker: dict) -> None:
+    """``data.save_to_disk`` into ``target`` atomically: written in a hidden folder with a
+    ``.complete`` marker, then renamed into place (a concurrent writer that finished first wins)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
         out = Path(tmp) / "data"
-        dd.save_to_disk(str(out))
-        (out / ".complete").write_text(json.dumps({"num_rows": len(samples)}) + "\n")
+        data.save_to_disk(str(out))
+        (out / ".complete").write_text(json.dumps(marker, sort_keys=True) + "\n")
         try:
             os.replace(out, target)
         except OSError:  # another job wrote it first
             if not (target / ".complete").exists():
                 raise
             shutil.rmtree(out, ignore_errors=True)
-    return target
 
 
 def write_task_folder(out_dir: str | os.PathLike, ds: Any, cache_dir: str | os.PathLike) -> Path:

@@ -26,8 +26,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -97,17 +95,9 @@ def _lmms_eval_version() -> str:
 
 def _publish(dataset: Any, target: Path, key: dict[str, Any]) -> None:
     """``dataset`` saved at ``target`` whole or not at all (a hidden folder renamed into place)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
-        out = Path(tmp) / "data"
-        dataset.save_to_disk(str(out))
-        (out / ".complete").write_text(json.dumps({"num_rows": len(dataset), "key": key}, sort_keys=True) + "\n")
-        try:
-            os.replace(out, target)
-        except OSError:  # another job wrote it first
-            if not (target / ".complete").exists():
-                raise
-            shutil.rmtree(out, ignore_errors=True)
+    from topovlm.evaluation.lmms_tasks import save_complete
+
+    save_complete(dataset, target, {"num_rows": len(dataset), "key": key})
 
 
 def cached_process_docs(task: str, process_docs: Callable[[Any], Any], cache_dir: str | os.PathLike,
